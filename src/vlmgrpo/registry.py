@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -22,9 +24,6 @@ def import_from_path(spec: str) -> Any:
     if not target or not attr:
         raise ConfigError(f"'{spec}' is not of the form module:name or path/to/file.py:name")
     if target.endswith(".py"):
-        import importlib.util
-        from pathlib import Path
-
         path = Path(target)
         if not path.is_file():
             raise ConfigError(f"{target}: file not found (from '{spec}')")

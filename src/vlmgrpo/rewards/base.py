@@ -72,6 +72,12 @@ class RewardFn:
 REWARDS: Registry[RewardFn] = Registry("reward")
 
 
+def batched(fn: Callable) -> Callable:
+    """Mark a reward function as batched (it receives the list of records)."""
+    fn.batched = True  # type: ignore[attr-defined]
+    return fn
+
+
 def register_reward(name: str, batched: bool = False) -> Callable[[Callable], Callable]:
     """Decorator: `@register_reward("format")` on `fn(record, ctx, **kw)`."""
 

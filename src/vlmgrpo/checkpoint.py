@@ -1,0 +1,126 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is written to `ckpts/.tmp-ckpt-N/`, every file fsynced, a `COMPLETE` marker written
+last, then the folder is renamed to `ckpts/ckpt-N/` (rename is atomic on one filesystem). A folder
+without the marker, or a leftover `.tmp-*`, is a write that was interrupted: it is ignored with a
+warning and never loaded.
+
+    ckpt-N/            the policy in Hugging Face format (full weights, or the LoRA adapter)
+                       plus the processor, so `from_pretrained(ckpt-N)` works
+    ckpt-N/trainer_state.pt   optimiser, scheduler, RNG states, step, sampler state, extra state
+    ckpt-N/<name>/     extra models (e.g. the adversary) in the same format
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+MARKER = "COMPLETE"
+_CKPT_RE = re.compile(r"^ckpt-(\d+)$")
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_model(model: Any, proc: Any, out: Path) -> None:
+    """HF format: full weights, or only the adapter for a peft model."""
+    model = getattr(model, "module", model)
+    model.save_pretrained(out, safe_serialization=True)
+    if proc is not None:
+        proc.save_pretrained(out)
+
+
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    models: dict[str, tuple[Any, Any]],
+    trainer_state: dict[str, Any],
+    keep_last: int = 0,
+    fault_hook: Any = None,
+) -> Path:
+    """Write ckpt-`step` atomically. `models` maps "" (the policy, at the top) or a sub-folder name
+    to (model, processor). `fault_hook(stage)` lets tests kill the process mid-write."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"ckpt-{step}"
+    tmp = ckpt_root / f".tmp-ckpt-{step}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, (model, proc) in models.items():
+        save_model(model, proc, tmp / name if name else tmp)
+    if fault_hook:
+        fault_hook("after-weights")
+    torch.save({**trainer_state, "rng": rng_state(), "step": step}, tmp / "trainer_state.pt")
+    if fault_hook:
+        fault_hook("before-marker")
+    (tmp / MARKER).write_text(str(step))
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    fd = os.open(ckpt_root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if keep_last > 0:
+        for old in list_checkpoints(ckpt_root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path, warn: bool = False) -> list[Path]:
+    """Complete checkpoints, oldest first; incomplete ones are skipped (with a warning if `warn`)."""
+    if not ckpt_root.is_dir():
+        return []
+    found = []
+    for p in ckpt_root.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and (p / MARKER).is_file():
+            found.append((int(m.group(1)), p))
+        elif warn and (p.name.startswith(".tmp-ckpt-") or m):
+            log.warning("ignoring %s: its write was interrupted (no %s marker)", p, MARKER)
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: Path) -> int:
+    m = _CKPT_RE.match(path.name)
+    return int(m.group(1)) if m else 0
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)

@@ -1,0 +1,88 @@
+"""Loading policies by Hugging Face id or local folder, with optional LoRA.
+
+VLMs load through `AutoProcessor` + `AutoModelForImageTextToText`; text-only policies (the
+adversary, blind-pass solvers) through `AutoTokenizer` + `AutoModelForCausalLM`. Tests and the
+demo use the same path on tiny models saved by `vlmgrpo.models.tiny`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlmgrpo.config import ModelConfig
+from vlmgrpo.errors import ModelLoadError
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _check_source(name: str) -> None:
+    """Fail early, in one line, on a local path that is not a saved model."""
+    if not name:
+        raise ModelLoadError("model.name_or_path: empty; give a Hugging Face id or a local folder")
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{name}: folder has no config.json; is it a saved Hugging Face model?")
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        # a hub id is "org/name": anything else that does not exist is a wrong path
+        raise ModelLoadError(f"{name}: model folder does not exist")
+
+
+def load_policy(cfg: ModelConfig, device: Any = "cpu") -> tuple[Any, Any]:
+    """(model, processor_or_tokenizer) on `device`, LoRA-wrapped when `cfg.lora.enabled`."""
+    import torch
+    import transformers
+
+    _check_source(cfg.name_or_path)
+    dtype = getattr(torch, DTYPES[cfg.dtype])
+    try:
+        if cfg.text_only:
+            proc = transformers.AutoTokenizer.from_pretrained(cfg.name_or_path)
+            auto = transformers.AutoModelForCausalLM
+        else:
+            proc = transformers.AutoProcessor.from_pretrained(cfg.name_or_path)
+            auto = transformers.AutoModelForImageTextToText
+        model = auto.from_pretrained(
+            cfg.name_or_path, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
+    except OSError as e:  # missing files, no hub access
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"{cfg.name_or_path}: cannot load model ({first[:200]}); "
+            "give a local folder, or a hub id on a machine that can download it"
+        ) from None
+    model.to(device)
+    tok = getattr(proc, "tokenizer", proc)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation appends on the right
+    if cfg.freeze_vision:
+        for name, p in model.named_parameters():
+            if "visual" in name:
+                p.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lcfg)
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+    return model, proc
+
+
+def unwrap(model: Any) -> Any:
+    """The underlying transformers model (through DDP/FSDP wrappers and peft)."""
+    m = getattr(model, "module", model)
+    if hasattr(m, "get_base_model"):
+        m = m.get_base_model()
+    return m

@@ -1,0 +1,490 @@
+"""The GRPO training loop. One step reads top to bottom:
+
+    rollout  -> sample G completions for each of `prompts_per_step x grad_accum` prompts
+    rewards  -> score every completion (records carry the images and all dataset fields)
+    advantages -> group-normalise the rewards (skipped samples excluded)
+    update   -> one optimizer step over all micro-batches, loss normalised over the global batch
+
+Each phase is timed (`time/<phase>` in the metrics). Departures from textbook GRPO are choices in
+the config (`grpo.loss`, `grpo.aggregation`, `grpo.adv_scale`); the defaults reproduce seed A:
+on-policy policy gradient, per-sequence mean (length-biased), group std + 1e-4, no KL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlmgrpo import checkpoint as ckpt
+from vlmgrpo.config import Config, save_config
+from vlmgrpo.data import build_dataset
+from vlmgrpo.errors import ConfigError, DataError, VlmgrpoError
+from vlmgrpo.grpo.core import group_advantages, grpo_loss, kl_k3, loss_scale_for_accumulation
+from vlmgrpo.grpo.logps import LogpModel
+from vlmgrpo.models import load_policy
+from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards, resolve_reward
+from vlmgrpo.rollout import Prompt, RolloutBatch
+from vlmgrpo.rollout import hf as hf_rollout
+from vlmgrpo.runlog import RunLog, write_samples
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_prompt(sample: dict[str, Any], cfg: Config) -> Prompt:
+    """Chat messages from the recipe's templates; the images go first in the user turn, as the
+    processor's chat template places them at its vision markers."""
+    try:
+        text = cfg.prompt.user.format(**sample)
+    except KeyError as e:
+        fields = ", ".join(sorted(k for k in sample if k != "images"))
+        raise ConfigError(f"prompt.user: the sample has no field {e} (fields: {fields})") from None
+    images = list(sample.get("images") or [])
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    messages = [{"role": "system", "content": cfg.prompt.system}] if cfg.prompt.system else []
+    messages.append({"role": "user", "content": content if images else text})
+    return Prompt(messages=messages, images=images, prefill=cfg.prompt.prefill, text=text)
+
+
+class PromptSampler:
+    """Draws samples with replacement (seed A) from a map-style dataset, or from a streaming one.
+    Its RNG state is part of the checkpoint, so a resumed run sees the same images."""
+
+    def __init__(self, dataset: Any, seed: int, skip_bad: bool = True) -> None:
+        self.dataset = dataset
+        self.rng = np.random.default_rng(seed)
+        self.skip_bad = skip_bad
+        self.bad = 0
+
+    def next(self) -> dict[str, Any]:
+        for _ in range(100):
+            try:
+                if hasattr(self.dataset, "sample"):
+                    return self.dataset.sample(self.rng)
+                return self.dataset[int(self.rng.integers(len(self.dataset)))]
+            except DataError as e:
+                if not self.skip_bad:
+                    raise
+                self.bad += 1
+                log.warning("skipping bad sample: %s", e)
+        raise DataError("100 bad samples in a row: check the dataset (data.kwargs)")
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "bad": self.bad}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.bad = state["bad"]
+
+
+class PolicyHandle:
+    """What rewards see of the policy: `generate(messages_list, images_list) -> list[str]`
+    (used by Vision-SR1's blind pass and the adversarial round)."""
+
+    def __init__(self, model: Any, proc: Any, cfg: Config) -> None:
+        self.model, self.proc, self.cfg = model, proc, cfg
+
+    def generate(self, messages: list[list[dict]], images: list[list[Any]] | None = None, **kw: Any) -> list[str]:
+        images = images or [[] for _ in messages]
+        prompts = [Prompt(messages=m, images=list(i)) for m, i in zip(messages, images)]
+        r = self.cfg.rollout
+        out = hf_rollout.sample(
+            self.model, self.proc, prompts, 1,
+            temperature=kw.get("temperature", r.temperature), top_p=kw.get("top_p", r.top_p),
+            top_k=kw.get("top_k", r.top_k), max_new_tokens=kw.get("max_new_tokens", r.max_new_tokens),
+        )
+        return out.completions
+
+
+@dataclass
+class Timer:
+    times: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: str | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.train.output_dir)
+        self.resume_from = self._resume_path(resume)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.train.seed)
+        self.device = pick_device(cfg.train.device)
+        self.train_set = build_dataset(cfg.data.dataset, cfg.data.kwargs, "train", cfg.train.seed)
+        self.eval_set = build_dataset(
+            cfg.data.eval_dataset or cfg.data.dataset, cfg.data.eval_kwargs or cfg.data.kwargs, "test", cfg.train.seed
+        )
+        self.specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label) for r in cfg.rewards]
+        if not self.specs:
+            raise ConfigError("rewards: the recipe lists no reward")
+        for s in self.specs:
+            resolve_reward(s.name)  # fail now, not at step 1, on an unknown reward
+        model_cfg = copy.deepcopy(cfg.model)
+        if self.resume_from is not None and not cfg.model.lora.enabled:
+            model_cfg.name_or_path = str(self.resume_from)  # full weights: load the checkpoint itself
+        self.model, self.proc = load_policy(model_cfg, self.device)
+        if self.resume_from is not None and cfg.model.lora.enabled:
+            self._load_adapter(self.resume_from)
+        self.logp_model = LogpModel(self.model)
+        self.ref = self._build_reference()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps,
+            fused=self.device.type == "cuda",
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.sampler = PromptSampler(self.train_set, cfg.train.seed, cfg.data.skip_bad_samples)
+        self.step = 0
+        self.nonfinite = 0
+        self.stop_requested = False
+        self.runlog: RunLog | None = None
+
+    # ------------------------------------------------------------------ setup helpers
+    def _resume_path(self, resume: str | None) -> Path | None:
+        if not resume:
+            return None
+        root = self.out / "ckpts"
+        if resume == "latest":
+            found = ckpt.list_checkpoints(root, warn=True)
+            return found[-1] if found else None
+        p = Path(resume) if Path(resume).exists() else root / resume
+        if not (p / ckpt.MARKER).is_file():
+            raise VlmgrpoError(f"{p}: not a complete checkpoint (no {ckpt.MARKER} marker)")
+        return p
+
+    def _load_adapter(self, path: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(self.model, load_file(str(path / "adapter_model.safetensors")))
+
+    def _lr_lambda(self, step: int) -> float:
+        o = self.cfg.optim
+        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        if o.schedule == "constant":
+            return warm
+        frac = min(1.0, step / max(1, self.cfg.train.steps))
+        decay = 1 - frac if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+        return warm * decay
+
+    def _build_reference(self) -> Any:
+        kind = self.cfg.grpo.ref.kind
+        if kind == "copy":
+            ref = copy.deepcopy(self.model).eval()
+            for p in ref.parameters():
+                p.requires_grad_(False)
+            return LogpModel(ref)
+        return kind if kind == "adapter" else None
+
+    # ------------------------------------------------------------------ the phases of a step
+    def rollout(self, prompts: list[Prompt]) -> RolloutBatch:
+        r = self.cfg.rollout
+        return hf_rollout.sample(
+            self.model, self.proc, prompts, r.group_size, temperature=r.temperature,
+            top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+        )
+
+    def records(self, samples: list[dict], prompts: list[Prompt], batch: RolloutBatch) -> list[RewardRecord]:
+        g = batch.group_size
+        return [
+            RewardRecord(
+                prompt=prompts[i // g].text, completion=batch.completions[i], images=prompts[i // g].images,
+                sample=samples[i // g], group=i // g, index=i % g,
+            )
+            for i in range(len(batch))
+        ]
+
+    def reward_ctx(self, phase: str) -> RewardContext:
+        return RewardContext(step=self.step, phase=phase, policy=PolicyHandle(self.model, self.proc, self.cfg),
+                             seed=self.cfg.train.seed + self.step)
+
+    def ref_logps(self, batch: RolloutBatch) -> torch.Tensor | None:
+        if self.cfg.grpo.beta <= 0 or self.ref is None:
+            return None
+        with torch.no_grad():
+            if self.ref == "adapter":
+                with self.model.disable_adapter():
+                    return self.logp_model(batch, self.cfg.rollout.temperature)
+            return self.ref(batch, self.cfg.rollout.temperature)
+
+    def update(self, batches: list[RolloutBatch], advantages: list[torch.Tensor]) -> dict[str, float]:
+        """One optimizer step over all rows of `batches`, in micro-batches of `optim.micro_batch_seqs`
+        rows. Each micro loss is scaled so that the sum equals the loss over the whole batch."""
+        g, o = self.cfg.grpo, self.cfg.optim
+        chunks: list[tuple[RolloutBatch, torch.Tensor]] = []
+        for b, a in zip(batches, advantages):
+            size = o.micro_batch_seqs or len(b)
+            for s in range(0, len(b), size):
+                rows = list(range(s, min(len(b), s + size)))
+                chunks.append((b.select(rows) if len(rows) < len(b) else b, a[rows]))
+        global_seqs = sum(len(c) for c, _ in chunks)
+        global_tokens = float(sum(c.completion_mask.sum().item() for c, _ in chunks))
+        stats: dict[str, float] = {}
+        total_loss = 0.0
+        for chunk, adv in chunks:
+            logp = self.logp_model(chunk, self.cfg.rollout.temperature)
+            old = chunk.sample_logps if chunk.sample_logps is not None and g.loss != "pg" else logp.detach()
+            loss, st = grpo_loss(
+                logp, old, self.ref_logps(chunk), adv.to(logp.device), chunk.completion_mask.to(logp.dtype),
+                kind=g.loss, aggregation=g.aggregation, beta=g.beta, clip_low=g.clip_low,
+                clip_high=g.clip_high, max_tokens=self.cfg.rollout.max_new_tokens, num_items_in_batch=global_tokens,
+            )
+            scale = loss_scale_for_accumulation(
+                g.aggregation, len(chunk), global_seqs, float(chunk.completion_mask.sum().item()), global_tokens
+            )
+            (loss * scale).backward()
+            total_loss += loss.item() * scale
+            for k, v in st.items():
+                stats[k] = stats.get(k, 0.0) + float(v) * len(chunk) / global_seqs
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf"))
+        if not (math.isfinite(total_loss) and torch.isfinite(grad_norm)):
+            # a non-finite update would poison the weights: drop it, count it, maybe stop
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite += 1
+            if self.nonfinite >= self.cfg.train.max_nonfinite:
+                raise VlmgrpoError(
+                    f"{self.nonfinite} updates with a non-finite loss or gradient; stopping "
+                    "(the last good checkpoint is untouched; lower optim.lr or check the rewards)"
+                )
+            return {"loss": total_loss, "update/skipped_nonfinite": 1.0}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": total_loss, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                **{f"loss/{k}": v for k, v in stats.items()}}
+
+    def refresh_reference(self) -> None:
+        """ref <- alpha * policy + (1 - alpha) * ref (seed D: alpha 0.1 every 200 steps)."""
+        a = self.cfg.grpo.ref.refresh_alpha
+        with torch.no_grad():
+            for pr, pp in zip(self.ref.policy.parameters(), self.model.parameters()):
+                pr.mul_(1 - a).add_(pp.detach(), alpha=a)
+
+    # ------------------------------------------------------------------ one GRPO step
+    def train_step(self) -> dict[str, float]:
+        cfg, timer = self.cfg, Timer()
+        t0 = time.perf_counter()
+        batches, all_samples, all_records, advs, totals = [], [], [], [], []
+        with timer("rollout"):
+            for _ in range(cfg.optim.grad_accum):
+                samples = [self.sampler.next() for _ in range(cfg.rollout.prompts_per_step)]
+                prompts = [build_prompt(s, cfg) for s in samples]
+                batch = self.rollout(prompts)
+                batches.append(batch)
+                all_samples.append((samples, prompts))
+        results = []
+        with timer("reward"):
+            ctx = self.reward_ctx("train")
+            for batch, (samples, prompts) in zip(batches, all_samples):
+                recs = self.records(samples, prompts, batch)
+                results.append(compute_rewards(recs, self.specs, ctx))
+                all_records.append(recs)
+        with timer("advantage"):
+            for res in results:
+                r = torch.tensor(res.total, dtype=torch.float32)
+                valid = ~torch.isnan(r)
+                advs.append(group_advantages(
+                    r, cfg.rollout.group_size, scale=cfg.grpo.adv_scale, eps=cfg.grpo.adv_eps,
+                    unbiased=cfg.grpo.adv_unbiased, valid=valid,
+                ))
+                totals.append(r)
+        all_r = torch.cat(totals)
+        valid_frac = float((~torch.isnan(all_r)).float().mean())
+        metrics: dict[str, float] = {}
+        if valid_frac < cfg.grpo.min_valid_fraction:
+            log.warning("step %d: only %.0f%% of samples got a reward; skipping the update", self.step, 100 * valid_frac)
+            metrics["update/skipped_rewards"] = 1.0
+        else:
+            with timer("update"):
+                metrics.update(self.update(batches, advs))
+        if cfg.grpo.ref.kind == "copy" and cfg.grpo.ref.refresh_every and (self.step + 1) % cfg.grpo.ref.refresh_every == 0:
+            self.refresh_reference()
+        # metrics: rewards over the whole step (all micro-batches)
+        merged = _merge_results(results)
+        metrics.update(merged.metrics("reward"))
+        lens = torch.cat([b.completion_mask.sum(1).float() for b in batches])
+        metrics["completion/len_mean"] = float(lens.mean())
+        metrics["completion/distinct"] = float(len({c for b in batches for c in b.completions}))
+        metrics["data/bad_samples"] = float(self.sampler.bad)
+        metrics.update(timer.times)
+        metrics["time/step"] = time.perf_counter() - t0
+        metrics["tokens/s"] = float(lens.sum()) / max(1e-9, timer.times.get("time/rollout", 1e-9))
+        if self.runlog and cfg.train.log_samples_every and self.step % cfg.train.log_samples_every == 0:
+            res0 = results[0]
+            g = cfg.rollout.group_size
+            write_samples(
+                self.runlog.sample_dir(self.step), all_records[0][:g],
+                {k: v[:g].tolist() for k, v in res0.per_reward.items()}, res0.total[:g].tolist(), advs[0][:g].tolist(),
+            )
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.cfg
+        e = cfg.eval
+        n = min(e.num_items, len(self.eval_set)) if hasattr(self.eval_set, "__len__") else e.num_items
+        if hasattr(self.eval_set, "__len__"):
+            samples = [self.eval_set[i] for i in range(n)]
+        else:
+            rng = np.random.default_rng(cfg.train.seed + 1)  # a fixed eval set from a stream
+            samples = [self.eval_set.sample(rng) for _ in range(n)]
+        prompts = [build_prompt(s, cfg) for s in samples]
+        recs: list[RewardRecord] = []
+        # a fixed seed per evaluation so that changes reflect the policy, not the dice
+        state = torch.get_rng_state()
+        torch.manual_seed(cfg.train.seed + 12345)
+        for i in range(0, len(prompts), 8):
+            batch = hf_rollout.sample(
+                self.model, self.proc, prompts[i : i + 8], e.num_chains, temperature=e.temperature,
+                top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens,
+            )
+            part = self.records(samples[i : i + 8], prompts[i : i + 8], batch)
+            for r in part:
+                r.group += i
+            recs += part
+        torch.set_rng_state(state)
+        ctx = self.reward_ctx("eval")
+        res = compute_rewards(recs, self.specs, ctx)
+        metrics = res.metrics("eval")
+        metrics["eval/distinct"] = float(len({r.completion for r in recs}))
+        for spec in self.specs:
+            controls = getattr(resolve_reward(spec.name).fn, "controls", None)
+            if controls is not None:
+                for k, v in controls(recs, ctx, **spec.kwargs).items():
+                    metrics[f"eval/{spec.key}/{k}"] = v
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state(),
+            "nonfinite": self.nonfinite,
+        }
+        if self.cfg.grpo.ref.kind == "copy":
+            state["ref"] = {k: v for k, v in self.ref.policy.state_dict().items()}
+        return ckpt.save_checkpoint(
+            self.out / "ckpts", self.step, {"": (self.model, self.proc)}, state, keep_last=self.cfg.train.keep_last
+        )
+
+    def _restore(self) -> None:
+        state = ckpt.load_trainer_state(self.resume_from)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load(state["sampler"])
+        self.nonfinite = state.get("nonfinite", 0)
+        if "ref" in state and self.cfg.grpo.ref.kind == "copy":
+            self.ref.policy.load_state_dict(state["ref"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = state["step"]
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> Path:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        self.runlog = RunLog(self.out, cfg.train.tensorboard)
+        if self.resume_from is not None:
+            self._restore()
+            self.runlog.truncate_after(self.step)
+            log.info("resumed from %s at step %d", self.resume_from, self.step)
+        elif cfg.warmup.steps > 0:
+            from vlmgrpo.warmup import warm_start
+
+            warm_start(self)
+            seed_everything(cfg.train.seed + 1)
+        if self.step == 0 and cfg.train.eval_every:
+            self.runlog.log(0, "grpo", self.evaluate())
+        self._install_signal_handlers()
+        from tqdm import tqdm
+
+        t_start = time.time()
+        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="grpo", dynamic_ncols=True)
+        try:
+            while self.step < cfg.train.steps and not self.stop_requested:
+                metrics = self.train_step()
+                self.step += 1
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
+                    metrics.update(self.evaluate())
+                self.runlog.log(self.step, "grpo", metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
+                                eval=f"{metrics.get('eval/reward/mean', float('nan')):.3f}")
+                if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+                    self.save()
+                if cfg.train.max_time_s and time.time() - t_start > cfg.train.max_time_s:
+                    log.warning("train.max_time_s reached at step %d", self.step)
+                    break
+        finally:
+            bar.close()
+        if not cfg.train.save_every or self.step % cfg.train.save_every:
+            self.save()
+        if self.stop_requested:
+            print(f"stopped at step {self.step}; resume with: vlmgrpo train --recipe {self.out / 'config.yaml'} "
+                  f"--output-dir {self.out} --resume")
+        self.runlog.close()
+        return self.out
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            # finish the current step, checkpoint, exit (a second signal kills at once)
+            self.stop_requested = True
+            signal.signal(signum, signal.SIG_DFL)
+
+        with contextlib.suppress(ValueError):  # not in the main thread
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+
+
+def _merge_results(results: list[Any]) -> Any:
+    from vlmgrpo.rewards import RewardResult
+
+    if len(results) == 1:
+        return results[0]
+    return RewardResult(
+        total=np.concatenate([r.total for r in results]),
+        per_reward={k: np.concatenate([r.per_reward[k] for r in results]) for k in results[0].per_reward},
+        sub_scores={k: np.concatenate([r.sub_scores.get(k, np.full(len(r.total), np.nan)) for r in results])
+                    for k in {k for r in results for k in r.sub_scores}},
+        failed={k: sum(r.failed[k] for r in results) for k in results[0].failed},
+    )
+
+
+def train(cfg: Config, resume: str | None = None) -> Path:
+    return Trainer(cfg, resume).fit()
+
+
+__all__ = ["Trainer", "train", "build_prompt", "kl_k3"]
