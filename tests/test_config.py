@@ -20,8 +20,10 @@ def test_every_packaged_recipe_loads_and_validates(name):
 
 
 def test_overrides_apply_with_yaml_types():
-    cfg = load_config("demo", ["optim.lr=1e-5", "rollout.group_size=4", "model.lora.enabled=true",
-                               "optim.betas=[0.9, 0.999]"])
+    cfg = load_config(
+        "demo",
+        ["optim.lr=1e-5", "rollout.group_size=4", "model.lora.enabled=true", "optim.betas=[0.9, 0.999]"],
+    )
     assert cfg.optim.lr == 1e-5 and cfg.rollout.group_size == 4 and cfg.model.lora.enabled
     assert cfg.optim.betas == [0.9, 0.999]
 

@@ -27,7 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlmgrpo", description="GRPO post-training for vision-language models")
+    parser = argparse.ArgumentParser(
+        prog="vlmgrpo", description="GRPO post-training for vision-language models"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -37,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name and e.name.startswith("vlmgrpo.commands"):
                 continue  # a command not built yet in this checkout
             raise
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().splitlines()[0])
+        p = sub.add_parser(
+            name, help=help_text, description=(mod.__doc__ or help_text).strip().splitlines()[0]
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from vlmgrpo.errors import ConfigError

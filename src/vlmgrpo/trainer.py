@@ -106,14 +106,21 @@ class PolicyHandle:
     def __init__(self, model: Any, proc: Any, cfg: Config) -> None:
         self.model, self.proc, self.cfg = model, proc, cfg
 
-    def generate(self, messages: list[list[dict]], images: list[list[Any]] | None = None, **kw: Any) -> list[str]:
+    def generate(
+        self, messages: list[list[dict]], images: list[list[Any]] | None = None, **kw: Any
+    ) -> list[str]:
         images = images or [[] for _ in messages]
         prompts = [Prompt(messages=m, images=list(i)) for m, i in zip(messages, images)]
         r = self.cfg.rollout
         out = hf_rollout.sample(
-            self.model, self.proc, prompts, 1,
-            temperature=kw.get("temperature", r.temperature), top_p=kw.get("top_p", r.top_p),
-            top_k=kw.get("top_k", r.top_k), max_new_tokens=kw.get("max_new_tokens", r.max_new_tokens),
+            self.model,
+            self.proc,
+            prompts,
+            1,
+            temperature=kw.get("temperature", r.temperature),
+            top_p=kw.get("top_p", r.top_p),
+            top_k=kw.get("top_k", r.top_k),
+            max_new_tokens=kw.get("max_new_tokens", r.max_new_tokens),
         )
         return out.completions
 
@@ -140,7 +147,10 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         self.train_set = build_dataset(cfg.data.dataset, cfg.data.kwargs, "train", cfg.train.seed)
         self.eval_set = build_dataset(
-            cfg.data.eval_dataset or cfg.data.dataset, cfg.data.eval_kwargs or cfg.data.kwargs, "test", cfg.train.seed
+            cfg.data.eval_dataset or cfg.data.dataset,
+            cfg.data.eval_kwargs or cfg.data.kwargs,
+            "test",
+            cfg.train.seed,
         )
         self.specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label) for r in cfg.rewards]
         if not self.specs:
@@ -158,7 +168,11 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
-            params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps,
+            params,
+            lr=o.lr,
+            betas=tuple(o.betas),
+            weight_decay=o.weight_decay,
+            eps=o.eps,
             fused=self.device.type == "cuda",
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
@@ -209,23 +223,37 @@ class Trainer:
     def rollout(self, prompts: list[Prompt]) -> RolloutBatch:
         r = self.cfg.rollout
         return hf_rollout.sample(
-            self.model, self.proc, prompts, r.group_size, temperature=r.temperature,
-            top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+            self.model,
+            self.proc,
+            prompts,
+            r.group_size,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            max_new_tokens=r.max_new_tokens,
         )
 
     def records(self, samples: list[dict], prompts: list[Prompt], batch: RolloutBatch) -> list[RewardRecord]:
         g = batch.group_size
         return [
             RewardRecord(
-                prompt=prompts[i // g].text, completion=batch.completions[i], images=prompts[i // g].images,
-                sample=samples[i // g], group=i // g, index=i % g,
+                prompt=prompts[i // g].text,
+                completion=batch.completions[i],
+                images=prompts[i // g].images,
+                sample=samples[i // g],
+                group=i // g,
+                index=i % g,
             )
             for i in range(len(batch))
         ]
 
     def reward_ctx(self, phase: str) -> RewardContext:
-        return RewardContext(step=self.step, phase=phase, policy=PolicyHandle(self.model, self.proc, self.cfg),
-                             seed=self.cfg.train.seed + self.step)
+        return RewardContext(
+            step=self.step,
+            phase=phase,
+            policy=PolicyHandle(self.model, self.proc, self.cfg),
+            seed=self.cfg.train.seed + self.step,
+        )
 
     def ref_logps(self, batch: RolloutBatch) -> torch.Tensor | None:
         if self.cfg.grpo.beta <= 0 or self.ref is None:
@@ -254,19 +282,34 @@ class Trainer:
             logp = self.logp_model(chunk, self.cfg.rollout.temperature)
             old = chunk.sample_logps if chunk.sample_logps is not None and g.loss != "pg" else logp.detach()
             loss, st = grpo_loss(
-                logp, old, self.ref_logps(chunk), adv.to(logp.device), chunk.completion_mask.to(logp.dtype),
-                kind=g.loss, aggregation=g.aggregation, beta=g.beta, clip_low=g.clip_low,
-                clip_high=g.clip_high, max_tokens=self.cfg.rollout.max_new_tokens, num_items_in_batch=global_tokens,
+                logp,
+                old,
+                self.ref_logps(chunk),
+                adv.to(logp.device),
+                chunk.completion_mask.to(logp.dtype),
+                kind=g.loss,
+                aggregation=g.aggregation,
+                beta=g.beta,
+                clip_low=g.clip_low,
+                clip_high=g.clip_high,
+                max_tokens=self.cfg.rollout.max_new_tokens,
+                num_items_in_batch=global_tokens,
             )
             scale = loss_scale_for_accumulation(
-                g.aggregation, len(chunk), global_seqs, float(chunk.completion_mask.sum().item()), global_tokens
+                g.aggregation,
+                len(chunk),
+                global_seqs,
+                float(chunk.completion_mask.sum().item()),
+                global_tokens,
             )
             (loss * scale).backward()
             total_loss += loss.item() * scale
             for k, v in st.items():
                 stats[k] = stats.get(k, 0.0) + float(v) * len(chunk) / global_seqs
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
+        )
         if not (math.isfinite(total_loss) and torch.isfinite(grad_norm)):
             # a non-finite update would poison the weights: drop it, count it, maybe stop
             self.optimizer.zero_grad(set_to_none=True)
@@ -280,8 +323,12 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": total_loss, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
-                **{f"loss/{k}": v for k, v in stats.items()}}
+        return {
+            "loss": total_loss,
+            "grad_norm": float(grad_norm),
+            "lr": self.scheduler.get_last_lr()[0],
+            **{f"loss/{k}": v for k, v in stats.items()},
+        }
 
     def refresh_reference(self) -> None:
         """ref <- alpha * policy + (1 - alpha) * ref (seed D: alpha 0.1 every 200 steps)."""
@@ -313,21 +360,35 @@ class Trainer:
             for res in results:
                 r = torch.tensor(res.total, dtype=torch.float32)
                 valid = ~torch.isnan(r)
-                advs.append(group_advantages(
-                    r, cfg.rollout.group_size, scale=cfg.grpo.adv_scale, eps=cfg.grpo.adv_eps,
-                    unbiased=cfg.grpo.adv_unbiased, valid=valid,
-                ))
+                advs.append(
+                    group_advantages(
+                        r,
+                        cfg.rollout.group_size,
+                        scale=cfg.grpo.adv_scale,
+                        eps=cfg.grpo.adv_eps,
+                        unbiased=cfg.grpo.adv_unbiased,
+                        valid=valid,
+                    )
+                )
                 totals.append(r)
         all_r = torch.cat(totals)
         valid_frac = float((~torch.isnan(all_r)).float().mean())
         metrics: dict[str, float] = {}
         if valid_frac < cfg.grpo.min_valid_fraction:
-            log.warning("step %d: only %.0f%% of samples got a reward; skipping the update", self.step, 100 * valid_frac)
+            log.warning(
+                "step %d: only %.0f%% of samples got a reward; skipping the update",
+                self.step,
+                100 * valid_frac,
+            )
             metrics["update/skipped_rewards"] = 1.0
         else:
             with timer("update"):
                 metrics.update(self.update(batches, advs))
-        if cfg.grpo.ref.kind == "copy" and cfg.grpo.ref.refresh_every and (self.step + 1) % cfg.grpo.ref.refresh_every == 0:
+        if (
+            cfg.grpo.ref.kind == "copy"
+            and cfg.grpo.ref.refresh_every
+            and (self.step + 1) % cfg.grpo.ref.refresh_every == 0
+        ):
             self.refresh_reference()
         # metrics: rewards over the whole step (all micro-batches)
         merged = _merge_results(results)
@@ -343,8 +404,11 @@ class Trainer:
             res0 = results[0]
             g = cfg.rollout.group_size
             write_samples(
-                self.runlog.sample_dir(self.step), all_records[0][:g],
-                {k: v[:g].tolist() for k, v in res0.per_reward.items()}, res0.total[:g].tolist(), advs[0][:g].tolist(),
+                self.runlog.sample_dir(self.step),
+                all_records[0][:g],
+                {k: v[:g].tolist() for k, v in res0.per_reward.items()},
+                res0.total[:g].tolist(),
+                advs[0][:g].tolist(),
             )
         return metrics
 
@@ -366,8 +430,13 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + 12345)
         for i in range(0, len(prompts), 8):
             batch = hf_rollout.sample(
-                self.model, self.proc, prompts[i : i + 8], e.num_chains, temperature=e.temperature,
-                top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                self.model,
+                self.proc,
+                prompts[i : i + 8],
+                e.num_chains,
+                temperature=e.temperature,
+                top_p=cfg.rollout.top_p,
+                top_k=cfg.rollout.top_k,
                 max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens,
             )
             part = self.records(samples[i : i + 8], prompts[i : i + 8], batch)
@@ -397,7 +466,11 @@ class Trainer:
         if self.cfg.grpo.ref.kind == "copy":
             state["ref"] = {k: v for k, v in self.ref.policy.state_dict().items()}
         return ckpt.save_checkpoint(
-            self.out / "ckpts", self.step, {"": (self.model, self.proc)}, state, keep_last=self.cfg.train.keep_last
+            self.out / "ckpts",
+            self.step,
+            {"": (self.model, self.proc)},
+            state,
+            keep_last=self.cfg.train.keep_last,
         )
 
     def _restore(self) -> None:
@@ -441,8 +514,10 @@ class Trainer:
                     metrics.update(self.evaluate())
                 self.runlog.log(self.step, "grpo", metrics)
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
-                                eval=f"{metrics.get('eval/reward/mean', float('nan')):.3f}")
+                bar.set_postfix(
+                    reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
+                    eval=f"{metrics.get('eval/reward/mean', float('nan')):.3f}",
+                )
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0:
                     self.save()
                 if cfg.train.max_time_s and time.time() - t_start > cfg.train.max_time_s:
@@ -453,8 +528,10 @@ class Trainer:
         if not cfg.train.save_every or self.step % cfg.train.save_every:
             self.save()
         if self.stop_requested:
-            print(f"stopped at step {self.step}; resume with: vlmgrpo train --recipe {self.out / 'config.yaml'} "
-                  f"--output-dir {self.out} --resume")
+            print(
+                f"stopped at step {self.step}; resume with: vlmgrpo train --recipe {self.out / 'config.yaml'} "
+                f"--output-dir {self.out} --resume"
+            )
         self.runlog.close()
         return self.out
 
@@ -477,8 +554,10 @@ def _merge_results(results: list[Any]) -> Any:
     return RewardResult(
         total=np.concatenate([r.total for r in results]),
         per_reward={k: np.concatenate([r.per_reward[k] for r in results]) for k in results[0].per_reward},
-        sub_scores={k: np.concatenate([r.sub_scores.get(k, np.full(len(r.total), np.nan)) for r in results])
-                    for k in {k for r in results for k in r.sub_scores}},
+        sub_scores={
+            k: np.concatenate([r.sub_scores.get(k, np.full(len(r.total), np.nan)) for r in results])
+            for k in {k for r in results for k in r.sub_scores}
+        },
         failed={k: sum(r.failed[k] for r in results) for k in results[0].failed},
     )
 

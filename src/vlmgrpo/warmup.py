@@ -33,13 +33,19 @@ def sft_batch(tr: Trainer, samples: list[dict], field: str) -> RolloutBatch:
     end = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else (tok.eos_token or "")
     side = tok.padding_side
     tok.padding_side = "right"
-    tgt = tok([str(s[field]) + end for s in samples], padding=True, return_tensors="pt", add_special_tokens=False)
+    tgt = tok(
+        [str(s[field]) + end for s in samples], padding=True, return_tensors="pt", add_special_tokens=False
+    )
     tok.padding_side = side
     extra = {k: v for k, v in enc.items() if k in ("mm_token_type_ids", "token_type_ids")}
     return RolloutBatch(
-        prompt_ids=enc["input_ids"], prompt_mask=enc["attention_mask"],
-        completion_ids=tgt["input_ids"].to(tr.device), completion_mask=tgt["attention_mask"].to(tr.device),
-        vision_rows=vision_rows, prompt_extra=extra, completions=[str(s[field]) for s in samples],
+        prompt_ids=enc["input_ids"],
+        prompt_mask=enc["attention_mask"],
+        completion_ids=tgt["input_ids"].to(tr.device),
+        completion_mask=tgt["attention_mask"].to(tr.device),
+        vision_rows=vision_rows,
+        prompt_extra=extra,
+        completions=[str(s[field]) for s in samples],
     )
 
 
@@ -65,9 +71,13 @@ def warm_start(tr: Trainer) -> None:
             ev = tr.evaluate()
             metrics.update(ev)
             ceiling = next((v for k, v in ev.items() if k.endswith("/ceiling")), None)
-            reached = ceiling is not None and w.stop_at_ceiling_fraction > 0 and (
-                ev["eval/reward/mean"] >= w.stop_at_ceiling_fraction * ceiling
-                and ev["eval/distinct"] >= w.min_distinct
+            reached = (
+                ceiling is not None
+                and w.stop_at_ceiling_fraction > 0
+                and (
+                    ev["eval/reward/mean"] >= w.stop_at_ceiling_fraction * ceiling
+                    and ev["eval/distinct"] >= w.min_distinct
+                )
             )
             done = done or reached
         tr.runlog.log(step, "warmup", metrics)

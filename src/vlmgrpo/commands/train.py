@@ -7,8 +7,14 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default="demo", help="packaged recipe name or path to a YAML file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.lr=1e-5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-5 (repeatable)",
+    )
     p.add_argument("--output-dir", help="run folder (= --set train.output_dir=...)")
     p.add_argument("--model", help="policy id or folder (= --set model.name_or_path=...)")
     p.add_argument("--resume", action="store_true", help="resume from the latest complete checkpoint")

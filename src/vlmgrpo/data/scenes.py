@@ -161,7 +161,7 @@ def draw(scene: Scene | Sequence[SceneObject], size: int = DEFAULT_SIZE) -> Imag
 
 
 def scene_split(scene: Scene) -> str:
-    """"heldout" for 1 in HELDOUT_BUCKETS canonical descriptions, else "train" (stable across runs)."""
+    """ "heldout" for 1 in HELDOUT_BUCKETS canonical descriptions, else "train" (stable across runs)."""
     bucket = zlib.crc32(describe(scene).encode()) % HELDOUT_BUCKETS
     return "heldout" if bucket == 0 else "train"
 

@@ -158,7 +158,12 @@ class PixelEmbedder:
         base = active[idx // (maps.shape[-1] * maps.shape[-2])] * 2 * k
         bins = np.concatenate([base + lo, base + (lo + 1) % k, base + k + lo, base + k + (lo + 1) % k])
         vals = np.concatenate(
-            [mag * (1 - sharp) * (1 - frac), mag * (1 - sharp) * frac, mag * sharp * (1 - frac), mag * sharp * frac]
+            [
+                mag * (1 - sharp) * (1 - frac),
+                mag * (1 - sharp) * frac,
+                mag * sharp * (1 - frac),
+                mag * sharp * frac,
+            ]
         )
         return np.bincount(bins, vals, minlength=m * 2 * k).reshape(lead + (2 * k,))
 

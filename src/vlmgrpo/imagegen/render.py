@@ -28,7 +28,9 @@ MAX_OBJECTS = 3
 
 COLOR_WORDS = {c: c for c in COLORS} | {"violet": "purple", "magenta": "purple", "lilac": "purple"}
 SHAPE_WORDS = {
-    **dict.fromkeys(("circle", "circles", "disc", "disk", "discs", "disks", "dot", "dots", "round"), "circle"),
+    **dict.fromkeys(
+        ("circle", "circles", "disc", "disk", "discs", "disks", "dot", "dots", "round"), "circle"
+    ),
     **dict.fromkeys(("ball", "balls", "oval", "ovals", "ring", "rings", "ellipse"), "circle"),
     **dict.fromkeys(("square", "squares", "box", "boxes", "rectangle", "rectangles", "block"), "square"),
     **dict.fromkeys(("blocks", "cube", "cubes"), "square"),

@@ -126,11 +126,14 @@ class RewardResult:
     failed: dict[str, int]  # name -> samples whose reward raised
 
     def metrics(self, prefix: str = "reward") -> dict[str, float]:
+        """Training: reward/mean, reward/<name>/mean, ...; eval ("eval"): eval/reward/mean,
+        eval/<name>/mean, eval/<name>/<sub>/mean, ..."""
+        total_key = prefix if prefix == "reward" else f"{prefix}/reward"
         out: dict[str, float] = {}
         valid = ~np.isnan(self.total)
-        out[f"{prefix}/mean"] = float(self.total[valid].mean()) if valid.any() else math.nan
-        out[f"{prefix}/std"] = float(self.total[valid].std()) if valid.any() else math.nan
-        out[f"{prefix}/skipped"] = float((~valid).sum())
+        out[f"{total_key}/mean"] = float(self.total[valid].mean()) if valid.any() else math.nan
+        out[f"{total_key}/std"] = float(self.total[valid].std()) if valid.any() else math.nan
+        out[f"{total_key}/skipped"] = float((~valid).sum())
         for name, vals in {**self.per_reward, **self.sub_scores}.items():
             ok = ~np.isnan(vals)
             out[f"{prefix}/{name}/mean"] = float(vals[ok].mean()) if ok.any() else math.nan

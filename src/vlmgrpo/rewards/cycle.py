@@ -22,8 +22,14 @@ from vlmgrpo.rewards.base import RewardContext, RewardRecord, batched
 
 
 def _similarities(
-    originals: list[Any], texts: list[str], ctx: RewardContext, generator: str, generator_kwargs: dict,
-    embedder: str, embedder_kwargs: dict, resize: int,
+    originals: list[Any],
+    texts: list[str],
+    ctx: RewardContext,
+    generator: str,
+    generator_kwargs: dict,
+    embedder: str,
+    embedder_kwargs: dict,
+    resize: int,
 ) -> tuple[np.ndarray, list[Any]]:
     """[N] similarity (NaN where generation failed) and the regenerated images."""
     gen = get_generator(generator, generator_kwargs)
@@ -55,8 +61,14 @@ def cycle_reward(
     resize: int = 224,
 ) -> list[dict[str, float] | None]:
     sims, images = _similarities(
-        [r.images[0] for r in records], [r.completion for r in records], ctx,
-        generator, generator_kwargs or {}, embedder, embedder_kwargs or {}, resize,
+        [r.images[0] for r in records],
+        [r.completion for r in records],
+        ctx,
+        generator,
+        generator_kwargs or {},
+        embedder,
+        embedder_kwargs or {},
+        resize,
     )
     out: list[dict[str, float] | None] = []
     for rec, s, img in zip(records, sims, images):
@@ -73,8 +85,11 @@ def cycle_controls(
     regenerated and scored; `shuffled` = the policy's descriptions scored against the wrong images
     (each group's completions paired with the next group's image)."""
     gen_args = (
-        kwargs.get("generator", "render"), kwargs.get("generator_kwargs") or {},
-        kwargs.get("embedder", "pixel"), kwargs.get("embedder_kwargs") or {}, kwargs.get("resize", 224),
+        kwargs.get("generator", "render"),
+        kwargs.get("generator_kwargs") or {},
+        kwargs.get("embedder", "pixel"),
+        kwargs.get("embedder_kwargs") or {},
+        kwargs.get("resize", 224),
     )
     mapping = kwargs.get("mapping", "raw")
     out: dict[str, float] = {}
@@ -83,8 +98,12 @@ def cycle_controls(
         firsts.setdefault(r.group, r)
     groups = sorted(firsts)
     if truth_field and all(truth_field in firsts[g].sample for g in groups):
-        s, _ = _similarities([firsts[g].images[0] for g in groups], [firsts[g].sample[truth_field] for g in groups],
-                             ctx, *gen_args)
+        s, _ = _similarities(
+            [firsts[g].images[0] for g in groups],
+            [firsts[g].sample[truth_field] for g in groups],
+            ctx,
+            *gen_args,
+        )
         out["ceiling"] = float(np.nanmean(_map(s, mapping)))
     if len(groups) > 1:
         nxt = {g: firsts[groups[(k + 1) % len(groups)]].images[0] for k, g in enumerate(groups)}

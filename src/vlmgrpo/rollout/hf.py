@@ -66,7 +66,9 @@ def render_prompt(proc: Any, prompt: Prompt) -> str:
     return text + prompt.prefill
 
 
-def encode_prompts(proc: Any, prompts: list[Prompt], repeat: int, device: Any) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+def encode_prompts(
+    proc: Any, prompts: list[Prompt], repeat: int, device: Any
+) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     """Tokenise `prompts`, each repeated `repeat` times, left-padded.
 
     Returns (batch inputs for generate: input_ids/attention_mask [B, P] + vision tensors,
@@ -142,7 +144,9 @@ def sample(
     from vlmgrpo.grpo.core import completion_mask_from_eos
 
     mask = completion_mask_from_eos(completion_ids, eos, tok.pad_token_id)
-    completion_ids = torch.where(mask.bool(), completion_ids, torch.full_like(completion_ids, tok.pad_token_id))
+    completion_ids = torch.where(
+        mask.bool(), completion_ids, torch.full_like(completion_ids, tok.pad_token_id)
+    )
     texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
     prefills = [p.prefill for p in prompts for _ in range(group_size)]
     sample_logps = None
