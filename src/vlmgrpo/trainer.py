@@ -16,6 +16,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -471,6 +472,7 @@ class Trainer:
             {"": (self.model, self.proc)},
             state,
             keep_last=self.cfg.train.keep_last,
+            fault_hook=_fault_hook(self.step),
         )
 
     def _restore(self) -> None:
@@ -544,6 +546,21 @@ class Trainer:
         with contextlib.suppress(ValueError):  # not in the main thread
             signal.signal(signal.SIGTERM, handler)
             signal.signal(signal.SIGINT, handler)
+
+
+def _fault_hook(step: int) -> Any:
+    """Fault injection for the crash tests: VLMGRPO_FAULT="<stage>:<step>" SIGKILLs this process at
+    that stage of writing ckpt-<step> (stages: after-weights, before-marker)."""
+    spec = os.environ.get("VLMGRPO_FAULT", "")
+    if not spec:
+        return None
+    stage, _, at = spec.partition(":")
+
+    def hook(now: str) -> None:
+        if now == stage and int(at) == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 def _merge_results(results: list[Any]) -> Any:
