@@ -291,7 +291,7 @@ def load_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str
     base = data.pop("base", None)
     if base:
         data = _deep_merge(load_recipe_dict(base, (*_seen, str(path))), data)
-    data.setdefault("recipe", path.stem)
+    data["recipe"] = path.stem  # this recipe's name, not its base's
     return data
 
 

@@ -108,10 +108,10 @@ class PolicyHandle:
         self.model, self.proc, self.cfg = model, proc, cfg
 
     def generate(
-        self, messages: list[list[dict]], images: list[list[Any]] | None = None, **kw: Any
+        self, messages: list[list[dict]], images: list[list[Any]] | None = None, prefill: str = "", **kw: Any
     ) -> list[str]:
         images = images or [[] for _ in messages]
-        prompts = [Prompt(messages=m, images=list(i)) for m, i in zip(messages, images)]
+        prompts = [Prompt(messages=m, images=list(i), prefill=prefill) for m, i in zip(messages, images)]
         r = self.cfg.rollout
         out = hf_rollout.sample(
             self.model,
@@ -146,13 +146,11 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
         self.device = pick_device(cfg.train.device)
-        self.train_set = build_dataset(cfg.data.dataset, cfg.data.kwargs, "train", cfg.train.seed)
-        self.eval_set = build_dataset(
-            cfg.data.eval_dataset or cfg.data.dataset,
-            cfg.data.eval_kwargs or cfg.data.kwargs,
-            "test",
-            cfg.train.seed,
-        )
+        # data.image_max_side reaches every builder as kwargs["max_side"] unless the recipe sets it
+        kw = {"max_side": cfg.data.image_max_side, **cfg.data.kwargs}
+        eval_kw = {"max_side": cfg.data.image_max_side, **(cfg.data.eval_kwargs or cfg.data.kwargs)}
+        self.train_set = build_dataset(cfg.data.dataset, kw, "train", cfg.train.seed)
+        self.eval_set = build_dataset(cfg.data.eval_dataset or cfg.data.dataset, eval_kw, "test", cfg.train.seed)
         self.specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label) for r in cfg.rewards]
         if not self.specs:
             raise ConfigError("rewards: the recipe lists no reward")
@@ -281,6 +279,9 @@ class Trainer:
         total_loss = 0.0
         for chunk, adv in chunks:
             logp = self.logp_model(chunk, self.cfg.rollout.temperature)
+            # On-policy with one update per rollout the behaviour policy IS the current one, so its
+            # log-probs are logp.detach() (ratio 1 in value; TRL does the same). Sampling-time
+            # log-probs are used when a rollout carries them (off-policy overlap).
             old = chunk.sample_logps if chunk.sample_logps is not None and g.loss != "pg" else logp.detach()
             loss, st = grpo_loss(
                 logp,
