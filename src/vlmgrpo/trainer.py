@@ -150,12 +150,16 @@ class Trainer:
         kw = {"max_side": cfg.data.image_max_side, **cfg.data.kwargs}
         eval_kw = {"max_side": cfg.data.image_max_side, **(cfg.data.eval_kwargs or cfg.data.kwargs)}
         self.train_set = build_dataset(cfg.data.dataset, kw, "train", cfg.train.seed)
-        self.eval_set = build_dataset(cfg.data.eval_dataset or cfg.data.dataset, eval_kw, "test", cfg.train.seed)
+        self.eval_set = build_dataset(
+            cfg.data.eval_dataset or cfg.data.dataset, eval_kw, "test", cfg.train.seed
+        )
         self.specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label) for r in cfg.rewards]
         if not self.specs:
             raise ConfigError("rewards: the recipe lists no reward")
         for s in self.specs:
-            resolve_reward(s.name)  # fail now, not at step 1, on an unknown reward
+            fn = resolve_reward(s.name).fn  # fail now, not at step 1, on an unknown reward
+            if hasattr(fn, "prepare"):  # load services/models now: a missing token fails here
+                fn.prepare(**s.kwargs)
         model_cfg = copy.deepcopy(cfg.model)
         if self.resume_from is not None and not cfg.model.lora.enabled:
             model_cfg.name_or_path = str(self.resume_from)  # full weights: load the checkpoint itself
@@ -246,12 +250,13 @@ class Trainer:
             for i in range(len(batch))
         ]
 
-    def reward_ctx(self, phase: str) -> RewardContext:
+    def reward_ctx(self, phase: str, part: int = 0) -> RewardContext:
+        """`part` numbers the micro-batches of a step, so per-sample seeds never repeat in a step."""
         return RewardContext(
             step=self.step,
             phase=phase,
             policy=PolicyHandle(self.model, self.proc, self.cfg),
-            seed=self.cfg.train.seed + self.step,
+            seed=(self.cfg.train.seed + self.step) * 64 + part,
         )
 
     def ref_logps(self, batch: RolloutBatch) -> torch.Tensor | None:
@@ -353,10 +358,9 @@ class Trainer:
                 all_samples.append((samples, prompts))
         results = []
         with timer("reward"):
-            ctx = self.reward_ctx("train")
-            for batch, (samples, prompts) in zip(batches, all_samples):
+            for k, (batch, (samples, prompts)) in enumerate(zip(batches, all_samples)):
                 recs = self.records(samples, prompts, batch)
-                results.append(compute_rewards(recs, self.specs, ctx))
+                results.append(compute_rewards(recs, self.specs, self.reward_ctx("train", k)))
                 all_records.append(recs)
         with timer("advantage"):
             for res in results:
@@ -403,16 +407,32 @@ class Trainer:
         metrics["time/step"] = time.perf_counter() - t0
         metrics["tokens/s"] = float(lens.sum()) / max(1e-9, timer.times.get("time/rollout", 1e-9))
         if self.runlog and cfg.train.log_samples_every and self.step % cfg.train.log_samples_every == 0:
-            res0 = results[0]
-            g = cfg.rollout.group_size
-            write_samples(
-                self.runlog.sample_dir(self.step),
-                all_records[0][:g],
-                {k: v[:g].tolist() for k, v in res0.per_reward.items()},
-                res0.total[:g].tolist(),
-                advs[0][:g].tolist(),
-            )
+            self._log_samples(all_records[0][: cfg.rollout.group_size], results[0], advs[0])
         return metrics
+
+    def _log_samples(self, recs: list[RewardRecord], res: Any, adv: torch.Tensor) -> None:
+        """One group per logged step: images, completions, scores; for cycle rewards also the
+        seed's page of the original beside every regenerated image sorted by similarity."""
+        g = len(recs)
+        out = self.runlog.sample_dir(self.step)
+        write_samples(
+            out,
+            recs,
+            {k: v[:g].tolist() for k, v in res.per_reward.items()},
+            res.total[:g].tolist(),
+            adv[:g].tolist(),
+        )
+        if recs and recs[0].images and any("regenerated" in r.extras for r in recs):
+            from vlmgrpo.report.artifacts import write_step_page
+
+            write_step_page(
+                out,
+                recs[0].images[0],
+                [r.completion for r in recs],
+                [r.extras.get("regenerated") for r in recs],
+                res.total[:g].tolist(),
+                title=f"step {self.step}",
+            )
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

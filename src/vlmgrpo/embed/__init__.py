@@ -16,7 +16,7 @@ from vlmgrpo.registry import Registry
 EMBEDDERS: Registry = Registry("embedder")
 EMBEDDERS.register("pixel", "vlmgrpo.embed.pixel:PixelEmbedder")
 EMBEDDERS.register("dinov2", "vlmgrpo.embed.hf:HFImageEmbedder")
-EMBEDDERS.register("clip", "vlmgrpo.embed.hf:HFImageEmbedder")
+EMBEDDERS.register("clip", "vlmgrpo.embed.hf:CLIPEmbedder")
 
 
 @functools.lru_cache(maxsize=8)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vlmgrpo.errors import ConfigError, ModelLoadError
 from vlmgrpo.registry import Registry
 
 if TYPE_CHECKING:
@@ -172,6 +173,8 @@ def compute_rewards(
                 values = list(_run(rf.fn(list(records), ctx, **spec.kwargs)))
                 if len(values) != n:
                     raise ValueError(f"returned {len(values)} values for {n} records")
+            except (ConfigError, ModelLoadError):
+                raise  # the user's setup is wrong (missing token, weights): say so, do not skip
             except Exception as e:  # a reward bug or a dead service must not kill the run
                 log.warning("reward %s failed on a batch of %d: %s", spec.key, n, e)
                 values, n_failed = [None] * n, n
@@ -179,6 +182,8 @@ def compute_rewards(
             for i, rec in enumerate(records):
                 try:
                     values[i] = _run(rf.fn(rec, ctx, **spec.kwargs))
+                except (ConfigError, ModelLoadError):
+                    raise
                 except Exception as e:
                     log.warning("reward %s failed on sample %s: %s", spec.key, rec.sample.get("id", i), e)
                     n_failed += 1

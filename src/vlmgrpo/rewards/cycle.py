@@ -34,15 +34,19 @@ def _similarities(
     """[N] similarity (NaN where generation failed) and the regenerated images."""
     gen = get_generator(generator, generator_kwargs)
     emb = get_embedder(embedder, embedder_kwargs)
-    seeds = [ctx.seed * 1000 + i for i in range(len(texts))]
+    # one seed per sample: distinct within the step (ctx.seed differs per micro-batch) and < 2**31
+    seeds = [(ctx.seed * 1009 + i) % 2**31 for i in range(len(texts))]
     images = gen.generate(texts, seeds=seeds)
     sims = np.full(len(texts), np.nan)
     ok = [i for i, im in enumerate(images) if im is not None]
+    # keep the thumbnails that were embedded, not the generator's full-size output (disk, memory)
+    small: list[Any] = [None] * len(texts)
     if ok:
-        regen = [thumbnail(images[i].convert("RGB"), resize) for i in ok]
+        for i in ok:
+            small[i] = thumbnail(images[i].convert("RGB"), resize)
         orig = [thumbnail(originals[i], resize) for i in ok]
-        sims[ok] = emb.similarity(orig, regen)
-    return sims, images
+        sims[ok] = emb.similarity(orig, [small[i] for i in ok])
+    return sims, small
 
 
 def _map(s: np.ndarray, mapping: str) -> np.ndarray:
@@ -112,4 +116,18 @@ def cycle_controls(
     return out
 
 
+def cycle_prepare(
+    generator: str = "render",
+    generator_kwargs: dict | None = None,
+    embedder: str = "pixel",
+    embedder_kwargs: dict | None = None,
+    **_: Any,
+) -> None:
+    """Load generator and embedder before training starts, so a missing token or weights folder
+    stops the run at once with its one-line error instead of skipping every step."""
+    get_generator(generator, generator_kwargs or {})
+    get_embedder(embedder, embedder_kwargs or {})
+
+
 cycle_reward.controls = cycle_controls  # type: ignore[attr-defined]
+cycle_reward.prepare = cycle_prepare  # type: ignore[attr-defined]
