@@ -1,0 +1,127 @@
+"""Evaluate the base model and every checkpoint of a run (pass@k, judged), into RUN/ckpt_tests/.
+
+Examples:
+    vlmgrpo eval --output-dir runs/demo                         # offline charts benchmark, rules judge
+    vlmgrpo eval --output-dir runs/a --data test_data/test_set.json --judge llm   # seed A's CharXiv eval
+    vlmgrpo eval --output-dir runs/a --judge llm --judge-base-url http://localhost:8000/v1 --judge-model m
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--k {text!r}: expected comma-separated integers like 1,5,10"
+        ) from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"--k {text!r}: every k must be >= 1")
+    return ks
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", required=True, help="the run folder (holds config.yaml and ckpts/)")
+    p.add_argument(
+        "--task",
+        default="",
+        help="charts | charxiv | rewards | geometry | area | img2code | module:fn "
+        "(default: by --data, else by the run's eval dataset; runs without questions get charts)",
+    )
+    p.add_argument(
+        "--data", default="", help="a CharXiv-style test_set.json (e.g. from `vlmgrpo data charts`)"
+    )
+    p.add_argument("--num-items", type=int, default=10, help="first N questions (default 10)")
+    p.add_argument("--num-samples", type=int, default=10, help="completions per question, n (default 10)")
+    p.add_argument("--k", type=_ks, default=(1, 5, 10), help="pass@k values to report (default 1,5,10)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--system", default=None, help="system prompt (default: seed A's chart assistant)")
+    p.add_argument("--prompt-suffix", default="", help="text appended to each question")
+    p.add_argument(
+        "--judge", default="", help="rules | llm | module:Class (default: llm for charxiv, else rules)"
+    )
+    p.add_argument("--judge-model", default="", help="llm judge model (default gpt-4.1)")
+    p.add_argument(
+        "--judge-base-url",
+        default="",
+        help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or https://api.openai.com/v1)",
+    )
+    p.add_argument("--judge-concurrency", type=int, default=0, help="requests in flight (default 8)")
+    p.add_argument("--judge-timeout", type=float, default=0.0, help="seconds per request (default 60)")
+    p.add_argument("--judge-attempts", type=int, default=0, help="tries per item before ungraded (default 5)")
+    p.add_argument(
+        "--judge-backoff", type=float, default=0.0, help="first retry delay, s, doubling (default 2)"
+    )
+    p.add_argument("--judge-cache", default="", help="cache folder (default RUN/judge_cache)")
+    p.add_argument("--force", action="store_true", help="re-evaluate models that already have a result")
+    p.add_argument("--regrade", action="store_true", help="re-judge ungraded answers of existing results")
+    p.add_argument("--no-base", action="store_true", help="skip the base model")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model")
+    p.add_argument("--batch-rows", type=int, default=64, help="sequences per generate call")
+    p.add_argument("--results-dir", default="", help="where results go (default RUN/ckpt_tests)")
+
+
+def options(args: argparse.Namespace):
+    """EvalOptions from parsed arguments (the API key comes from $OPENAI_API_KEY or the run config)."""
+    from vlmgrpo.errors import ConfigError
+    from vlmgrpo.evaluate import SYSTEM_PROMPT, EvalOptions
+
+    if args.num_items < 1 or args.num_samples < 1:
+        raise ConfigError("--num-items and --num-samples must be at least 1")
+    dropped = [k for k in args.k if k > args.num_samples]
+    if dropped:
+        print(
+            f"note: pass@{','.join(map(str, dropped))} needs more than --num-samples {args.num_samples}; skipped"
+        )
+    judge_kwargs = {
+        key: val
+        for key, val in {
+            "model": args.judge_model,
+            "base_url": args.judge_base_url,
+            "concurrency": args.judge_concurrency,
+            "timeout_s": args.judge_timeout,
+            "max_attempts": args.judge_attempts,
+            "backoff_s": args.judge_backoff,
+            "cache_dir": args.judge_cache,
+        }.items()
+        if val
+    }
+    return EvalOptions(
+        task=args.task,
+        data=args.data,
+        num_items=args.num_items,
+        num_samples=args.num_samples,
+        ks=tuple(k for k in args.k if k <= args.num_samples) or (1,),
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        system=SYSTEM_PROMPT if args.system is None else args.system,
+        prompt_suffix=args.prompt_suffix,
+        judge=args.judge,
+        judge_kwargs=judge_kwargs,
+        force=args.force,
+        regrade=args.regrade,
+        include_base=not args.no_base,
+        device=args.device,
+        seed=args.seed,
+        batch_rows=args.batch_rows,
+        results_dir=args.results_dir,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmgrpo.evaluate import evaluate_run
+
+    opts = options(args)
+    results = evaluate_run(args.output_dir, opts)
+    ungraded = sum(r.get("ungraded") or 0 for r in results)
+    if ungraded:
+        print(
+            f"{ungraded} completion(s) ungraded (judge failures; excluded from pass@k); "
+            "re-run with --regrade to retry them"
+        )
+    return 0
