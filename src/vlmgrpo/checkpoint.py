@@ -56,10 +56,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_model(model: Any, proc: Any, out: Path) -> None:
-    """HF format: full weights, or only the adapter for a peft model."""
+def save_model(model: Any, proc: Any, out: Path, state_dict: dict | None = None) -> None:
+    """HF format: full weights, or only the adapter for a peft model. `state_dict` overrides the
+    module's own (the gathered full weights of an FSDP2-sharded model)."""
     model = getattr(model, "module", model)
-    model.save_pretrained(out, safe_serialization=True)
+    if state_dict is not None:
+        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
     if proc is not None:
         proc.save_pretrained(out)
 
@@ -73,15 +77,16 @@ def save_checkpoint(
     fault_hook: Any = None,
 ) -> Path:
     """Write ckpt-`step` atomically. `models` maps "" (the policy, at the top) or a sub-folder name
-    to (model, processor). `fault_hook(stage)` lets tests kill the process mid-write."""
+    to (model, processor) or (model, processor, full_state_dict). `fault_hook(stage)` lets tests kill the process mid-write."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"ckpt-{step}"
     tmp = ckpt_root / f".tmp-ckpt-{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    for name, (model, proc) in models.items():
-        save_model(model, proc, tmp / name if name else tmp)
+    for name, entry in models.items():
+        model, proc, *sd = entry  # (model, processor[, full state dict])
+        save_model(model, proc, tmp / name if name else tmp, sd[0] if sd else None)
     if fault_hook:
         fault_hook("after-weights")
     torch.save({**trainer_state, "rng": rng_state(), "step": step}, tmp / "trainer_state.pt")

@@ -64,11 +64,15 @@ class PromptConfig:
 class RolloutConfig:
     backend: Literal["hf", "fast"] = "hf"  # HF generate, or the static-cache engine (CUDA)
     group_size: int = 8  # completions per prompt (G)
-    prompts_per_step: int = 1  # distinct prompts (images) per micro-batch
+    prompts_per_step: int = 1  # distinct prompts (images) per micro-batch, global over all ranks
     temperature: float = 0.9
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 512
+    # sample each prompt's group from its own seed (step, global prompt index): completions then do
+    # not depend on the world size or batch layout (reproducible across 1 and N ranks), at the cost
+    # of one generate call per prompt
+    seed_per_prompt: bool = False
 
 
 @dataclass
@@ -137,6 +141,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     max_nonfinite: int = 5  # stop after this many skipped updates with a non-finite loss or grad
+    # under torchrun / accelerate launch: ddp (replicated) or fsdp2 (sharded); ignored in one process
+    dist_strategy: Literal["ddp", "fsdp2"] = "ddp"
 
 
 @dataclass
@@ -263,7 +269,7 @@ def list_recipes() -> list[str]:
 
 def recipe_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():
         if not p.is_file():
             raise ConfigError(f"{p}: recipe file not found")
         return p

@@ -32,12 +32,15 @@ class LogpModel(nn.Module):
         super().__init__()
         self.policy = policy
         self.chunk_tokens = chunk_tokens
+        # FSDP2 shards the root's own parameters (lm_head, embeddings): the forward must then go
+        # through the root module so that its hooks gather them (set by vlmgrpo.dist.wrap)
+        self.full_forward = False
 
     def forward(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
         inputs = batch.model_inputs()
         p_len, c_len = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
         temp = temperature if temperature > 0 else 1.0
-        split = _split_head(self.policy)
+        split = None if self.full_forward else _split_head(self.policy)
         if split is None:  # unknown layout: fall back to logits of the completion positions
             logits = self.policy(**inputs, logits_to_keep=c_len + 1).logits[:, :-1]
             from vlmgrpo.grpo.core import selective_log_softmax

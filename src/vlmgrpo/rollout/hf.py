@@ -108,6 +108,7 @@ def sample(
     max_new_tokens: int = 64,
     return_logps: bool = False,
     generator_seed: int | None = None,
+    synced_gpus: bool = False,
 ) -> RolloutBatch:
     """Sample `group_size` completions per prompt. temperature 0 = greedy.
 
@@ -128,6 +129,7 @@ def sample(
         suppress_tokens=suppressed_ids(proc, vocab),
         return_dict_in_generate=True,
         output_logits=return_logps,
+        synced_gpus=synced_gpus,  # FSDP: every rank runs the same number of forwards
     )
     if not greedy:
         gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
@@ -167,4 +169,35 @@ def sample(
         completions=[pf + t for pf, t in zip(prefills, texts)],
         sample_logps=sample_logps,
         group_size=group_size,
+    )
+
+
+def concat(parts: list[RolloutBatch], proc: Any) -> RolloutBatch:
+    """Stack rollouts of different prompt/completion lengths: prompts re-padded on the left,
+    completions on the right (mask 0 on padding)."""
+    pad = tokenizer_of(proc).pad_token_id
+    p_len = max(b.prompt_ids.shape[1] for b in parts)
+    c_len = max(b.completion_ids.shape[1] for b in parts)
+
+    def left(t: torch.Tensor, n: int, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (n - t.shape[1], 0), value=value)
+
+    def right(t: torch.Tensor, n: int, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, n - t.shape[1]), value=value)
+
+    logps = [b.sample_logps for b in parts]
+    return RolloutBatch(
+        prompt_ids=torch.cat([left(b.prompt_ids, p_len, pad) for b in parts]),
+        prompt_mask=torch.cat([left(b.prompt_mask, p_len, 0) for b in parts]),
+        completion_ids=torch.cat([right(b.completion_ids, c_len, pad) for b in parts]),
+        completion_mask=torch.cat([right(b.completion_mask, c_len, 0) for b in parts]),
+        vision_rows=[r for b in parts for r in b.vision_rows],
+        prompt_extra={
+            k: torch.cat([left(b.prompt_extra[k], p_len, 0) for b in parts]) for k in parts[0].prompt_extra
+        },
+        completions=[c for b in parts for c in b.completions],
+        sample_logps=None
+        if any(x is None for x in logps)
+        else torch.cat([right(x, c_len, 0.0) for x in logps]),
+        group_size=parts[0].group_size,
     )

@@ -1,0 +1,143 @@
+"""Data-parallel and sharded training on PyTorch's own distributed engine.
+
+Launch with `torchrun --nproc_per_node N -m vlmgrpo.cli train ...` or `accelerate launch`; both
+set RANK / WORLD_SIZE / LOCAL_RANK, which `init()` reads. One process per GPU (or per CPU worker
+with gloo). The global batch of a step is the same whatever the world size: every rank draws the
+same global list of prompts from an identically seeded sampler and keeps its own slice, so a
+group never spans ranks and group normalisation stays exact.
+
+Wrapping (`dist.strategy`): `ddp` replicates the model (gradients all-reduced by
+DistributedDataParallel); `fsdp2` shards it with `fully_shard`, the vision tower and every decoder
+layer as their own units (generation then runs with `synced_gpus=True`, after one forward through
+the root, as FSDP2 needs). Shutdown: the wrapper is deleted, garbage collected and the ranks meet
+at a barrier before `destroy_process_group`; without this gloo sometimes aborts at exit.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init(device_pref: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by torchrun/accelerate; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    if device_pref not in ("auto", "cuda"):
+        device = torch.device(device_pref)
+    elif use_cuda:
+        device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local), device
+
+
+def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Sum a few floats over ranks (one collective)."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def wrap(logp_model: torch.nn.Module, strategy: str, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """The module the update runs through: DDP around the log-prob module, or FSDP2 units."""
+    if not info.enabled or strategy == "none":
+        return logp_model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(logp_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if strategy == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        policy = logp_model.policy
+        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        units = [
+            m
+            for n, m in base.named_modules()
+            if n.endswith("visual") or type(m).__name__.endswith("DecoderLayer")
+        ]
+        covered = {id(p) for u in units for p in u.parameters()}
+        # the remaining parameter owners (embeddings, final norm, lm_head) get units of their own, so
+        # the root owns no parameter: a root left unsharded after generation then cannot hide the
+        # optimizer's sharded parameters from the state-dict APIs
+        for m in base.modules():
+            own = list(m.parameters(recurse=False))
+            if own and not any(id(p) in covered for p in own):
+                units.append(m)
+                covered.update(id(p) for p in own)
+        for module in units:  # the vision tower, each decoder layer, and the leftovers: one unit each
+            fully_shard(module)
+        fully_shard(policy)
+        logp_model.full_forward = True  # go through the root module so FSDP2's hooks run
+        return logp_model
+    raise ValueError(f"unknown dist strategy {strategy!r}")
+
+
+def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor] | None:
+    """The whole model's state dict on CPU, on rank 0 (None elsewhere); gathers FSDP shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not info.enabled:
+        return None
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return sd if info.is_main else None
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Put every FSDP2 unit back in its sharded state (generation leaves the root unsharded)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo, *wrappers: Any) -> None:
+    if not info.enabled or not dist.is_initialized():
+        return
+    for w in wrappers:
+        del w
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
