@@ -19,7 +19,11 @@ evaluation summary (success rate, similarity, score, class rates, code statistic
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -27,10 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from vlmgrpo.errors import ConfigError, VlmgrpoError
 from vlmgrpo.imagemetrics import SEED_WEIGHTS, check_weights, similarity
 from vlmgrpo.rewards.base import RewardContext, RewardRecord, batched
-from vlmgrpo.sandbox import STATUSES, Sandbox, SandboxResult
+from vlmgrpo.sandbox import STATUSES, Sandbox, SandboxConfig, SandboxResult
 
+log = logging.getLogger(__name__)
 CLASSES = tuple(s for s in STATUSES if s != "sandbox_error")
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _PLOT_CALL = re.compile(r"\b(?:plt|ax\w*|fig\w*|axes\[[^\]]*\])\.\w+\(")
@@ -61,7 +67,13 @@ def code_stats(code: str) -> dict[str, float]:
 
 
 def get_sandbox(config: Mapping[str, Any] | None = None) -> Sandbox:
-    """One `Sandbox` per distinct config, reused across steps."""
+    """One `Sandbox` per distinct config (`SandboxConfig` fields), reused across steps."""
+    known = [f.name for f in dataclasses.fields(SandboxConfig)]
+    for name in config or {}:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
+            raise ConfigError(f"rewards.img2code.kwargs.sandbox.{name}: unknown setting{hint}")
     key = json.dumps(dict(config or {}), sort_keys=True)
     if key not in _SANDBOXES:
         _SANDBOXES[key] = Sandbox(**dict(config or {}))
@@ -145,6 +157,39 @@ def img2code_reward(
         if res.image is not None:
             rec.extras["figure"] = res.image
     return values
+
+
+def img2code_prepare(**kwargs: Any) -> None:
+    """Trainer start-up: check the kwargs, load DINOv2 when selected, and run one program through
+    the sandbox, so that a broken sandbox fails now and missing isolation is logged up front."""
+    known = [
+        n for n in inspect.signature(score_completions).parameters if n not in ("completions", "references")
+    ]
+    for name in kwargs:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
+            raise ConfigError(f"rewards.img2code.kwargs.{name}: unknown setting{hint}")
+    weights = check_weights(kwargs.get("metrics") or SEED_WEIGHTS, "rewards.img2code.kwargs.metrics")
+    if "dinov2" in weights:
+        from vlmgrpo.embed import get_embedder
+        from vlmgrpo.imagemetrics import DINOV2_DEFAULTS
+
+        get_embedder("dinov2", {**DINOV2_DEFAULTS, **dict(kwargs.get("dinov2") or {})})
+    res = get_sandbox(kwargs.get("sandbox")).run("import matplotlib.pyplot as plt\nplt.plot([0, 1])\n")
+    if not res.ok:
+        last = (res.error.strip().splitlines() or [""])[-1]
+        raise VlmgrpoError(
+            f"img2code: the sandbox cannot run a plain matplotlib program ({res.status}: {last})"
+        )
+    missing = [k for k, v in res.isolation.items() if v is False]
+    if missing:
+        log.warning(
+            "img2code sandbox: these layers do not hold here: %s (docs/img2code.md)", ", ".join(missing)
+        )
+
+
+img2code_reward.prepare = img2code_prepare  # type: ignore[attr-defined]
 
 
 def summarize(results: Sequence[Mapping[str, float] | None]) -> dict[str, float]:
