@@ -11,12 +11,51 @@ import argparse
 import json
 from pathlib import Path
 
+# How `vlmgrpo demo` builds its tiny model (docs/demo.md). `colour_filters`: that many of the
+# vision tower's patch-embedding filters (out of 32) are set to per-channel means of the patch
+# (filter o reads channel o % 3), scaled by `colour_filter_gain`, instead of random weights. Why: a
+# random tiny vision tower never learned to tell colours apart under supervised training (it learned
+# size and position only), and colour is what the pixel similarity rewards most; a pretrained vision
+# encoder would see colour from the start, and this is the cheapest stand-in for one.
+DEMO_MODEL: dict = {"arch": "qwen2_5_vl", "seed": 0, "colour_filters": 24, "colour_filter_gain": 2.0}
+
+
+def build_demo_model(model_dir: Path, spec: dict = DEMO_MODEL) -> Path:
+    """Build the demo's tiny Qwen2.5-VL in `model_dir` (rebuilt when `spec` changed)."""
+    import torch
+
+    from vlmgrpo.models.tiny import build_tiny_vlm
+
+    marker = model_dir / "demo_model.json"
+    if (model_dir / "config.json").is_file() and marker.is_file() and json.loads(marker.read_text()) == spec:
+        return model_dir
+    build_tiny_vlm(model_dir, arch=spec["arch"], seed=spec["seed"])
+    if spec.get("colour_filters"):
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(str(model_dir))
+        w = model.model.visual.patch_embed.proj.weight  # [D, 3, T, P, P]
+        with torch.no_grad():
+            for o in range(min(int(spec["colour_filters"]), w.shape[0])):
+                w[o] = 0.0
+                w[o, o % 3] = spec["colour_filter_gain"] / w[o, 0].numel()  # mean of channel o % 3
+        model.save_pretrained(str(model_dir))
+    marker.write_text(json.dumps(spec))
+    print(f"built a tiny Qwen2.5-VL in {model_dir}")
+    return model_dir
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="runs/demo", help="where the model and the run(s) go")
     p.add_argument("--seeds", default="1", help="comma-separated seeds; one run folder per seed")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of the demo recipe (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the demo recipe (repeatable)",
+    )
 
 
 def summarize(run: Path) -> dict[str, float]:
@@ -24,7 +63,11 @@ def summarize(run: Path) -> dict[str, float]:
     the ceiling and the shuffled control, and the fraction of the gap to the ceiling closed."""
     from vlmgrpo.runlog import read_metrics
 
-    rows = [r for r in read_metrics(run / "metrics.jsonl") if r.get("phase") == "grpo" and "eval/similarity/mean" in r]
+    rows = [
+        r
+        for r in read_metrics(run / "metrics.jsonl")
+        if r.get("phase") == "grpo" and "eval/similarity/mean" in r
+    ]
     if not rows:
         return {}
     first, last3 = rows[0], rows[-3:]
@@ -45,20 +88,24 @@ def summarize(run: Path) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     from vlmgrpo.config import load_config
-    from vlmgrpo.models.tiny import build_tiny_vlm
     from vlmgrpo.trainer import train
 
     out = Path(args.output_dir)
     model_dir = out / "model"
-    if not (model_dir / "config.json").is_file():
-        build_tiny_vlm(model_dir, arch="qwen2_5_vl", seed=0)
-        print(f"built a tiny Qwen2.5-VL in {model_dir}")
+    build_demo_model(model_dir)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     summaries = {}
     for seed in seeds:
         run_dir = out if len(seeds) == 1 else out / f"seed-{seed}"
-        cfg = load_config("demo", [f"model.name_or_path={model_dir}", f"train.output_dir={run_dir}",
-                                   f"train.seed={seed}", *args.overrides])
+        cfg = load_config(
+            "demo",
+            [
+                f"model.name_or_path={model_dir}",
+                f"train.output_dir={run_dir}",
+                f"train.seed={seed}",
+                *args.overrides,
+            ],
+        )
         train(cfg)
         s = summarize(run_dir)
         summaries[str(seed)] = s
