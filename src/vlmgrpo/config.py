@@ -349,6 +349,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.grad_accum: must be at least 1")
     if cfg.grpo.beta > 0 and cfg.grpo.ref.kind == "none":
         raise ConfigError("grpo.beta > 0 needs a reference: set grpo.ref.kind to 'copy' or 'adapter'")
+    if cfg.grpo.ref.kind == "adapter" and cfg.grpo.ref.refresh_every:
+        raise ConfigError(
+            "grpo.ref.refresh_every: the adapter reference is the frozen base; it cannot be refreshed"
+        )
     if cfg.grpo.ref.kind == "adapter" and not cfg.model.lora.enabled:
         raise ConfigError("grpo.ref.kind 'adapter' needs model.lora.enabled: true")
     for i, r in enumerate(cfg.rewards):

@@ -231,7 +231,7 @@ class Trainer:
 
     def _build_reference(self) -> Any:
         kind = self.cfg.grpo.ref.kind
-        if kind == "copy":
+        if kind == "copy" and self.cfg.grpo.beta > 0:  # no KL term: no copy to hold in memory
             ref = copy.deepcopy(self.model).eval()
             for p in ref.parameters():
                 p.requires_grad_(False)
@@ -374,13 +374,14 @@ class Trainer:
                     "(the last good checkpoint is untouched; lower optim.lr or check the rewards)"
                 )
             return {"loss": total_loss, "update/skipped_nonfinite": 1.0}
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (before the schedule moves)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {
             "loss": total_loss,
             "grad_norm": float(grad_norm),
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": lr,
             **{f"loss/{k}": v for k, v in stats.items()},
         }
 
@@ -573,7 +574,7 @@ class Trainer:
             full_weights = get_model_state_dict(self.model, options=opts)
             state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
             state["optimizer_format"] = "full"
-        if self.cfg.grpo.ref.kind == "copy":
+        if self.ref is not None and self.ref != "adapter":
             state["ref"] = {k: v for k, v in self.ref.policy.state_dict().items()}
         path = None
         if self.dist.is_main:
@@ -605,7 +606,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load(state["sampler"])
         self.nonfinite = state.get("nonfinite", 0)
-        if "ref" in state and self.cfg.grpo.ref.kind == "copy":
+        if "ref" in state and self.ref is not None and self.ref != "adapter":
             self.ref.policy.load_state_dict(state["ref"])
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
@@ -631,6 +632,7 @@ class Trainer:
         if self.step == 0 and cfg.train.eval_every:
             self.runlog.log(0, "grpo", self.evaluate())
         self._install_signal_handlers()
+        self.model.train()  # dropout (e.g. LoRA's) is active in the update; rollouts switch to eval
         from tqdm import tqdm
 
         t_start = time.time()

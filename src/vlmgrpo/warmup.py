@@ -95,8 +95,11 @@ def warm_start(tr: Trainer) -> None:
     t0 = time.perf_counter()
     for step in range(1, w.steps + 1):
         field = next(name for name, end in stages if step <= end)
-        idx = rng.integers(len(tr.train_set), size=w.batch_size)
-        batch = sft_batch(tr, [tr.train_set[int(i)] for i in idx], field)
+        if hasattr(tr.train_set, "sample"):  # streaming (e.g. the area task): a fresh image each time
+            drawn = [tr.train_set.sample(rng) for _ in range(w.batch_size)]
+        else:
+            drawn = [tr.train_set[int(i)] for i in rng.integers(len(tr.train_set), size=w.batch_size)]
+        batch = sft_batch(tr, drawn, field)
         logps = tr.update_model(batch, 1.0)  # through DDP/FSDP when distributed
         mask = batch.completion_mask.to(logps.dtype)
         loss = -(logps * mask).sum() / mask.sum()
