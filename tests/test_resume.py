@@ -14,15 +14,45 @@ from safetensors.torch import load_file
 
 def _train(model_dir, out, *extra, env=None):
     args = [
-        sys.executable, "-m", "vlmgrpo.cli", "train", "--recipe", "demo", "--model", str(model_dir),
-        "--output-dir", str(out), "--set", "train.steps=4", "--set", "train.save_every=2",
-        "--set", "warmup.steps=0", "--set", "train.eval_every=2", "--set", "eval.num_items=4",
-        "--set", "rollout.prompts_per_step=2", "--set", "rollout.group_size=4",
-        "--set", "rollout.max_new_tokens=8", "--set", "data.kwargs={n: 64, size: 56}",
-        "--set", "data.eval_kwargs={n: 8, size: 56}", "--set", "train.tensorboard=false",
-        "--set", "train.threads=1", *extra,
+        sys.executable,
+        "-m",
+        "vlmgrpo.cli",
+        "train",
+        "--recipe",
+        "demo",
+        "--model",
+        str(model_dir),
+        "--output-dir",
+        str(out),
+        "--set",
+        "train.steps=4",
+        "--set",
+        "train.save_every=2",
+        "--set",
+        "warmup.steps=0",
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "eval.num_items=4",
+        "--set",
+        "rollout.prompts_per_step=2",
+        "--set",
+        "rollout.group_size=4",
+        "--set",
+        "rollout.max_new_tokens=8",
+        "--set",
+        "data.kwargs={n: 64, size: 56}",
+        "--set",
+        "data.eval_kwargs={n: 8, size: 56}",
+        "--set",
+        "train.tensorboard=false",
+        "--set",
+        "train.threads=1",
+        *extra,
     ]
-    return subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        args, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300
+    )
 
 
 def _metrics(out):

@@ -71,8 +71,15 @@ def test_every_trainable_parameter_changes_after_a_step(tiny_vlm_dir, tmp_path):
 
 
 def test_lora_trains_only_adapters(tiny_vlm_dir, tmp_path):
-    cfg = _cfg(tiny_vlm_dir, tmp_path, "rewards=[{name: length}]", "optim.lr=0.01", "model.lora.enabled=true",
-               "model.lora.r=4", "model.lora.alpha=8")
+    cfg = _cfg(
+        tiny_vlm_dir,
+        tmp_path,
+        "rewards=[{name: length}]",
+        "optim.lr=0.01",
+        "model.lora.enabled=true",
+        "model.lora.r=4",
+        "model.lora.alpha=8",
+    )
     tr = Trainer(cfg)
     trainable = {n: p.detach().clone() for n, p in tr.model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in tr.model.named_parameters() if not p.requires_grad}
@@ -89,8 +96,16 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_vlm_dir, tmp_path, agg
     results = []
     for micro in (0, 4):
         # Adam with a large eps is ~SGD: the test compares gradients, not Adam's sign-like first step
-        cfg = _cfg(tiny_vlm_dir, tmp_path / str(micro), f"optim.micro_batch_seqs={micro}", "optim.lr=1.0",
-                   "optim.eps=1.0", "optim.weight_decay=0", f"grpo.aggregation={aggregation}", "grpo.loss=is")
+        cfg = _cfg(
+            tiny_vlm_dir,
+            tmp_path / str(micro),
+            f"optim.micro_batch_seqs={micro}",
+            "optim.lr=1.0",
+            "optim.eps=1.0",
+            "optim.weight_decay=0",
+            f"grpo.aggregation={aggregation}",
+            "grpo.loss=is",
+        )
         torch.manual_seed(0)
         tr = Trainer(cfg)
         torch.manual_seed(1)
@@ -99,7 +114,9 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_vlm_dir, tmp_path, agg
         assert len(batch) == 8
         adv = torch.linspace(-1, 1, 8)
         stats = tr.update([batch], [adv])
-        results.append(([p.detach().clone() for p in tr.model.parameters()], stats["loss"], batch.completions))
+        results.append(
+            ([p.detach().clone() for p in tr.model.parameters()], stats["loss"], batch.completions)
+        )
     (p_full, loss_full, c_full), (p_acc, loss_acc, c_acc) = results
     assert c_full == c_acc  # same rollout in both
     assert loss_full == pytest.approx(loss_acc, rel=1e-5, abs=1e-7)
@@ -138,7 +155,9 @@ def _raising_reward_file(tmp_path):
 
 def test_reward_that_raises_is_skipped_and_counted(tiny_vlm_dir, tmp_path):
     f = _raising_reward_file(tmp_path)
-    cfg = _cfg(tiny_vlm_dir, tmp_path / "run", f"rewards=[{{name: '{f}:flaky', label: flaky}}]", "train.steps=2")
+    cfg = _cfg(
+        tiny_vlm_dir, tmp_path / "run", f"rewards=[{{name: '{f}:flaky', label: flaky}}]", "train.steps=2"
+    )
     Trainer(cfg).fit()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     grpo = [r for r in rows if r["phase"] == "grpo" and "reward/flaky/failed" in r]
@@ -148,15 +167,29 @@ def test_reward_that_raises_is_skipped_and_counted(tiny_vlm_dir, tmp_path):
 
 
 def test_run_folder_layout(tiny_vlm_dir, tmp_path):
-    cfg = _cfg(tiny_vlm_dir, tmp_path / "run", "train.steps=2", "train.eval_every=1", "train.save_every=1",
-               "train.log_samples_every=1", "eval.num_items=4")
+    cfg = _cfg(
+        tiny_vlm_dir,
+        tmp_path / "run",
+        "train.steps=2",
+        "train.eval_every=1",
+        "train.save_every=1",
+        "train.log_samples_every=1",
+        "eval.num_items=4",
+    )
     Trainer(cfg).fit()
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["phase"] == "grpo" for r in rows)
-    for key in ("reward/mean", "reward/similarity/mean", "time/rollout", "time/update", "eval/similarity/mean",
-                "eval/similarity/ceiling", "eval/similarity/shuffled"):
+    for key in (
+        "reward/mean",
+        "reward/similarity/mean",
+        "time/rollout",
+        "time/update",
+        "eval/similarity/mean",
+        "eval/similarity/ceiling",
+        "eval/similarity/shuffled",
+    ):
         assert key in rows[1], key
     assert (run / "ckpts" / "ckpt-1" / "config.json").is_file()
     assert (run / "ckpts" / "ckpt-2" / "COMPLETE").is_file()
@@ -165,14 +198,19 @@ def test_run_folder_layout(tiny_vlm_dir, tmp_path):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "vlmgrpo.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "vlmgrpo.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["train", "--recipe", "nope"], "error: unknown recipe 'nope'"),
-        (["train", "--set", "optim.lrr=1"], "error: unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
+        (
+            ["train", "--set", "optim.lrr=1"],
+            "error: unknown config key 'optim.lrr'; did you mean 'optim.lr'?",
+        ),
         (["train", "--model", "/does/not/exist"], "error: /does/not/exist: model folder does not exist"),
     ],
 )
@@ -203,8 +241,15 @@ def test_bad_images_in_a_folder_dataset_are_skipped_and_counted(tiny_vlm_dir, tm
     for i in range(3):
         Image.new("RGB", (40, 40), (255, 0, 0)).save(img_dir / f"ok{i}.png")
     (img_dir / "broken.png").write_bytes(b"not a png")
-    cfg = _cfg(tiny_vlm_dir, tmp_path / "run", "data.dataset=folder", f"data.kwargs={{path: {img_dir}}}",
-               "data.eval_kwargs={}", "rewards=[{name: length}]", "train.steps=3")
+    cfg = _cfg(
+        tiny_vlm_dir,
+        tmp_path / "run",
+        "data.dataset=folder",
+        f"data.kwargs={{path: {img_dir}}}",
+        "data.eval_kwargs={}",
+        "rewards=[{name: length}]",
+        "train.steps=3",
+    )
     Trainer(cfg).fit()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3

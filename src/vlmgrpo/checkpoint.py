@@ -104,6 +104,9 @@ def save_checkpoint(
         os.close(fd)
     if keep_last > 0:
         for old in list_checkpoints(ckpt_root)[:-keep_last]:
+            # the marker goes first: a kill mid-delete leaves an incomplete folder, never one that
+            # claims to be complete with files missing
+            (old / MARKER).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -287,14 +287,22 @@ def load_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str
     if str(path) in _seen:
         raise ConfigError(f"{path}: recipe 'base' chain loops back on itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the recipe ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a recipe name or path, got {type(base).__name__} {base!r}")
+    try:  # keys and types checked file by file, so that the error names the file at fault
+        _from_dict(Config, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     if base:
         data = _deep_merge(load_recipe_dict(base, (*_seen, str(path))), data)
     data["recipe"] = path.stem  # this recipe's name, not its base's
@@ -361,7 +369,11 @@ def validate(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write atomically (a temporary file renamed over `path`): a run killed mid-write never leaves
+    a torn `config.yaml` for `--resume` to read."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
 
 
 def config_from_file(path: Path) -> Config:

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from vlmgrpo import checkpoint as ckpt
 from vlmgrpo import dist
 from vlmgrpo.config import Config, save_config
 from vlmgrpo.data import build_dataset
-from vlmgrpo.errors import ConfigError, DataError, VlmgrpoError
+from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
 from vlmgrpo.grpo.core import group_advantages, grpo_loss, kl_k3, loss_scale_for_accumulation
 from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.models import load_policy
@@ -208,6 +209,8 @@ class Trainer:
         root = self.out / "ckpts"
         if resume == "latest":
             found = ckpt.list_checkpoints(root, warn=True)
+            if not found:
+                log.warning("--resume: no complete checkpoint in %s; starting from step 0", root)
             return found[-1] if found else None
         p = Path(resume) if Path(resume).exists() else root / resume
         if not (p / ckpt.MARKER).is_file():
@@ -513,11 +516,7 @@ class Trainer:
         cfg = self.cfg
         e = cfg.eval
         n = min(e.num_items, len(self.eval_set)) if hasattr(self.eval_set, "__len__") else e.num_items
-        if hasattr(self.eval_set, "__len__"):
-            samples = [self.eval_set[i] for i in range(n)]
-        else:
-            rng = np.random.default_rng(cfg.train.seed + 1)  # a fixed eval set from a stream
-            samples = [self.eval_set.sample(rng) for _ in range(n)]
+        samples, bad = self._eval_samples(n)
         prompts = [build_prompt(s, cfg) for s in samples]
         recs: list[RewardRecord] = []
         # a fixed seed per evaluation so that changes reflect the policy, not the dice
@@ -544,12 +543,29 @@ class Trainer:
         res = compute_rewards(recs, self.specs, ctx)
         metrics = res.metrics("eval")
         metrics["eval/distinct"] = float(len({r.completion for r in recs}))
+        metrics["eval/bad_samples"] = float(bad)
         for spec in self.specs:
             controls = getattr(resolve_reward(spec.name).fn, "controls", None)
             if controls is not None:
                 for k, v in controls(recs, ctx, **spec.kwargs).items():
                     metrics[f"eval/{spec.key}/{k}"] = v
         return metrics
+
+    def _eval_samples(self, n: int) -> tuple[list[dict[str, Any]], int]:
+        """The first `n` held-out items (a fixed draw from a stream) and how many were unreadable:
+        those are skipped (data.skip_bad_samples) or stop the run."""
+        stream = not hasattr(self.eval_set, "__len__")
+        rng = np.random.default_rng(self.cfg.train.seed + 1) if stream else None  # fixed from a stream
+        samples, bad = [], 0
+        for i in range(n):
+            try:
+                samples.append(self.eval_set.sample(rng) if stream else self.eval_set[i])
+            except DataError as e:
+                if not self.cfg.data.skip_bad_samples:
+                    raise
+                bad += 1
+                log.warning("skipping bad eval sample: %s", e)
+        return samples, bad
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path | None:
@@ -620,6 +636,11 @@ class Trainer:
         dist.barrier(self.dist)
         # only rank 0 writes metrics and samples; the others log into a no-op
         self.runlog = RunLog(self.out, cfg.train.tensorboard) if self.dist.is_main else NullLog()
+        if self.resume_from is None and self.dist.is_main and self.runlog.metrics_path.exists():
+            # a fresh start (or --resume before any checkpoint): an earlier attempt's rows would
+            # repeat steps, so they move aside
+            self.runlog.metrics_path.replace(self.out / "metrics.prev.jsonl")
+            log.warning("starting from step 0: the earlier metrics moved to metrics.prev.jsonl")
         if self.resume_from is not None:
             self._restore()
             self.runlog.truncate_after(self.step)
@@ -629,7 +650,7 @@ class Trainer:
 
             warm_start(self)
             seed_everything(cfg.train.seed + 1)
-        if self.step == 0 and cfg.train.eval_every:
+        if self.step == 0 and cfg.train.eval_every and self.resume_from is None:
             self.runlog.log(0, "grpo", self.evaluate())
         self._install_signal_handlers()
         self.model.train()  # dropout (e.g. LoRA's) is active in the update; rollouts switch to eval
@@ -639,7 +660,11 @@ class Trainer:
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="grpo", dynamic_ncols=True)
         try:
             while self.step < cfg.train.steps and not self._should_stop():
-                metrics = self.train_step()
+                before = {"rng": ckpt.rng_state(), "sampler": self.sampler.state()}
+                try:
+                    metrics = self.train_step()
+                except ServiceError as e:  # raised by the rewards, so before this step's update
+                    self._abandon_step(before, e)
                 self.step += 1
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     metrics.update(self.evaluate())
@@ -654,19 +679,20 @@ class Trainer:
                 if cfg.train.max_time_s and time.time() - t_start > cfg.train.max_time_s:
                     log.warning("train.max_time_s reached at step %d", self.step)
                     break
+        except BaseException:
+            self._restore_signal_handlers()
+            raise
         finally:
             bar.close()
         if not cfg.train.save_every or self.step % cfg.train.save_every:
             self.save()
         if self.stop_requested and self.dist.is_main:
-            print(
-                f"stopped at step {self.step}; resume with: vlmgrpo train --recipe {self.out / 'config.yaml'} "
-                f"--output-dir {self.out} --resume"
-            )
+            print(f"stopped at step {self.step}; {self._resume_hint()}")
         self.runlog.close()
         if os.environ.get("VLMGRPO_DUMP_PARAMS"):  # tests: every rank's view of the final weights
             self._dump_params(Path(os.environ["VLMGRPO_DUMP_PARAMS"]))
         dist.shutdown(self.dist, self.update_model)
+        self._restore_signal_handlers()  # fit() in a notebook or a test leaves Ctrl-C working
         return self.out
 
     def _dump_params(self, folder: Path) -> None:
@@ -675,6 +701,22 @@ class Trainer:
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu().clone() for k, v in sd.items()}, folder / f"rank-{self.dist.rank}.pt")
+
+    def _resume_hint(self) -> str:
+        out = shlex.quote(str(self.out))
+        return f"resume with: vlmgrpo train --recipe {out}/config.yaml --output-dir {out} --resume"
+
+    def _abandon_step(self, before: dict[str, Any], err: ServiceError) -> None:
+        """A remote service is given up (down past its max_down_s, or it refused the token) during
+        a step's rollout or rewards. Nothing was updated yet: rewind the RNGs and the sampler to the
+        step's start, checkpoint the last finished step (the same state an uninterrupted run saves
+        there, so resuming is exact) and stop with one line."""
+        ckpt.set_rng_state(before["rng"])
+        self.sampler.load(before["sampler"])
+        done = self.out / "ckpts" / f"ckpt-{self.step}"
+        if not (done / ckpt.MARKER).is_file():
+            self.save()
+        raise ServiceError(f"{err}; step {self.step + 1} abandoned, {done.name} saved; {self._resume_hint()}")
 
     def _should_stop(self) -> bool:
         """A signal may reach one rank only: all ranks stop together."""
@@ -686,9 +728,16 @@ class Trainer:
             self.stop_requested = True
             signal.signal(signum, signal.SIG_DFL)
 
+        self._old_handlers: dict[int, Any] = {}
         with contextlib.suppress(ValueError):  # not in the main thread
-            signal.signal(signal.SIGTERM, handler)
-            signal.signal(signal.SIGINT, handler)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old_handlers[sig] = signal.signal(sig, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, old)
+        self._old_handlers = {}
 
 
 class NullLog:

@@ -347,13 +347,20 @@ class AreaFolderSet(Sequence):
             raise DataError(f"{path}: no data.jsonl here; write one with `vlmgrpo data area --output {path}`")
         self.root = path
         self.rows = []
-        for k, line in enumerate(meta.read_text().splitlines(), 1):
+        try:
+            text = meta.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{meta}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        for k, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                self.rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{meta}:{k}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "image" not in row:
+                raise DataError(f"{meta}:{k}: a row needs an 'image' field")
+            self.rows.append(row)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -120,8 +120,8 @@ def charxiv_entry(figure_id: int, descriptive: dict[str, Any], reasoning: dict[s
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
         raise DataError(f"{path}: cannot read CharXiv JSON ({e})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected an object keyed by figure id, got {type(data).__name__}")
@@ -272,9 +272,13 @@ def load_test_entries(root: Path) -> list[dict[str, Any]]:
             f"{path}: not found; build it with `vlmgrpo data charxiv --source CHARXIV_DIR --output {root}`"
         )
     try:
-        entries = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
         raise DataError(f"{path}: cannot read ({e})") from None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and "figure_id" in e and "image_path" in e for e in entries
+    ):
+        raise DataError(f"{path}: expected a list of entries with figure_id and image_path")
     rows, missing = [], []
     for e in entries:
         image = _resolve_image(root, e["image_path"])

@@ -190,9 +190,11 @@ def rows_from_intergps(folder: Path, split: str) -> tuple[list, int]:
     rows, dropped = [], 0
     for d in sorted((p for p in folder.iterdir() if (p / "data.json").is_file()), key=_intergps_key):
         try:
-            data = json.loads((d / "data.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            data = json.loads((d / "data.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
             raise DataError(f"{d / 'data.json'}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{d / 'data.json'}: expected a JSON object, got {type(data).__name__}")
         choices = data.get("choices") or None
         letter = str(data.get("answer") or "").strip().upper()
         idx = string.ascii_uppercase.find(letter) if len(letter) == 1 else -1

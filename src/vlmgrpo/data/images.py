@@ -1,9 +1,11 @@
 """Image loading that turns every kind of bad file into one clear line.
 
 All images enter vlmgrpo through `load_image`: it accepts a path, raw bytes or a PIL image,
-converts any mode (CMYK, 16-bit, palette, RGBA, animated: first frame) to RGB, refuses
-decompression-bomb sizes and empty or truncated files with a `DataError` naming the source, and
-optionally thumbnails to a longest side (aspect kept, LANCZOS, as seed A did).
+converts any mode (CMYK, 16-bit, 32-bit and float greyscale, palette, RGBA, animated: first frame)
+to RGB, refuses decompression-bomb sizes and empty, truncated or damaged files with a `DataError`
+naming the source (and, for a file that is no image at all, what it looks like instead: an HTML
+error page saved under an image name is a common one), and optionally thumbnails to a longest side
+(aspect kept, LANCZOS, as seed A did). `tests/test_bad_inputs.py` holds the corpus of bad inputs.
 """
 
 from __future__ import annotations
@@ -17,18 +19,48 @@ from PIL import Image, UnidentifiedImageError
 from vlmgrpo.errors import DataError
 
 MAX_PIXELS = 64_000_000  # refuse bigger: a decompression bomb, or a mistake
+# leading bytes of the formats PIL reads here: a file that starts like one but does not open is damaged
+SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"BM": "BMP",
+}
+
+
+def _what_it_is(data: bytes) -> str:
+    """'not an image' made specific: a damaged known format, or text (an error page, JSON)."""
+    for sig, fmt in SIGNATURES.items():
+        if data.startswith(sig):
+            return f"corrupt or truncated {fmt} file (its header does not parse)"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "corrupt or truncated WEBP file (its header does not parse)"
+    head = data[:64]
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        start = data[:1024].lstrip().lower()
+        if start.startswith((b"<!doctype html", b"<html")):
+            return "is an HTML page, not an image (an error page saved under an image name?)"
+        if b"<svg" in start:
+            return "is an SVG drawing, which is not supported: convert it to PNG"
+        shown = head.decode("ascii").strip().splitlines()[0][:40] if head.strip() else ""
+        return f"is text, not an image (starts with {shown!r})"
+    return "not an image file, or an unsupported format"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if getattr(img, "is_animated", False):
         img.seek(0)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit integer or float greyscale: scale to 8 bits instead of clipping to white (or,
+        # for floats in [0, 1], to black)
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
         hi = arr.max() if arr.size and arr.max() > 0 else 1.0
-        img = Image.fromarray((arr / hi * 255).astype("uint8"), mode="L")
+        img = Image.fromarray(np.clip(arr / hi * 255, 0, 255).astype("uint8"), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGB", rgba.size, (255, 255, 255))  # transparent -> white, as matplotlib draws
@@ -77,7 +109,7 @@ def load_image(src: str | Path | bytes | Image.Image, max_side: int = 0, name: s
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise DataError(f"{label}: image is too large (decompression-bomb sized)") from None
         except UnidentifiedImageError:
-            raise DataError(f"{label}: not an image file, or an unsupported format") from None
+            raise DataError(f"{label}: {_what_it_is(data)}") from None
         except (OSError, SyntaxError, ValueError) as e:
             raise DataError(f"{label}: corrupt or truncated image ({e})") from None
     if img.size[0] == 0 or img.size[1] == 0:

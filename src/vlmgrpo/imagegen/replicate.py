@@ -14,10 +14,15 @@ Reliability, which a 1000-step run needs (8 x 4 predictions per step):
 - 429, 5xx, network errors and timeouts are retried up to `max_tries` times per request with
   exponential backoff (`backoff_base` x 2^n capped at `backoff_cap`, half of it jittered), never
   sooner than the server's `Retry-After`;
+- a circuit breaker (`vlmgrpo.http.CircuitBreaker`, one per generator) pauses every request after
+  `breaker_threshold` failures in a row instead of spinning through the retries, probes the
+  service after a cool-down (`breaker_cooldown_s`, default `backoff_base`, doubling up to
+  `backoff_cap`), and raises a `ServiceError` ("service replicate down for N s; stopping") once
+  nothing has succeeded for `max_down_s`: the trainer checkpoints and stops;
 - a prediction that ends `failed`/`canceled`, or polls past `max_poll_s`, is re-created up to
   `retry_failed` times; a prompt whose retries are exhausted gives `None` (its sample is skipped)
-  and is counted in `failures`; it never raises. Only a rejected token (401/403) raises a
-  `ServiceError`: nothing would succeed.
+  and is counted in `failures`. Only a rejected token (401/403) and a service down past
+  `max_down_s` raise a `ServiceError`: nothing would succeed.
 
 The token is read from the environment (`REPLICATE_API_TOKEN`) when the generator is built; it is
 sent only to `base_url`'s host, never to the host serving the output files.
@@ -28,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import email.utils
 import logging
 import os
 import random
@@ -40,6 +44,7 @@ from PIL import Image
 
 from vlmgrpo.data.images import load_image
 from vlmgrpo.errors import ConfigError, DataError, ServiceError
+from vlmgrpo.http import CircuitBreaker, backoff_delay, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +71,6 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 class ReplicateGenerator:
     """Replicate predictions behind the generator interface; see the module docstring."""
 
@@ -104,6 +94,9 @@ class ReplicateGenerator:
         max_retry_after: float = 300.0,
         retry_failed: int = 1,
         size: int = 1024,
+        breaker_threshold: int = 5,
+        breaker_cooldown_s: float | None = None,
+        max_down_s: float = 1800.0,
     ) -> None:
         token = os.environ.get(token_env, "").strip()
         if not token:
@@ -129,6 +122,14 @@ class ReplicateGenerator:
         self.failures = 0  # prompts that gave None
         self.retries = 0  # requests retried (429, 5xx, network, timeout)
         self._rng = random.Random()
+        self.breaker = CircuitBreaker(
+            "replicate",
+            failure_threshold=breaker_threshold,
+            cooldown_s=self.backoff_base if breaker_cooldown_s is None else breaker_cooldown_s,
+            max_cooldown_s=self.backoff_cap,
+            max_down_s=max_down_s,
+            probe_timeout_s=self.request_timeout + self.wait + 1.0,
+        )
 
     # ------------------------------------------------------------------ public interface
     def generate(self, prompts: list[str], seeds: list[int] | None = None) -> list[Image.Image | None]:
@@ -269,6 +270,7 @@ class ReplicateGenerator:
         last = ""
         for n in range(self.max_tries):
             retry_after = None
+            await self.breaker.wait()  # paused while the service is failing; raises once it is given up
             try:
                 resp = await client.request(method, url, headers=headers, timeout=timeout, **kw)
                 if resp.status_code in (401, 403):
@@ -280,6 +282,7 @@ class ReplicateGenerator:
                     raise _Retryable(
                         f"HTTP {resp.status_code}", parse_retry_after(resp.headers.get("retry-after"))
                     )
+                self.breaker.success()  # it answered; another 4xx is this request's problem
                 if resp.status_code >= 400:
                     raise _PredictionFailed(f"{method} {url}: HTTP {resp.status_code}: {resp.text[:200]}")
                 return resp
@@ -289,6 +292,7 @@ class ReplicateGenerator:
                 last = f"timed out after {self.request_timeout + extra_timeout:.1f} s"
             except httpx.RequestError as e:  # connection refused / reset, DNS, protocol, decoding errors
                 last = f"{type(e).__name__}: {e}"
+            self.breaker.failure(None if retry_after is None else min(retry_after, self.max_retry_after))
             if n + 1 < self.max_tries:
                 self.retries += 1
                 delay = self.backoff(n, retry_after)
@@ -299,11 +303,9 @@ class ReplicateGenerator:
     def backoff(self, n: int, retry_after: float | None = None) -> float:
         """Seconds before try n + 2: base x 2^n capped, the upper half jittered; at least the
         server's Retry-After (itself capped at `max_retry_after`)."""
-        d = min(self.backoff_cap, self.backoff_base * 2.0**n)
-        d = d / 2 + self._rng.uniform(0, d / 2)
-        if retry_after is not None:
-            d = max(d, min(retry_after, self.max_retry_after))
-        return d
+        return backoff_delay(
+            n, self.backoff_base, self.backoff_cap, 0.5, retry_after, self.max_retry_after, self._rng
+        )
 
 
 class _PredictionFailed(Exception):

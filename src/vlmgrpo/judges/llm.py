@@ -8,7 +8,12 @@ Failure handling: timeouts, connection errors, HTTP 408/409/429/5xx and unparsab
 retried with exponential backoff and jitter (a `Retry-After` header is honoured, capped at
 `max_backoff_s`); other HTTP errors (400, 401, 404: a configuration problem) are not retried.
 After the last failure the item gets `Verdict(score=-1, error=...)` (ungraded): evaluation
-excludes it from pass@k and counts it. Nothing raises.
+excludes it from pass@k and counts it. A circuit breaker (`vlmgrpo.http.CircuitBreaker`) pauses all
+requests after `breaker_threshold` failures in a row (timeouts, connection errors, 408/429/5xx)
+and probes the endpoint after a cool-down (`backoff_s` doubling up to `max_backoff_s`) instead of
+spending every item's attempts on a dead server. The one exception that escapes is a
+`ServiceError` ("service llm-judge down for N s; stopping") once nothing has succeeded for
+`max_down_s` (default 30 min).
 
 Requests run concurrently (`httpx.AsyncClient`, at most `concurrency` in flight). Successful
 verdicts are cached on disk under `cache_dir/<sha256 of the request body>.json`, so re-running an
@@ -19,19 +24,17 @@ evaluation costs nothing. The API key comes from `api_key` or the environment va
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import logging
 import os
-import random
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from vlmgrpo.errors import ConfigError
+from vlmgrpo.http import CircuitBreaker, backoff_delay, parse_retry_after
 from vlmgrpo.judges import CATEGORIES, UNGRADED, JudgeItem, Verdict
 
 log = logging.getLogger(__name__)
@@ -114,19 +117,7 @@ def parse_reply(content: str) -> Verdict:
     return Verdict(score, str(obj.get("extracted_answer", "") or ""))
 
 
-def retry_after_s(header: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+retry_after_s = parse_retry_after  # the name this module has exported
 
 
 class _Retryable(Exception):
@@ -153,6 +144,8 @@ class LLMJudge:
         backoff_s: float = 2.0,
         max_backoff_s: float = 60.0,
         json_mode: bool = True,
+        breaker_threshold: int = 5,
+        max_down_s: float = 1800.0,
     ) -> None:
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -170,6 +163,14 @@ class LLMJudge:
         self.max_backoff_s = max_backoff_s
         self.json_mode = json_mode
         self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "ungraded": 0}
+        self.breaker = CircuitBreaker(
+            "llm-judge",
+            failure_threshold=breaker_threshold,
+            cooldown_s=backoff_s,
+            max_cooldown_s=max_backoff_s,
+            max_down_s=max_down_s,
+            probe_timeout_s=timeout_s + 1.0,
+        )
 
     # ------------------------------------------------------------------ cache
     def request_body(self, item: JudgeItem) -> dict[str, Any]:
@@ -210,8 +211,8 @@ class LLMJudge:
     def _delay(self, attempt: int, wait: float | None) -> float:
         if wait is not None:
             return min(wait, self.max_backoff_s)
-        base = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-        return base * (0.5 + random.random() / 2)  # jitter: concurrent retries do not stampede
+        # the upper half jittered: concurrent retries do not stampede
+        return backoff_delay(attempt, self.backoff_s, self.max_backoff_s)
 
     async def _ask(self, client: Any, body: dict[str, Any]) -> tuple[str, Verdict]:
         """One request: the reply text and its verdict; raises _Retryable or RuntimeError."""
@@ -219,14 +220,20 @@ class LLMJudge:
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self.stats["requests"] += 1
+        await self.breaker.wait()  # paused while the endpoint is failing; raises once given up
         try:
             r = await client.post(f"{self.base_url}/chat/completions", json=body, headers=headers)
         except httpx.TimeoutException:
+            self.breaker.failure()
             raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
         except httpx.TransportError as e:
+            self.breaker.failure()
             raise _Retryable(f"connection failed: {type(e).__name__}: {e}") from None
         if r.status_code in RETRY_STATUS:
-            raise _Retryable(f"HTTP {r.status_code}", retry_after_s(r.headers.get("retry-after")))
+            wait = parse_retry_after(r.headers.get("retry-after"))
+            self.breaker.failure(None if wait is None else min(wait, self.max_backoff_s))
+            raise _Retryable(f"HTTP {r.status_code}", wait)
+        self.breaker.success()  # it answered: a 4xx or a bad reply is this request's problem
         if r.status_code >= 400:
             raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
         try:

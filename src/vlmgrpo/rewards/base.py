@@ -12,7 +12,9 @@ is present, else the sum), or `None` to skip the sample. Three shapes are accept
 - async:       either shape as `async def`; awaited, so remote calls can run concurrently.
 
 A reward that raises does not stop the run: a per-sample failure skips that sample, a batched
-failure skips the batch; both are counted in `reward/<name>/failed`.
+failure skips the batch; both are counted in `reward/<name>/failed`. The exceptions are the
+user's setup (`ConfigError`, `ModelLoadError`) and a remote service given up (`ServiceError`, see
+`vlmgrpo.http`): those stop the run with their one line.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vlmgrpo.errors import ConfigError, ModelLoadError
+from vlmgrpo.errors import ConfigError, ModelLoadError, ServiceError
 from vlmgrpo.registry import Registry
 
 if TYPE_CHECKING:
@@ -173,8 +175,10 @@ def compute_rewards(
                 values = list(_run(rf.fn(list(records), ctx, **spec.kwargs)))
                 if len(values) != n:
                     raise ValueError(f"returned {len(values)} values for {n} records")
-            except (ConfigError, ModelLoadError):
-                raise  # the user's setup is wrong (missing token, weights): say so, do not skip
+            except (ConfigError, ModelLoadError, ServiceError):
+                # the user's setup is wrong (missing token, weights) or a service is given up
+                # (down past its max_down_s): say so and stop, do not skip step after step
+                raise
             except Exception as e:  # a reward bug or a dead service must not kill the run
                 log.warning("reward %s failed on a batch of %d: %s", spec.key, n, e)
                 values, n_failed = [None] * n, n
@@ -182,7 +186,7 @@ def compute_rewards(
             for i, rec in enumerate(records):
                 try:
                     values[i] = _run(rf.fn(rec, ctx, **spec.kwargs))
-                except (ConfigError, ModelLoadError):
+                except (ConfigError, ModelLoadError, ServiceError):
                     raise
                 except Exception as e:
                     log.warning("reward %s failed on sample %s: %s", spec.key, rec.sample.get("id", i), e)
