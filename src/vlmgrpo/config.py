@@ -62,7 +62,9 @@ class PromptConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: Literal["hf", "fast"] = "hf"  # HF generate, or the static-cache engine (CUDA)
+    # auto: the static-cache CUDA-graph engine (rollout/fast.py) on CUDA for supported models, else
+    # HF generate; hf / fast force one
+    backend: Literal["auto", "hf", "fast"] = "auto"
     group_size: int = 8  # completions per prompt (G)
     prompts_per_step: int = 1  # distinct prompts (images) per micro-batch, global over all ranks
     temperature: float = 0.9

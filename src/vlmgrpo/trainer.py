@@ -38,6 +38,7 @@ from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.models import load_policy
 from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards, resolve_reward
 from vlmgrpo.rollout import Prompt, RolloutBatch
+from vlmgrpo.rollout import fast as fast_rollout
 from vlmgrpo.rollout import hf as hf_rollout
 from vlmgrpo.runlog import RunLog, write_samples
 
@@ -102,6 +103,11 @@ class PromptSampler:
         self.bad = state["bad"]
 
 
+def sampler_for(cfg: Config, model: Any) -> Any:
+    """The rollout backend module (`fast` or `hf`) for `rollout.backend`; both have `sample()`."""
+    return fast_rollout if fast_rollout.choose_backend(cfg.rollout.backend, model) == "fast" else hf_rollout
+
+
 class PolicyHandle:
     """What rewards see of the policy: `generate(messages_list, images_list) -> list[str]`
     (used by Vision-SR1's blind pass and the adversarial round)."""
@@ -115,7 +121,7 @@ class PolicyHandle:
         images = images or [[] for _ in messages]
         prompts = [Prompt(messages=m, images=list(i), prefill=prefill) for m, i in zip(messages, images)]
         r = self.cfg.rollout
-        out = hf_rollout.sample(
+        out = sampler_for(self.cfg, self.model).sample(
             self.model,
             self.proc,
             prompts,
@@ -254,12 +260,12 @@ class Trainer:
             synced_gpus=self.fsdp,
         )
         if seeds is None:
-            return hf_rollout.sample(self.model, self.proc, prompts, r.group_size, **kw)
+            return sampler_for(self.cfg, self.model).sample(self.model, self.proc, prompts, r.group_size, **kw)
         parts = []
         state = torch.get_rng_state()
         for p, seed in zip(prompts, seeds):
             torch.manual_seed(seed)
-            parts.append(hf_rollout.sample(self.model, self.proc, [p], r.group_size, **kw))
+            parts.append(sampler_for(self.cfg, self.model).sample(self.model, self.proc, [p], r.group_size, **kw))
         torch.set_rng_state(state)
         return hf_rollout.concat(parts, self.proc)
 
@@ -523,7 +529,7 @@ class Trainer:
         state = torch.get_rng_state()
         torch.manual_seed(cfg.train.seed + 12345)
         for i in range(0, len(prompts), 8):
-            batch = hf_rollout.sample(
+            batch = sampler_for(self.cfg, self.model).sample(
                 self.model,
                 self.proc,
                 prompts[i : i + 8],

@@ -1,0 +1,407 @@
+"""A faster update pass: token-budget micro-batches, one vision forward per image, fp32 Adam states.
+
+Same loss and normalisation as `Trainer.update` (`grpo_loss` per micro-batch, scaled by
+`loss_scale_for_accumulation`, so the accumulated gradient equals the whole batch's); what changes
+is only how the work is cut and where the optimiser keeps its state:
+
+- `plan_micro_batches`: rows sorted by length and packed into micro-batches of at most
+  `token_budget` padded tokens (length bucketing: a micro-batch of short completions is not padded
+  to the longest one in the step); each micro-batch is trimmed of all-pad prompt and completion
+  columns. The budget, not a fixed row count, bounds activation memory.
+- `SharedVision`: the G rows of a group share their images, yet the model's forward runs the vision
+  tower once per row (G times per image). Inside the context, the tower runs once per unique image
+  without grad, the micro-batches read those features as leaves that collect gradients, and
+  `backward()` re-runs the tower with grad once per image and back-propagates the summed gradient.
+  Exact (same gradients), G-fold less vision work; works through the model's own
+  `get_image_features`, so Qwen2.5-VL and Qwen3-VL (deepstack features) both work.
+- `AdamWFP32State`: AdamW with fp32 moments for bf16 parameters; the fp32 update is rounded back
+  to bf16 stochastically (unbiased), so lr x update far below bf16 resolution still moves the
+  weights on average. 12 bytes per parameter instead of 16 for fp32 master weights.
+- `update`: `Trainer.update` built from the pieces above (the trainer can call it as is).
+
+Non-goals: padding-free packing (varlen attention needs flash-attn, absent on the target machine);
+sequence parallelism; offload.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vlmgrpo.grpo.core import grpo_loss, loss_scale_for_accumulation
+from vlmgrpo.rollout import RolloutBatch
+
+# ------------------------------------------------------------------------------------ micro-batches
+
+
+@dataclass
+class MicroBatch:
+    batch: RolloutBatch  # trimmed rows
+    advantages: Tensor  # [rows]
+    image_keys: list[tuple[int, int]]  # (rollout index, group index) of each row's images
+
+
+def trim(batch: RolloutBatch) -> RolloutBatch:
+    """Drop prompt columns that are padding in every row (left padding) and completion columns past
+    the longest completion. Shapes shrink; values and masks of kept positions are unchanged."""
+    pm, cm = batch.prompt_mask, batch.completion_mask
+    keep_p = pm.bool().any(0)
+    first = int(keep_p.nonzero()[0]) if keep_p.any() else pm.shape[1] - 1
+    c_len = max(1, int(cm.sum(1).max()))
+    return RolloutBatch(
+        prompt_ids=batch.prompt_ids[:, first:],
+        prompt_mask=pm[:, first:],
+        completion_ids=batch.completion_ids[:, :c_len],
+        completion_mask=cm[:, :c_len],
+        vision_rows=batch.vision_rows,
+        prompt_extra={k: v[:, first:] for k, v in batch.prompt_extra.items()},
+        completions=batch.completions,
+        sample_logps=None if batch.sample_logps is None else batch.sample_logps[:, :c_len],
+        group_size=batch.group_size,
+    )
+
+
+def plan_micro_batches(
+    batches: list[RolloutBatch], advantages: list[Tensor], token_budget: int
+) -> list[MicroBatch]:
+    """Cut every rollout batch into micro-batches of at most `token_budget` padded tokens.
+
+    Rows are sorted by (prompt length, completion length), longest first, and added while
+    rows x (longest prompt + longest completion) stays within the budget (at least one row each).
+    returns micro-batches in processing order; every row appears exactly once.
+    """
+    out: list[MicroBatch] = []
+    for bi, (b, adv) in enumerate(zip(batches, advantages)):
+        p_len = b.prompt_mask.sum(1).tolist()
+        c_len = b.completion_mask.sum(1).tolist()
+        order = sorted(range(len(b)), key=lambda r: (p_len[r], c_len[r]), reverse=True)
+        cur: list[int] = []
+        mp = mc = 0
+        for r in order:
+            np_, nc = max(mp, p_len[r]), max(mc, c_len[r])
+            if cur and (len(cur) + 1) * (np_ + nc) > token_budget:
+                out.append(_micro(b, adv, cur, bi))
+                cur, np_, nc = [], p_len[r], c_len[r]
+            cur.append(r)
+            mp, mc = np_, nc
+        if cur:
+            out.append(_micro(b, adv, cur, bi))
+    return out
+
+
+def _micro(b: RolloutBatch, adv: Tensor, rows: list[int], bi: int) -> MicroBatch:
+    rows = sorted(rows)  # keep groups together: consecutive rows share images
+    sub = b.select(rows) if len(rows) < len(b) else b
+    g = max(1, b.group_size)
+    return MicroBatch(trim(sub), adv[rows], [(bi, r // g) for r in rows])
+
+
+def batch_tokens(batch: RolloutBatch) -> int:
+    """Real (unpadded) tokens of a batch: prompt tokens + completion tokens that count."""
+    return int(batch.prompt_mask.sum()) + int(batch.completion_mask.sum())
+
+
+# ------------------------------------------------------------------------------------ shared vision
+
+
+def _trunk(model: Any) -> Any:
+    m = getattr(model, "module", model)
+    m = m.get_base_model() if hasattr(m, "get_base_model") else m
+    return getattr(m, "model", m)
+
+
+class SharedVision:
+    """Run the vision tower once per unique image for a whole update (see module docstring).
+
+    with SharedVision(model, batches) as sv:      # features of every unique image, no grad
+        for mb in micro_batches:
+            sv.use(mb.image_keys)                 # the next forward reads these rows' features
+            loss(model(mb.batch)).backward()      # grads stop at the feature leaves
+        sv.backward()                             # tower forward+backward once per image
+
+    Outside `use` (or under no_grad, e.g. a reference forward) the model's own path runs.
+    """
+
+    def __init__(self, model: Any, batches: list[RolloutBatch]) -> None:
+        self.trunk = _trunk(model)
+        self.batches = batches
+        self.enabled = hasattr(self.trunk, "get_image_features") and any(
+            b.vision_rows and b.vision_rows[0] for b in batches
+        )
+        self.feats: dict[tuple[int, int], Any] = {}  # key -> per-image output (leaves with grad)
+        self.current: list[tuple[int, int]] | None = None
+        self._orig: Callable | None = None
+
+    def __enter__(self) -> SharedVision:
+        if not self.enabled:
+            return self
+        self._orig = self.trunk.get_image_features
+        with torch.no_grad():
+            for bi, b in enumerate(self.batches):
+                g = max(1, b.group_size)
+                for r in range(0, len(b), g):
+                    vr = b.vision_rows[r]
+                    out = self._orig(vr["pixel_values"], vr["image_grid_thw"])
+                    self.feats[(bi, r // g)] = _leafify(out)
+                    self.feats[(bi, r // g)]["_n_patches"] = vr["pixel_values"].shape[0]
+        self.trunk.get_image_features = self._patched
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._orig is not None and "get_image_features" in self.trunk.__dict__:
+            del self.trunk.get_image_features
+        self.current = None
+
+    def use(self, keys: list[tuple[int, int]]) -> None:
+        self.current = keys if self.enabled else None
+
+    def _patched(self, pixel_values: Tensor, image_grid_thw: Tensor | None = None, **kw: Any) -> Any:
+        if self.current is None or not torch.is_grad_enabled():
+            return self._orig(pixel_values, image_grid_thw, **kw)
+        keys, self.current = self.current, None  # one forward per `use`
+        outs = [self.feats[k] for k in keys]
+        if sum(int(o["_n_patches"]) for o in outs) != pixel_values.shape[0]:
+            raise RuntimeError("SharedVision: the rows' images do not match the forward's pixel_values")
+        return _concat_outputs(outs)
+
+    def backward(self) -> None:
+        """Back-propagate the gradients collected on the feature leaves through the vision tower,
+        one image at a time (peak memory: one image's tower activations)."""
+        if not self.enabled:
+            return
+        for (bi, gi), feat in self.feats.items():
+            grads = [(t, t.grad) for t in feat["_leaves"] if t.grad is not None]
+            if not grads:
+                continue
+            b = self.batches[bi]
+            vr = b.vision_rows[gi * max(1, b.group_size)]
+            with torch.enable_grad():
+                out = _leafify(self._orig(vr["pixel_values"], vr["image_grid_thw"]), detach=False)
+            pairs = [(o, t.grad) for o, t in zip(out["_leaves"], feat["_leaves"]) if t.grad is not None]
+            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        self.feats.clear()
+
+
+def _leafify(out: Any, detach: bool = True) -> dict[str, Any]:
+    """The image-feature output as {field: value} with every tensor a fresh leaf (requires_grad)
+    when `detach`; "_leaves" lists them in a fixed order, "_n_patches" the input patch count."""
+    fields: dict[str, Any] = {}
+    leaves: list[Tensor] = []
+
+    def conv(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            y = x.detach().requires_grad_(x.is_floating_point()) if detach else x
+            if x.is_floating_point():
+                leaves.append(y)
+            return y
+        if isinstance(x, (list, tuple)):
+            return type(x)(conv(v) for v in x) if isinstance(x, tuple) else [conv(v) for v in x]
+        return x
+
+    keys = [k for k in ("pooler_output", "deepstack_features") if getattr(out, k, None) is not None]
+    for k in keys:
+        fields[k] = conv(getattr(out, k))
+    fields["_leaves"] = leaves
+    fields["_type"] = type(out)
+    fields["_n_patches"] = 0  # set by the caller: input patches, for a consistency check
+    return fields
+
+
+def _concat_outputs(outs: list[dict[str, Any]]) -> Any:
+    """Stack the per-image outputs of several rows into one output, in the layout the model's own
+    get_image_features returns (per-image tuples stay tuples, concatenated tensors are concatenated)."""
+    typ = outs[0]["_type"]
+    kw: dict[str, Any] = {}
+    for k in ("pooler_output", "deepstack_features"):
+        if k not in outs[0]:
+            continue
+        vals = [o[k] for o in outs]
+        kw[k] = _join(vals)
+    return typ(**kw)
+
+
+def _join(vals: list[Any]) -> Any:
+    v0 = vals[0]
+    if isinstance(v0, Tensor):
+        return torch.cat(vals, dim=0)
+    if isinstance(v0, tuple):  # per-image tuple (pooler_output): concatenate the tuples
+        return tuple(t for v in vals for t in v)
+    if isinstance(v0, list):  # per-layer list (deepstack): join layer by layer
+        return [_join([v[i] for v in vals]) for i in range(len(v0))]
+    return v0
+
+
+# ------------------------------------------------------------------------------------ optimiser
+
+
+class AdamWFP32State(torch.optim.Optimizer):
+    """AdamW whose moments are fp32 whatever the parameter dtype; for bf16/fp16 parameters the fp32
+    result is rounded back stochastically (`stochastic_round=True`) or to nearest.
+
+    For fp32 parameters it is exactly torch's AdamW. Memory: params + grads (model dtype) + 8 bytes
+    per parameter. The step runs one tensor at a time, so temporaries are one tensor's fp32 copy.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-5,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        stochastic_round: bool = True,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.stochastic_round = stochastic_round
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> Any:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    st["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                st["step"] += 1
+                # in slices of <= CHUNK elements: bounded, same-sized fp32 temporaries (a 311M-entry
+                # embedding would otherwise need several 1.2 GB buffers and fragment the allocator)
+                views = (p.view(-1), p.grad.view(-1), st["exp_avg"].view(-1), st["exp_avg_sq"].view(-1))
+                for pc, gc, mc, vc in zip(*(v.split(self.CHUNK) for v in views)):
+                    self._update(pc, gc, mc, vc, group, st["step"])
+        return loss
+
+    CHUNK = 1 << 25
+
+    def _update(self, p: Tensor, grad: Tensor, m: Tensor, v: Tensor, group: dict, t: int) -> None:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        g = grad.float()
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        del g
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
+        denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
+        if p.dtype == torch.float32:
+            p.mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / bc1)
+            return
+        w = p.float().mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / bc1)
+        del denom
+        p.copy_(_round_to(w, p.dtype, self.stochastic_round))
+
+
+def _round_to(w: Tensor, dtype: torch.dtype, stochastic: bool) -> Tensor:
+    """fp32 -> bf16 rounding; stochastic: add uniform noise below bf16's last kept bit, truncate."""
+    if not stochastic or dtype != torch.bfloat16:
+        return w.to(dtype)
+    bits = w.view(torch.int32)
+    noise = torch.randint_like(bits, 0, 1 << 16)
+    bits = (bits + noise) & -65536  # keep the top 16 bits (sign, exponent, 7 mantissa bits)
+    return bits.view(torch.float32).to(torch.bfloat16)  # exact: low bits are zero
+
+
+# ------------------------------------------------------------------------------------ the update
+
+
+def update(
+    model: Any,
+    logp_model: Any,
+    optimizer: torch.optim.Optimizer,
+    batches: list[RolloutBatch],
+    advantages: list[Tensor],
+    *,
+    grpo: Any,
+    temperature: float,
+    max_new_tokens: int,
+    max_grad_norm: float,
+    token_budget: int = 8192,
+    share_vision: bool = True,
+    ref_logps: Callable[[RolloutBatch], Tensor | None] | None = None,
+    scheduler: Any = None,
+) -> dict[str, float]:
+    """One optimiser step over all rows of `batches` (Trainer.update's maths, faster cutting).
+
+    grpo: the `GRPOConfig` (loss, aggregation, beta, clip_low, clip_high). Returns the trainer's
+    metric keys ("loss", "grad_norm", "lr", "loss/<stat>") plus "update/micro_batches",
+    "update/tokens" and "update/padded_tokens". A non-finite loss or gradient skips the step
+    ("update/skipped_nonfinite": 1) and leaves the weights untouched.
+    """
+    micro = plan_micro_batches(batches, advantages, token_budget)
+    global_seqs = sum(len(m.batch) for m in micro)
+    global_tokens = float(sum(int(m.batch.completion_mask.sum()) for m in micro))
+    stats: dict[str, float] = {}
+    total: Any = 0.0
+    padded = 0
+    sv = SharedVision(model, batches) if share_vision else None
+    with sv if sv is not None else _null():
+        for mb in micro:
+            chunk, adv = mb.batch, mb.advantages
+            padded += len(chunk) * (chunk.prompt_ids.shape[1] + chunk.completion_ids.shape[1])
+            if sv is not None:
+                sv.use(mb.image_keys)
+            logp = logp_model(chunk, temperature)
+            old = (
+                chunk.sample_logps if chunk.sample_logps is not None and grpo.loss != "pg" else logp.detach()
+            )
+            ref = ref_logps(chunk) if ref_logps is not None else None
+            loss, st = grpo_loss(
+                logp,
+                old,
+                ref,
+                adv.to(logp.device),
+                chunk.completion_mask.to(logp.dtype),
+                kind=grpo.loss,
+                aggregation=grpo.aggregation,
+                beta=grpo.beta,
+                clip_low=grpo.clip_low,
+                clip_high=grpo.clip_high,
+                max_tokens=max_new_tokens,
+                num_items_in_batch=global_tokens,
+            )
+            scale = loss_scale_for_accumulation(
+                grpo.aggregation, len(chunk), global_seqs, float(chunk.completion_mask.sum()), global_tokens
+            )
+            (loss * scale).backward()
+            total = total + loss.detach().float() * scale  # a tensor: no host sync per micro-batch
+            for k, v in st.items():
+                stats[k] = stats.get(k, 0.0) + float(v) * len(chunk) / global_seqs
+        if sv is not None:
+            sv.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    total = float(total)
+    info = {
+        "update/micro_batches": float(len(micro)),
+        "update/tokens": float(sum(batch_tokens(m.batch) for m in micro)),
+        "update/padded_tokens": float(padded),
+    }
+    if not (math.isfinite(total) and torch.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": total, "update/skipped_nonfinite": 1.0, **info}
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = scheduler.get_last_lr()[0] if scheduler is not None else optimizer.param_groups[0]["lr"]
+    return {
+        "loss": total,
+        "grad_norm": float(grad_norm),
+        "lr": lr,
+        **{f"loss/{k}": v for k, v in stats.items()},
+        **info,
+    }
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None

@@ -1,0 +1,774 @@
+"""The static-cache rollout engine (`rollout.backend: fast`): Qwen2.5-VL, Qwen3-VL, Qwen2, Qwen3.
+
+Same contract as `rollout.hf.sample` (same prompt encoding, suppressed ids, EOS ids, pad id and
+`RolloutBatch` fields), so the trainer can swap backends. What it does differently:
+
+1. Prefill once per prompt, not once per sample: the P distinct prompts (images) go through the
+   model's own forward (vision tower included) once, and their KV cache is copied into the G
+   slots of each group. HF `generate` runs the vision tower and the prefill P x G times.
+2. Decode with a pre-allocated KV cache [layers, 2, B, kv_heads, L, head_dim] and a pre-allocated
+   additive attention mask; grouped-query attention is one SDPA call with the query heads of a KV
+   head as its "queries" (no K/V repeat, no mask building). Two implementations of the step, same
+   maths: the functional step (`_pre_attn` / `_post_attn` on the layers' weights: one GEMM for
+   q/k/v, q and k rotated together, residual adds in the GEMM epilogues, ~half the kernels), used
+   for plain layers, and the module step (the layers' own modules), used for LoRA/peft layers.
+   `compile=True` (or env VLMGRPO_FAST_COMPILE=1) torch.compiles the two per-layer functions once
+   (every layer reuses them), fusing the small ops; a compile failure falls back, loudly.
+3. Every step, sampling included (temperature, top-k, top-p, suppressed ids, per-row EOS stop, the
+   sampling log-prob of the chosen token), is tensor code with no host sync, so on CUDA the whole
+   step is captured once in a CUDA graph and replayed (`use_graphs`, default: on CUDA). The host
+   checks "all rows finished" every `check_every` steps only. A failed capture falls back to
+   eager steps (logged; `graph_error`).
+
+Positions. Decode tokens are text, so all three M-RoPE components equal one position p, which
+makes the 3D rotary embedding an ordinary 1D one: cos/sin come from a table built once with the
+model's own rotary module. p for the first new token is the prompt's next position: for image
+prompts `n_valid + rope_delta` (the model's `rope_deltas` from the prefill, as in HF generation
+and in the training forward), for text-only prompts `n_valid` (HF generate's cumsum positions).
+
+Sampling semantics match HF generate (`suppress_tokens`, temperature, top-k, then top-p with HF's
+tie rules); the random draw uses the exponential race argmax(p / E), E ~ Exp(1), which samples
+from p exactly (HF uses `torch.multinomial`: same distribution, different random stream).
+Sampling log-probs are log_softmax(raw logits / temperature) of the chosen token, as `hf.sample`
+and the training forward compute them.
+
+Non-goals: sliding-window layers, dynamic RoPE scaling, MoE blocks, Qwen2-VL (its attention
+applies M-RoPE itself), beam search. `sample` falls back to `hf.sample` for those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlmgrpo.rollout import Prompt, RolloutBatch
+from vlmgrpo.rollout import hf as hf_rollout
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = ("qwen2_5_vl", "qwen3_vl", "qwen2", "qwen3")
+MROPE = ("qwen2_5_vl", "qwen3_vl")
+
+
+def _base(model: Any) -> Any:
+    """The transformers model under DDP/peft wrappers (peft's LoRA layers stay in place)."""
+    m = getattr(model, "module", model)
+    return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """None when the engine can run `model`, else a short reason (the caller falls back to HF)."""
+    base = _base(model)
+    mtype = getattr(base.config, "model_type", "?")
+    if mtype not in SUPPORTED:
+        return f"model_type {mtype!r} is not one of {', '.join(SUPPORTED)}"
+    trunk, head = getattr(base, "model", None), getattr(base, "lm_head", None)
+    if trunk is None or head is None:
+        return "no .model / .lm_head"
+    text = getattr(trunk, "language_model", trunk)
+    tcfg = getattr(base.config, "text_config", base.config)
+    kinds = set(getattr(tcfg, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"}:
+        return f"layer types {sorted(kinds)} (sliding-window attention)"
+    rope_type = getattr(getattr(text, "rotary_emb", None), "rope_type", "default")
+    if "dynamic" in str(rope_type) or "longrope" in str(rope_type):
+        return f"rope_type {rope_type!r} changes with the sequence length"
+    layer = text.layers[0]
+    if not all(
+        hasattr(layer, a) for a in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+    ):
+        return "decoder layer layout not recognised"
+    if hasattr(layer.mlp, "experts"):
+        return "MoE blocks"
+    return None
+
+
+@dataclass
+class _Sampling:
+    temperature: float
+    top_p: float
+    top_k: int
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def key(self) -> tuple:
+        return (self.greedy, self.temperature, self.top_p, self.top_k)
+
+
+class _State:
+    """Static tensors of one decode shape (B rows, L cache slots). A CUDA graph captured for this
+    state reads and writes only these, so each replay advances them by one token."""
+
+    def __init__(self, eng: FastEngine, b: int, cap: int, pos_cap: int) -> None:
+        dev, dt = eng.device, eng.dtype
+        self.b, self.cap, self.pos_cap = b, cap, pos_cap
+        self.kv = torch.zeros(eng.n_layers, 2, b, eng.n_kv, cap, eng.head_dim, dtype=dt, device=dev)
+        self.k = [self.kv[i, 0] for i in range(eng.n_layers)]  # [B, kv_heads, L, D] views
+        self.v = [self.kv[i, 1] for i in range(eng.n_layers)]
+        # additive attention bias: 0 = attend, -inf = not (SDPA takes it as is, no per-layer cast)
+        self.mask = torch.full((b, 1, 1, cap), float("-inf"), dtype=dt, device=dev)
+        self.tok = torch.zeros(b, dtype=torch.long, device=dev)  # input token of the next step
+        self.pos = torch.zeros(b, dtype=torch.long, device=dev)  # its rotary position
+        self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # its KV slot (same for all rows)
+        self.col = torch.zeros(1, dtype=torch.long, device=dev)  # output column it produces
+        self.done = torch.zeros(b, dtype=torch.bool, device=dev)
+        self.out_tok = torch.zeros(b, cap, dtype=torch.long, device=dev)
+        self.out_logp = torch.zeros(b, cap, dtype=torch.float32, device=dev)
+        cos, sin = eng.rope_table(pos_cap)
+        self.cos, self.sin = cos, sin  # [pos_cap, D]
+        # rotate_half(x) * sin == x.roll(D/2) * sin_signed (first half negated): one roll, no cat
+        half = cos.shape[-1] // 2
+        sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(dev, dt)
+        self.sin_signed = sin * sign
+        self.pad = torch.zeros((), dtype=torch.long, device=dev)
+        self.eos = torch.zeros(0, dtype=torch.long, device=dev)
+        self.suppress = torch.zeros(eng.vocab, dtype=torch.bool, device=dev)
+        self.graphs: dict[tuple, Any] = {}
+
+    def set_tokens(self, pad: int, eos: list[int], suppress: list[int]) -> None:
+        """Token ids the step reads. Updated in place: a captured graph holds these tensors'
+        addresses (a new EOS count means new tensors, so the graphs are dropped)."""
+        self.pad.fill_(pad)
+        if self.eos.numel() != len(eos):
+            self.eos = torch.tensor(eos, dtype=torch.long, device=self.pad.device)
+            self.graphs.clear()
+        else:
+            self.eos.copy_(torch.tensor(eos, dtype=torch.long))
+        self.suppress.zero_()
+        if suppress:
+            self.suppress[torch.tensor(suppress, dtype=torch.long, device=self.pad.device)] = True
+
+
+def filter_scores(
+    x: torch.Tensor, suppress: torch.Tensor, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """HF generate's processing of temperature-scaled logits x [B, V]: suppressed ids (suppress [V]
+    bool), then `TopKLogitsWarper`, then `TopPLogitsWarper` (min_tokens_to_keep 1); -inf = removed."""
+    scores = x.masked_fill(suppress, float("-inf"))
+    if top_k > 0:
+        kth = torch.topk(scores, min(top_k, scores.shape[-1])).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:  # drop the low tail whose total mass is <= 1 - top_p
+        srt, idx = torch.sort(scores, descending=False)
+        drop = srt.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[:, -1:] = False
+        scores = scores.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
+    return scores
+
+
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One sample per row of probs [B, V] with no host sync (CUDA-graph safe): the exponential race
+    argmax_i p_i / E_i, E_i ~ Exp(1) i.i.d., picks i with probability p_i."""
+    e = torch.empty_like(probs).exponential_().clamp_min_(1e-30)
+    return (probs / e).argmax(-1)
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF Qwen RMSNorm: normalise in fp32, cast back, scale (F.rms_norm is one fused kernel on CUDA)."""
+    return w * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _pre_attn(
+    h: torch.Tensor,
+    ln_w: torch.Tensor,
+    w_qkv: torch.Tensor,
+    b_qkv: torch.Tensor | None,
+    qn_w: torch.Tensor | None,
+    kn_w: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin_s: torch.Tensor,
+    eps: float,
+    qk_eps: float,
+    n_heads: int,
+    n_kv: int,
+    d: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode-step attention inputs of one layer. h [B, hidden]; cos, sin_s [B, 1, D].
+    returns q [B, kv_heads, groups, D], k and v [B, kv_heads, 1, D] (k, q rotated)."""
+    b = h.shape[0]
+    qkv = F.linear(_rms(h, ln_w, eps), w_qkv, b_qkv)  # one GEMM for q, k and v
+    nq, nk = n_heads * d, n_kv * d
+    half = d // 2
+    if qn_w is not None:  # Qwen3: RMSNorm over head_dim before RoPE, separate weights for q and k
+        q = _rms(qkv[:, :nq].view(b, n_heads, d), qn_w, qk_eps)
+        k = _rms(qkv[:, nq : nq + nk].view(b, n_kv, d), kn_w, qk_eps)
+        q = q * cos + q.roll(half, -1) * sin_s
+        k = k * cos + k.roll(half, -1) * sin_s
+    else:  # q and k rotated together: they are adjacent in qkv
+        qk = qkv[:, : nq + nk].view(b, n_heads + n_kv, d)
+        qk = qk * cos + qk.roll(half, -1) * sin_s
+        q, k = qk[:, :n_heads], qk[:, n_heads:]
+    v = qkv[:, nq + nk :].view(b, n_kv, d)
+    return q.reshape(b, n_kv, n_heads // n_kv, d), k[:, :, None], v[:, :, None]
+
+
+def _post_attn(
+    h: torch.Tensor,
+    o: torch.Tensor,
+    w_o: torch.Tensor,
+    b_o: torch.Tensor | None,
+    ln_w: torch.Tensor,
+    w_g: torch.Tensor,
+    w_u: torch.Tensor,
+    w_d: torch.Tensor,
+    act: Any,
+    eps: float,
+) -> torch.Tensor:
+    """o_proj + residual, then the MLP + residual, with the residual adds in the GEMM epilogues.
+    h [B, hidden], o [B, heads * D] -> [B, hidden]."""
+    h = torch.addmm(h, o, w_o.t()) if b_o is None else h + F.linear(o, w_o, b_o)
+    x = _rms(h, ln_w, eps)
+    return torch.addmm(h, act(F.linear(x, w_g)) * F.linear(x, w_u), w_d.t())
+
+
+class _FusedWeights:
+    """What the functional decode step reads: per layer the q/k/v weights concatenated into one
+    matrix (a copy, refreshed in place before every rollout so captured graphs keep their
+    addresses) and references to the other weights. Only for plain nn.Linear layers (no LoRA)."""
+
+    def __init__(self, layers: list[Any]) -> None:
+        self.layers = layers
+        with torch.no_grad():
+            self.w_qkv = [self._cat(ly, "weight") for ly in layers]
+            self.b_qkv = [
+                self._cat(ly, "bias") if ly.self_attn.q_proj.bias is not None else None for ly in layers
+            ]
+
+    @staticmethod
+    def _cat(layer: Any, name: str) -> torch.Tensor:
+        a = layer.self_attn
+        return torch.cat([getattr(a.q_proj, name), getattr(a.k_proj, name), getattr(a.v_proj, name)]).detach()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        for i, ly in enumerate(self.layers):
+            a = ly.self_attn
+            torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], out=self.w_qkv[i])
+            if self.b_qkv[i] is not None:
+                torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], out=self.b_qkv[i])
+
+    @staticmethod
+    def supported(layers: list[Any]) -> bool:
+        from torch import nn
+
+        def plain(m: Any) -> bool:
+            return type(m) is nn.Linear
+
+        for ly in layers:
+            a, m = ly.self_attn, ly.mlp
+            lin = [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+            if not all(plain(x) for x in lin) or not hasattr(m, "act_fn"):
+                return False
+            norms = [ly.input_layernorm, ly.post_attention_layernorm]
+            norms += [a.q_norm, a.k_norm] if hasattr(a, "q_norm") else []
+            if not all(hasattr(n, "weight") and hasattr(n, "variance_epsilon") for n in norms):
+                return False
+            if (m.gate_proj.bias, m.up_proj.bias, m.down_proj.bias) != (None, None, None):
+                return False
+            if type(m.act_fn) is not type(layers[0].mlp.act_fn):
+                return False
+        return True
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class FastEngine:
+    """Rollout engine bound to one model; `sample(...)` mirrors `rollout.hf.sample`.
+
+    use_graphs: capture the decode step in a CUDA graph (None = on CUDA). check_every: decode
+    steps between host checks of "every row has ended". len_multiple: the cache length is rounded
+    up to it, so that prompts of slightly different lengths reuse one captured graph.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        use_graphs: bool | None = None,
+        fused: bool | None = None,
+        compile: bool = False,
+        check_every: int = 16,
+        len_multiple: int = 64,
+    ) -> None:
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(f"fast rollout engine: {reason}")
+        # Weak: the engine lives in a WeakKeyDictionary keyed by the model, so it must not keep the
+        # model alive (it holds only the submodules it runs).
+        self._model = weakref.ref(model)
+        base = _base(model)
+        self.mtype = base.config.model_type
+        self.trunk, self.head = base.model, base.lm_head
+        self.text = getattr(self.trunk, "language_model", self.trunk)
+        self.layers = list(self.text.layers)
+        self.norm, self.embed, self.rotary = self.text.norm, self.text.embed_tokens, self.text.rotary_emb
+        tcfg = getattr(base.config, "text_config", base.config)
+        self.n_layers = len(self.layers)
+        self.n_heads = tcfg.num_attention_heads
+        self.n_kv = tcfg.num_key_value_heads
+        attn = self.layers[0].self_attn
+        self.head_dim = getattr(attn, "head_dim", None) or tcfg.hidden_size // self.n_heads
+        self.groups = self.n_heads // self.n_kv
+        self.scaling = getattr(attn, "scaling", self.head_dim**-0.5)
+        self.qk_norm = hasattr(attn, "q_norm")
+        p = self.head.weight
+        self.device, self.dtype = p.device, p.dtype
+        self.vocab = p.shape[0]
+        self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
+        if self.use_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA model")
+        self.check_every = max(1, check_every)
+        self.len_multiple = max(1, len_multiple)
+        self.max_states = 2
+        self.states: dict[tuple, _State] = {}
+        self._weights_key = self._weights_ptr()
+        self.sampling = _Sampling(1.0, 1.0, 0)
+        self.stats: dict[str, float] = {}
+        self.graph_error = ""
+        # The functional step (fused q/k/v GEMM, joint RoPE, residuals in GEMM epilogues: about half
+        # the kernels of the module step) for plain layers; the module step runs LoRA layers.
+        can_fuse = _FusedWeights.supported(self.layers)
+        if fused and not can_fuse:
+            raise ValueError("fast rollout engine: fused=True needs plain nn.Linear layers (no LoRA)")
+        self.fused = _FusedWeights(self.layers) if (can_fuse if fused is None else fused) else None
+        self.compile, self.compile_error = bool(compile) and self.fused is not None, ""
+        self._pre, self._post = _pre_attn, _post_attn
+        # one activation object for every layer (stateless, same class): a compiled function that
+        # received 36 different module objects would recompile for each
+        self._act = self.layers[0].mlp.act_fn
+        self._compiled = False
+        if self.compile:  # one compiled function each, reused by every layer (same shapes)
+            self._pre = torch.compile(_pre_attn, dynamic=False)
+            self._post = torch.compile(_post_attn, dynamic=False)
+
+    @property
+    def model(self) -> Any:
+        m = self._model()
+        if m is None:
+            raise RuntimeError("the engine's model has been deleted")
+        return m
+
+    # ------------------------------------------------------------------ setup
+    def _weights_ptr(self) -> tuple:
+        return (
+            self.embed.weight.data_ptr(),
+            self.head.weight.data_ptr(),
+            self.layers[-1].mlp.down_proj.weight.data_ptr(),
+        )
+
+    def rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [n, head_dim] for 1D positions 0..n-1 from the model's own rotary module (for
+        M-RoPE models the three components are equal, as for every text token)."""
+        pos = torch.arange(n, device=self.device)
+        pos = pos.view(1, 1, n).expand(3, 1, n) if self.mtype in MROPE else pos.view(1, n)
+        dummy = torch.zeros(1, dtype=self.dtype, device=self.device)
+        cos, sin = self.rotary(dummy, pos)
+        if cos.dim() != 3:
+            raise ValueError(f"rotary embedding returned shape {tuple(cos.shape)}, expected [1, n, D]")
+        return cos[0].contiguous(), sin[0].contiguous()
+
+    def free(self) -> None:
+        """Drop the KV caches and captured graphs (before a memory-hungry update, say)."""
+        self.states.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _state_for(self, b: int, need_len: int, need_pos: int) -> _State:
+        """A state with b rows and room for need_len tokens (reused while its cache is at most twice
+        the rounded need); the two most recently used states are kept, with their graphs."""
+        cap = -(-need_len // self.len_multiple) * self.len_multiple
+        pos_cap = -(-max(need_pos, cap) // 256) * 256
+        if self._weights_ptr() != self._weights_key:  # weights re-allocated: graphs read stale pointers
+            self.states.clear()
+            self._weights_key = self._weights_ptr()
+        for key, st in list(self.states.items()):
+            if st.b == b and need_len <= st.cap <= 2 * cap and st.pos_cap >= need_pos:
+                self.states.pop(key)
+                self.states[key] = st  # most recently used last
+                return st
+        while len(self.states) >= self.max_states:
+            self.states.pop(next(iter(self.states)))  # free before allocating
+        st = _State(self, b, cap, pos_cap)
+        self.states[(b, cap, pos_cap)] = st
+        return st
+
+    # ------------------------------------------------------------------ one decode step
+    def _attn(self, attn: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, i: int, st: _State):
+        """x [B, 1, H] -> [B, 1, H]; writes this token's K/V into slot `st.slot` of layer i."""
+        b, d = x.shape[0], self.head_dim
+        q = attn.q_proj(x).view(b, 1, self.n_heads, d)
+        k = attn.k_proj(x).view(b, 1, self.n_kv, d)
+        v = attn.v_proj(x).view(b, 1, self.n_kv, d)
+        if self.qk_norm:  # Qwen3: RMSNorm over head_dim before RoPE
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q = q * cos + _rotate_half(q) * sin  # cos [B, 1, 1, D]
+        k = k * cos + _rotate_half(k) * sin
+        st.k[i].index_copy_(2, st.slot, k.transpose(1, 2))
+        st.v[i].index_copy_(2, st.slot, v.transpose(1, 2))
+        # GQA without repeating K/V: the `groups` query heads of one KV head are its "queries".
+        q = q.view(b, self.n_kv, self.groups, d)
+        with self._sdpa_backends():
+            o = F.scaled_dot_product_attention(q, st.k[i], st.v[i], attn_mask=st.mask, scale=self.scaling)
+        return attn.o_proj(o.reshape(b, 1, self.n_heads * d))
+
+    def _sdpa_backends(self) -> Any:
+        """On CUDA pin the masked decode attention to memory-efficient attention (math as the
+        fallback), so that warm-up, capture and eager runs use one kernel; CPU keeps its default."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+    def _sample(self, st: _State, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [B, V] fp32 -> (token [B], log-prob of it under softmax(logits / T) [B])."""
+        s = self.sampling
+        x = logits if s.greedy else logits / s.temperature
+        if s.greedy:
+            tok = logits.masked_fill(st.suppress, float("-inf")).argmax(-1)
+        else:
+            tok = draw(filter_scores(x, st.suppress, s.top_k, s.top_p).softmax(-1))
+        logp = x.gather(1, tok[:, None])[:, 0] - torch.logsumexp(x, -1)
+        return tok, logp
+
+    def _emit(self, st: _State, tok: torch.Tensor, logp: torch.Tensor) -> None:
+        """Record this step's tokens (pad for rows already ended, as HF generate) and advance."""
+        tok = torch.where(st.done, st.pad, tok)
+        logp = logp.masked_fill(st.done, 0.0)
+        st.out_tok.index_copy_(1, st.col, tok[:, None])
+        st.out_logp.index_copy_(1, st.col, logp[:, None])
+        st.done |= (tok[:, None] == st.eos).any(-1)
+        st.tok.copy_(tok)
+        st.col += 1
+
+    def _step(self, st: _State) -> None:
+        if self.fused is not None:
+            return self._step_fused(st)
+        st.mask.index_fill_(3, st.slot, 0.0)
+        h = self.embed(st.tok)[:, None]  # [B, 1, H]
+        cos = st.cos[st.pos][:, None, None]  # [B, 1, 1, D]
+        sin = st.sin[st.pos][:, None, None]
+        for i, layer in enumerate(self.layers):
+            h = h + self._attn(layer.self_attn, layer.input_layernorm(h), cos, sin, i, st)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        logits = self.head(self.norm(h)[:, 0]).float()
+        tok, logp = self._sample(st, logits)
+        st.pos += 1
+        st.slot += 1
+        self._emit(st, tok, logp)
+
+    def _step_fused(self, st: _State) -> None:
+        """The decode step on raw weights (see _pre_attn / _post_attn); same maths as `_step`."""
+        fw, b = self.fused, st.b
+        st.mask.index_fill_(3, st.slot, 0.0)
+        h = F.embedding(st.tok, self.embed.weight)  # [B, hidden]
+        cos = st.cos[st.pos][:, None]  # [B, 1, D], broadcast over heads
+        sin_s = st.sin_signed[st.pos][:, None]
+        for i, ly in enumerate(self.layers):
+            a, m = ly.self_attn, ly.mlp
+            q, k, v = self._pre(
+                h,
+                ly.input_layernorm.weight,
+                fw.w_qkv[i],
+                fw.b_qkv[i],
+                a.q_norm.weight if self.qk_norm else None,
+                a.k_norm.weight if self.qk_norm else None,
+                cos,
+                sin_s,
+                ly.input_layernorm.variance_epsilon,
+                a.q_norm.variance_epsilon if self.qk_norm else 0.0,
+                self.n_heads,
+                self.n_kv,
+                self.head_dim,
+            )
+            st.k[i].index_copy_(2, st.slot, k)
+            st.v[i].index_copy_(2, st.slot, v)
+            with self._sdpa_backends():
+                o = F.scaled_dot_product_attention(q, st.k[i], st.v[i], attn_mask=st.mask, scale=self.scaling)
+            h = self._post(
+                h,
+                o.reshape(b, self.n_heads * self.head_dim),
+                a.o_proj.weight,
+                a.o_proj.bias,
+                ly.post_attention_layernorm.weight,
+                m.gate_proj.weight,
+                m.up_proj.weight,
+                m.down_proj.weight,
+                self._act,
+                ly.post_attention_layernorm.variance_epsilon,
+            )
+        logits = F.linear(_rms(h, self.norm.weight, self.norm.variance_epsilon), self.head.weight).float()
+        tok, logp = self._sample(st, logits)
+        st.pos += 1
+        st.slot += 1
+        self._emit(st, tok, logp)
+
+    def _graph(self, st: _State) -> Any:
+        """The CUDA graph of one decode step for this state and sampling setting (captured once)."""
+        key = self.sampling.key()
+        g = st.graphs.get(key)
+        if g is None:
+            # Warm up on a side stream (cuBLAS handles, autotuning), then capture one step. Counters
+            # start at 0 so the warm-up writes stay in bounds; `_prefill` resets everything after.
+            for t in (st.slot, st.pos, st.col):
+                t.zero_()
+            st.done.zero_()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    self._step(st)
+            torch.cuda.current_stream().wait_stream(s)
+            for t in (st.slot, st.pos, st.col):
+                t.zero_()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self._step(st)
+            st.graphs[key] = g
+        return g
+
+    def _ensure_compiled(self, st: _State) -> None:
+        """Compile (first call) outside any graph capture; on failure use the same maths uncompiled."""
+        if not self.compile or self._compiled:
+            return
+        try:
+            for t in (st.slot, st.pos, st.col):
+                t.zero_()
+            self._step(st)  # garbage in, garbage out: `_prefill` resets the state afterwards
+            self._compiled = True
+        except Exception as e:  # noqa: BLE001 - inductor / triton errors vary
+            log.warning("fast rollout: torch.compile failed (%s); decoding uncompiled", e)
+            self.compile, self.compile_error = False, f"{type(e).__name__}: {str(e)[:300]}"
+            self._pre, self._post = _pre_attn, _post_attn
+
+    # ------------------------------------------------------------------ prefill
+    def _prefill(self, enc: dict[str, torch.Tensor], st: _State, group: int, has_images: bool) -> None:
+        """Run the P prompts through the model once; copy their KV into the G slots of each group;
+        sample the first token of every row; set the decode counters."""
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        n_prompt, plen = ids.shape
+        rows = torch.arange(n_prompt, device=self.device).repeat_interleave(group)
+        inputs = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+        n_valid = mask.long().sum(1)
+        if not has_images:
+            # HF generate's positions for left-padded text (cumsum); the VLM expands them to 3D
+            pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            inputs["position_ids"] = pos
+        if hasattr(self.trunk, "rope_deltas"):
+            self.trunk.rope_deltas = None
+        out = self.trunk(**inputs, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]  # [P, H] (left padding: the last column is real)
+        next_pos = n_valid.clone()
+        if has_images and self.mtype in MROPE:
+            delta = getattr(self.trunk, "rope_deltas", None)
+            if delta is None:
+                raise RuntimeError("the prefill set no rope_deltas: cannot place the decode tokens")
+            next_pos = next_pos + delta.reshape(-1).to(next_pos)
+        kv = out.past_key_values
+        st.kv.zero_()  # also clears the warm-up's writes
+        for i in range(self.n_layers):
+            k, v = _layer_kv(kv, i)  # [P, kv_heads, plen, D]
+            st.k[i][:, :, :plen].copy_(k[rows])
+            st.v[i][:, :, :plen].copy_(v[rows])
+        del out, kv
+        st.mask.fill_(float("-inf"))
+        st.mask[:, 0, 0, :plen].masked_fill_(mask[rows].bool(), 0.0)
+        st.out_tok.fill_(int(st.pad))
+        st.out_logp.zero_()
+        st.done.zero_()
+        st.col.zero_()
+        st.slot.fill_(plen)
+        st.pos.copy_(next_pos[rows])
+        logits = self.head(hidden).float()[rows]  # [B, V]
+        tok, logp = self._sample(st, logits)
+        self._emit(st, tok, logp)
+
+    # ------------------------------------------------------------------ the rollout
+    @torch.no_grad()
+    def sample(
+        self,
+        proc: Any,
+        prompts: list[Prompt],
+        group_size: int,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 64,
+        return_logps: bool = False,
+        generator_seed: int | None = None,
+    ) -> RolloutBatch:
+        """Same arguments and result as `rollout.hf.sample` (B = len(prompts) x group_size rows)."""
+        import time
+
+        t0 = time.perf_counter()
+        model, dev = self.model, self.device
+        enc, vrows = hf_rollout.encode_prompts(proc, prompts, 1, dev)
+        tok = hf_rollout.tokenizer_of(proc)
+        pad_id = int(tok.pad_token_id)
+        eos = hf_rollout.eos_ids(proc, model)
+        self.sampling = _Sampling(float(temperature), float(top_p), int(top_k or 0))
+        has_images = any(p.images for p in prompts)
+        g, n_prompt = group_size, len(prompts)
+        b, plen = n_prompt * g, enc["input_ids"].shape[1]
+        need_pos = plen + max_new_tokens + 1
+        st = self._state_for(b, plen + max_new_tokens, need_pos)
+        st.set_tokens(pad_id, eos, hf_rollout.suppressed_ids(proc, self.vocab))
+        if self.fused is not None:
+            self.fused.refresh()  # the optimiser changed q/k/v since the last rollout
+        if generator_seed is not None:
+            torch.manual_seed(generator_seed)
+        was_training = model.training
+        model.eval()
+        try:
+            graph = None
+            self._ensure_compiled(st)
+            if self.use_graphs:
+                try:
+                    graph = self._graph(st)
+                except RuntimeError as e:  # keep going without graphs, loudly
+                    log.warning("fast rollout: CUDA graph capture failed (%s); decoding without graphs", e)
+                    self.use_graphs, self.graph_error = False, f"{type(e).__name__}: {e}"
+                    st.graphs.clear()
+                    torch.cuda.synchronize()
+            self._prefill(enc, st, g, has_images)
+            if int(st.pos.max()) + max_new_tokens > st.pos_cap:
+                raise RuntimeError("rotary table too short")  # cannot happen for text decode tokens
+            t1 = _sync_time(dev)
+            steps = 1
+            while steps < max_new_tokens:
+                if graph is not None:
+                    graph.replay()
+                else:
+                    self._step(st)
+                steps += 1
+                check = steps % self.check_every == 0 or (graph is None and steps % 4 == 0)
+                if check and bool(st.done.all()):  # the host's only sync in the loop
+                    break
+            t2 = _sync_time(dev)
+        finally:
+            model.train(was_training)
+        out_tok = st.out_tok[:, :steps]
+        from vlmgrpo.grpo.core import completion_mask_from_eos
+
+        cmask = completion_mask_from_eos(out_tok, eos, pad_id)
+        c_len = max(1, int(cmask.sum(1).max()))  # HF generate stops once every row has ended
+        completion_ids = out_tok[:, :c_len].clone()
+        cmask = cmask[:, :c_len]
+        completion_ids = torch.where(cmask.bool(), completion_ids, torch.full_like(completion_ids, pad_id))
+        sample_logps = (st.out_logp[:, :c_len] * cmask).clone() if return_logps else None
+        rows = [i for i in range(n_prompt) for _ in range(g)]
+        ridx = torch.tensor(rows, device=dev)
+        texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
+        prefills = [p.prefill for p in prompts for _ in range(g)]
+        extra = {k: v[ridx] for k, v in enc.items() if k in ("mm_token_type_ids", "token_type_ids")}
+        gen_tokens = int(cmask.sum())
+        self.stats = {
+            "prefill_s": t1 - t0,
+            "decode_s": t2 - t1,
+            "decode_steps": float(steps),
+            "gen_tokens": float(gen_tokens),
+            "decode_ms_per_step": 1e3 * (t2 - t1) / max(1, steps - 1),
+        }
+        return RolloutBatch(
+            prompt_ids=enc["input_ids"][ridx],
+            prompt_mask=enc["attention_mask"][ridx],
+            completion_ids=completion_ids,
+            completion_mask=cmask,
+            vision_rows=[vrows[r] for r in rows],
+            prompt_extra=extra,
+            completions=[pf + t for pf, t in zip(prefills, texts)],
+            sample_logps=sample_logps,
+            group_size=group_size,
+        )
+
+
+def _sync_time(dev: torch.device) -> float:
+    import time
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter()
+
+
+def _layer_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, values) [B, kv_heads, T, D] of layer i of a transformers DynamicCache (4.x and 5.x)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return layers[i].keys, layers[i].values
+    return cache.key_cache[i], cache.value_cache[i]
+
+
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WARNED: set[str] = set()
+
+
+def engine_for(model: Any, use_graphs: bool | None = None, compile: bool | None = None) -> FastEngine:
+    """The engine bound to `model` (created on first use; it keeps its caches and graphs).
+    compile: torch.compile the per-layer decode functions (None: env VLMGRPO_FAST_COMPILE=1)."""
+    if compile is None:
+        compile = os.environ.get("VLMGRPO_FAST_COMPILE", "0") == "1"
+    eng = _ENGINES.get(model)
+    stale = eng is not None and (
+        (use_graphs is not None and eng.use_graphs != use_graphs)
+        or (compile and not eng.compile and not eng.compile_error)
+    )
+    if eng is None or stale:
+        eng = _ENGINES[model] = FastEngine(model, use_graphs=use_graphs, compile=compile)
+    return eng
+
+
+def sample(
+    model: Any,
+    proc: Any,
+    prompts: list[Prompt],
+    group_size: int,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_new_tokens: int = 64,
+    return_logps: bool = False,
+    generator_seed: int | None = None,
+    use_graphs: bool | None = None,
+    compile: bool | None = None,
+    synced_gpus: bool = False,
+) -> RolloutBatch:
+    """`rollout.hf.sample` with the static-cache engine; falls back to HF generate (logged once)
+    for architectures the engine does not support and for FSDP (`synced_gpus`: sharded weights)."""
+    reason = "FSDP (synced_gpus)" if synced_gpus else unsupported_reason(model)
+    kw = dict(
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        return_logps=return_logps,
+        generator_seed=generator_seed,
+    )
+    if reason:
+        if reason not in _WARNED:
+            _WARNED.add(reason)
+            log.warning("fast rollout: %s; using HF generate", reason)
+        return hf_rollout.sample(model, proc, prompts, group_size, synced_gpus=synced_gpus, **kw)
+    eng = engine_for(model, use_graphs, compile)
+    return eng.sample(proc, prompts, group_size, **kw)
+
+
+def choose_backend(name: str, model: Any) -> str:
+    """ "fast" or "hf" for a configured `rollout.backend` ("auto": fast on CUDA when supported)."""
+    if name == "auto":
+        dev = next(_base(model).parameters()).device
+        return "fast" if dev.type == "cuda" and unsupported_reason(model) is None else "hf"
+    return name
