@@ -350,11 +350,11 @@ def token(monkeypatch):
 @pytest.fixture(autouse=True)
 def _fresh_generators():
     """Generators (and their breakers) are cached per process: each test starts with new ones."""
-    from vlmgrpo.imagegen import _cached
+    from vlmgrpo.imagegen import GENERATORS
 
-    _cached.cache_clear()
+    GENERATORS.clear_instances()
     yield
-    _cached.cache_clear()
+    GENERATORS.clear_instances()
 
 
 def test_replicate_client_against_the_faults(token):
@@ -503,9 +503,9 @@ def test_service_down_past_its_limit_abandons_the_step_and_resumes_exactly(tiny_
         Trainer(_cfg(tiny_vlm_dir, tmp_path / "ref", stub.url, *extra)).fit()
         ref_rows = _rows(tmp_path / "ref")
 
-        from vlmgrpo.imagegen import _cached
+        from vlmgrpo.imagegen import GENERATORS
 
-        _cached.cache_clear()
+        GENERATORS.clear_instances()
         cfg = _cfg(tiny_vlm_dir, tmp_path / "run", stub.url, *extra)
         cfg.rewards[0].kwargs["generator_kwargs"].update(max_down_s=0.5, max_tries=1000)
         tr = Trainer(cfg)
@@ -526,7 +526,7 @@ def test_service_down_past_its_limit_abandons_the_step_and_resumes_exactly(tiny_
         assert (tmp_path / "run" / "ckpts" / "ckpt-1" / "COMPLETE").is_file()
 
         stub.down = False
-        _cached.cache_clear()  # a new process in real life: a new generator, a closed breaker
+        GENERATORS.clear_instances()  # a new process in real life: a new generator, a closed breaker
         Trainer(_cfg(tiny_vlm_dir, tmp_path / "run", stub.url, *extra), resume="latest").fit()
     _assert_same_params(
         _model_params(tmp_path / "ref" / "ckpts" / "ckpt-3"),

@@ -45,6 +45,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T | str] = {}
+        self._instances: dict[tuple[str, str], Any] = {}
 
     def register(self, name: str, obj: T | str | None = None) -> Callable[[T], T] | T | str:
         if name in self._entries:
@@ -74,3 +75,17 @@ class Registry(Generic[T]):
             entry = import_from_path(entry)
             self._entries[name] = entry
         return entry  # type: ignore[return-value]
+
+    def instance(self, name: str, kwargs: dict[str, Any] | None = None) -> Any:
+        """One object per (name, kwargs) per process, built by calling the entry with **kwargs:
+        pipelines and embedders are loaded once and shared by every reward that names them."""
+        import json
+
+        key = (name, json.dumps(kwargs or {}, sort_keys=True))
+        if key not in self._instances:
+            self._instances[key] = self.get(name)(**(kwargs or {}))
+        return self._instances[key]
+
+    def clear_instances(self) -> None:
+        """Drop the shared instances (tests; or to reload a changed model folder)."""
+        self._instances.clear()

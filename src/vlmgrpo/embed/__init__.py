@@ -7,8 +7,6 @@ their similarity is the raw cosine. Backends are imported only when selected.
 
 from __future__ import annotations
 
-import functools
-import json
 from typing import Any
 
 from vlmgrpo.registry import Registry
@@ -19,10 +17,6 @@ EMBEDDERS.register("dinov2", "vlmgrpo.embed.hf:HFImageEmbedder")
 EMBEDDERS.register("clip", "vlmgrpo.embed.hf:CLIPEmbedder")
 
 
-@functools.lru_cache(maxsize=8)
-def _cached(name: str, kwargs_json: str) -> Any:
-    return EMBEDDERS.get(name)(**json.loads(kwargs_json))
-
-
 def get_embedder(name: str, kwargs: dict[str, Any] | None = None) -> Any:
-    return _cached(name, json.dumps(kwargs or {}, sort_keys=True))
+    """One instance per (name, kwargs) per process (loaded once, shared by every reward)."""
+    return EMBEDDERS.instance(name, kwargs)

@@ -8,8 +8,6 @@ text-to-image pipeline), `replicate` (Replicate's HTTP prediction API).
 
 from __future__ import annotations
 
-import functools
-import json
 from typing import Any
 
 from vlmgrpo.registry import Registry
@@ -20,11 +18,6 @@ GENERATORS.register("diffusers", "vlmgrpo.imagegen.diffusers_gen:DiffusersGenera
 GENERATORS.register("replicate", "vlmgrpo.imagegen.replicate:ReplicateGenerator")
 
 
-@functools.lru_cache(maxsize=8)
-def _cached(name: str, kwargs_json: str) -> Any:
-    return GENERATORS.get(name)(**json.loads(kwargs_json))
-
-
 def get_generator(name: str, kwargs: dict[str, Any] | None = None) -> Any:
-    """One instance per (name, kwargs) per process: pipelines are loaded once."""
-    return _cached(name, json.dumps(kwargs or {}, sort_keys=True))
+    """One instance per (name, kwargs) per process (loaded once, shared by every reward)."""
+    return GENERATORS.instance(name, kwargs)
