@@ -110,18 +110,27 @@ def run(args: argparse.Namespace) -> int:
         s = summarize(run_dir)
         summaries[str(seed)] = s
         (run_dir / "summary.json").write_text(json.dumps(s, indent=1))
-        try:
-            from vlmgrpo.report.plots import plot_run
+        # transfer check: pass@1 of the base model and every checkpoint on the offline synthetic
+        # chart-reasoning benchmark (rules judge; the tiny model is expected to score ~0), then the
+        # curves and the browsable report
+        from vlmgrpo.evaluate import EvalOptions, evaluate_run
+        from vlmgrpo.report.html import write_report
+        from vlmgrpo.report.plots import plot_run
 
-            plot_run(run_dir)
-        except ImportError:
-            pass
+        evaluate_run(
+            run_dir,
+            EvalOptions(task="charts", num_items=10, num_samples=4, ks=(1, 4), max_new_tokens=24),
+            echo=lambda line: None,
+        )
+        plot_run(run_dir)
+        report, _ = write_report(run_dir)
         print(
             f"seed {seed}: held-out similarity {s['first_grpo_eval']:.3f} at the first GRPO update -> "
             f"{s['last3_eval_mean']:.3f} (mean of the last 3 evals); ceiling {s['ceiling']:.3f}, "
             f"shuffled {s['shuffled_last3']:.3f}; gap closed {100 * s['gap_closed']:.0f}%"
         )
-        print(f"results: {run_dir} (metrics.jsonl, samples/, ckpts/, summary.json)")
+        print(f"results: {run_dir} (metrics.jsonl, samples/, ckpts/, ckpt_tests/, plots, summary.json)")
+        print(f"report: {report}")
     if len(seeds) > 1:
         (out / "summary.json").write_text(json.dumps(summaries, indent=1))
     return 0
