@@ -194,6 +194,8 @@ def load_model(cfg: Any, ckpt: Path | None, device: Any) -> tuple[Any, Any]:
     mcfg = copy.deepcopy(cfg.model)
     mcfg.lora.enabled = False
     mcfg.gradient_checkpointing = False
+    if ckpt is not None and (ckpt / "base").is_dir():  # adversarial runs: the policy is ckpt-N/base
+        ckpt = ckpt / "base"
     if ckpt is not None and (ckpt / "adapter_config.json").is_file():
         from peft import PeftModel
 

@@ -40,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    from vlmgrpo.trainer import train
+    if "adversary" in cfg.extra:  # seed B: policy + adversary (vlmgrpo.adversarial)
+        from vlmgrpo.adversarial import train_adversarial as train
+    else:
+        from vlmgrpo.trainer import train
 
     resume = args.resume_from or ("latest" if args.resume else None)
     out = train(cfg, resume)

@@ -20,6 +20,7 @@ from vlmgrpo.rewards.base import (
 # name -> "module:function"; modules may also call register_reward themselves for new names
 _BUILTIN = {
     "cycle": "vlmgrpo.rewards.cycle:cycle_reward",
+    "adversary": "vlmgrpo.rewards.adversary:adversary_reward",
     "geometry_format": "vlmgrpo.rewards.geometry:format_reward",
     "geometry_accuracy": "vlmgrpo.rewards.geometry:accuracy_reward",
     "geometry_grounding": "vlmgrpo.rewards.geometry:grounding_reward",
