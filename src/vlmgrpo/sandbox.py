@@ -157,9 +157,24 @@ def _isolate_mounts(libc: Any, spec: dict, report: dict) -> None:
     _mount(libc, "tmpfs", spec["workdir"], "tmpfs", MS_NOSUID | MS_NODEV, opts)
     os.chdir(spec["workdir"])
     wfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
-    for d in ("/var/tmp", "/dev/shm", "/run/lock", "/tmp"):  # /tmp last: the workdir lives in it
-        if os.path.isdir(d) and not os.path.islink(d):
+    private = [
+        d for d in ("/var/tmp", "/dev/shm", "/run/lock", "/tmp") if os.path.isdir(d) and not os.path.islink(d)
+    ]
+    # this interpreter may live below /tmp (a venv in a CI checkout): keep a handle on its
+    # directories, give /tmp its own private tmpfs instead of the workdir (so the program's cwd
+    # stays clean; the cwd keeps the workdir reachable), and mount them back there read-only
+    py_dirs = [q for q in _python_dirs("/tmp") if not q.startswith(rundir + "/")]
+    py_fds = {q: os.open(q, os.O_RDONLY | os.O_DIRECTORY) for q in py_dirs}
+    for d in private:  # /tmp last: the workdir lives in it
+        if d == "/tmp" and py_fds:
+            _mount(libc, "tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, opts.replace("mode=0700", "mode=0777"))
+        else:
             _mount(libc, f"/proc/self/fd/{wfd}", d, None, MS_BIND)
+    for q, fd in py_fds.items():
+        os.makedirs(q, mode=0o755, exist_ok=True)
+        _mount(libc, f"/proc/self/fd/{fd}", q, None, MS_BIND | MS_REC)
+        _mount(libc, None, q, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        os.close(fd)
     os.close(wfd)
     report["private_tmp"] = True
 
