@@ -7,6 +7,7 @@ typo, the nearest valid key. The resolved config is written to the run folder as
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -321,11 +322,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     # YAML reads 1e-5 as a string (no dot): accept it as a float
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in "e.") else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and any(c in value.lower() for c in "e."):
+        with contextlib.suppress(ValueError):
+            value = float(value)
     return key.strip().split("."), value
 
 

@@ -99,7 +99,7 @@ def write_samples(
     """Save one group's input image(s), completions, scores and reward artifacts (images in
     `record.extras`) to `out` as PNGs plus `samples.json`."""
     entries = []
-    for i, rec in enumerate(records[:1]):
+    for rec in records[:1]:
         for j, img in enumerate(rec.images):
             img.save(out / f"input-{j}.png")
     for i, rec in enumerate(records):
