@@ -241,6 +241,21 @@ def make_figures(
         elif main.grpo:
             notes.append("metrics.jsonl: no reward/* training metrics")
 
+        # adversarial runs (seed B): the adversary's reward and control terms, and the policy's
+        # similarity on the adversary's images
+        # (the prompt length in words has its own scale: it stays in metrics.jsonl only)
+        adv_keys = [
+            k
+            for k in main.keys(r"adversary/[^/]+/mean")
+            if len(main.series(k)[0]) and k != "adversary/words/mean"
+        ]
+        if adv_keys:
+            fig, (ax,) = _new_figure(th, "Adversary: reward and control terms")
+            for i, k in enumerate(adv_keys):
+                _curve(ax, *main.series(k), cols[i % len(cols)], _label(k), window)
+            _finish(ax, "round", "value" + ma)
+            figs["adversary"] = fig
+
         eval_keys = main.keys(r"eval/.+/mean")
         controls = [k for k in main.keys(r"eval/[^/]+/(ceiling|shuffled)")]
         if eval_keys or any(o.keys(r"eval/.+/mean") for o in others):
