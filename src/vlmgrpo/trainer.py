@@ -259,17 +259,14 @@ class Trainer:
             max_new_tokens=r.max_new_tokens,
             synced_gpus=self.fsdp,
         )
+        backend = sampler_for(self.cfg, self.model)
         if seeds is None:
-            return sampler_for(self.cfg, self.model).sample(
-                self.model, self.proc, prompts, r.group_size, **kw
-            )
+            return backend.sample(self.model, self.proc, prompts, r.group_size, **kw)
         parts = []
         state = torch.get_rng_state()
         for p, seed in zip(prompts, seeds):
             torch.manual_seed(seed)
-            parts.append(
-                sampler_for(self.cfg, self.model).sample(self.model, self.proc, [p], r.group_size, **kw)
-            )
+            parts.append(backend.sample(self.model, self.proc, [p], r.group_size, **kw))
         torch.set_rng_state(state)
         return hf_rollout.concat(parts, self.proc)
 

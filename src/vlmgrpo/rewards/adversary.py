@@ -51,7 +51,7 @@ from vlmgrpo.embed import get_embedder
 from vlmgrpo.errors import ConfigError
 from vlmgrpo.imagegen import get_generator
 from vlmgrpo.rewards.base import RewardContext, RewardRecord, batched
-from vlmgrpo.rewards.cycle import _map, _similarities
+from vlmgrpo.rewards.cycle import _map, _similarities, cycle_prepare
 
 # seed streams of the adversary's image and of its solvability redraw: apart from each other and
 # from the regeneration seeds (ctx.seed * 1009 + i), so that no two draws share their noise
@@ -324,8 +324,7 @@ def adversary_prepare(
     _check_controls(
         {"solvability": solvability, "diversity": diversity, "realism": realism, "length": length}
     )
-    get_generator(generator, generator_kwargs or {})
-    get_embedder(embedder, embedder_kwargs or {})
+    cycle_prepare(generator, generator_kwargs, embedder, embedder_kwargs)
 
 
 adversary_reward.prepare = adversary_prepare  # type: ignore[attr-defined]
