@@ -428,6 +428,14 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
     t = time.perf_counter()
     model = build_model(shape, proc, device, dtype)
     model.train()
+    if args.vision_attention == "batched":
+        from vlmgrpo.models.vision_attn import use_segment_attention
+
+        res["vision_attention"] = "batched" if use_segment_attention(model) else "hf"
+    if args.compile_train:  # regional compilation: each decoder layer, dynamic sequence length
+        for layer in model.model.language_model.layers:
+            layer.compile(dynamic=True)
+        res["compile_train"] = True
     n = n_params(model)
     res.update(params=n, params_b=round(n / 1e9, 4), build_s=round(time.perf_counter() - t, 1))
     log(f"model {shape}: {n / 1e9:.3f}B params, {dtype}, {device} ({res['build_s']}s)")
@@ -590,6 +598,14 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                 gradient_checkpointing=False,
             )
             res["train_mfu"] = r["mfu"]
+            if not isinstance(opt, _NoStep):  # the optimiser step alone, on zero gradients
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+                opt.step()
+                t = sync()
+                opt.step()
+                r["optimizer_step_s"] = round(sync() - t, 3)
+                opt.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ full step
     with rec.section(f"{key}/step", 40) as r:
@@ -943,6 +959,15 @@ def main() -> int:
         "--sections", default="", help="comma list: run only these sections (e.g. rollout_fast,train)"
     )
     ap.add_argument("--compile", action="store_true", help="also time the engine with torch.compile'd layers")
+    ap.add_argument(
+        "--compile-train", action="store_true", help="torch.compile each decoder layer for training"
+    )
+    ap.add_argument(
+        "--vision-attention",
+        default="batched",
+        choices=["batched", "hf"],
+        help="see vlmgrpo/models/vision_attn.py",
+    )
     ap.add_argument("--trl", default="", help="path to trl_anchor.py (run in a subprocess after 3b)")
     ap.add_argument("--trl-steps", type=int, default=2)
     ap.add_argument("--time-budget", type=float, default=540.0)

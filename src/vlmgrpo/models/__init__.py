@@ -53,6 +53,10 @@ def load_policy(cfg: ModelConfig, device: Any = "cpu") -> tuple[Any, Any]:
             "give a local folder, or a hub id on a machine that can download it"
         ) from None
     model.to(device)
+    if cfg.vision_attention == "batched":
+        from vlmgrpo.models.vision_attn import use_segment_attention
+
+        use_segment_attention(model)
     tok = getattr(proc, "tokenizer", proc)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

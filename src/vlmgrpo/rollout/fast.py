@@ -616,6 +616,7 @@ class FastEngine:
         t0 = time.perf_counter()
         model, dev = self.model, self.device
         enc, vrows = hf_rollout.encode_prompts(proc, prompts, 1, dev)
+        t_enc = _sync_time(dev)  # the processor (CPU) and the copy to the device
         tok = hf_rollout.tokenizer_of(proc)
         pad_id = int(tok.pad_token_id)
         eos = hf_rollout.eos_ids(proc, model)
@@ -643,6 +644,7 @@ class FastEngine:
                     self.use_graphs, self.graph_error = False, f"{type(e).__name__}: {e}"
                     st.graphs.clear()
                     torch.cuda.synchronize()
+            t_pre = _sync_time(dev)
             self._prefill(enc, st, g, has_images)
             if int(st.pos.max()) + max_new_tokens > st.pos_cap:
                 raise RuntimeError("rotary table too short")  # cannot happen for text decode tokens
@@ -676,7 +678,9 @@ class FastEngine:
         extra = {k: v[ridx] for k, v in enc.items() if k in ("mm_token_type_ids", "token_type_ids")}
         gen_tokens = int(cmask.sum())
         self.stats = {
-            "prefill_s": t1 - t0,
+            "prefill_s": t1 - t0,  # everything before the first decode step, of which:
+            "encode_s": t_enc - t0,  # processor + host-to-device copy
+            "forward_s": t1 - t_pre,  # vision tower + prompt forward + KV copy + first token
             "decode_s": t2 - t1,
             "decode_steps": float(steps),
             "gen_tokens": float(gen_tokens),
