@@ -41,6 +41,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     text_only: bool = False  # load with AutoModelForCausalLM (adversary, text policies)
     freeze_vision: bool = False  # keep the vision tower's weights fixed
+    # Qwen-VL vision towers without flash-attn: "batched" = one SDPA call per segment length
+    # (models/vision_attn.py, same maths); "hf" = transformers' one call per image/window
+    vision_attention: Literal["batched", "hf"] = "batched"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
