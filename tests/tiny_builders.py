@@ -100,7 +100,7 @@ class ReplicateStub:
     `polls_before_done` polls, then "succeeded" with output [URL of a webp]; GET /files/{id}.webp
     -> the image (a solid colour derived from the prompt, `size` px). Knobs: `fail_codes` = HTTP
     statuses returned (with `Retry-After`) to the first create requests; `hang` = never answer a
-    create request; `fail_status` = end predictions with this status. `requests` records
+    create request; `create_delay` = seconds every create request sleeps before answering; `fail_status` = end predictions with this status. `requests` records
     (method, path, headers, JSON body, time).
     """
 
@@ -113,8 +113,10 @@ class ReplicateStub:
         fail_status: str | None = None,
         size: int = 64,
         honour_wait: bool = False,
+        create_delay: float = 0.0,
     ) -> None:
         self.fail_codes = list(fail_codes)
+        self.create_delay = create_delay  # seconds each create request takes (a slow model)
         self.retry_after = retry_after
         self.hang = hang
         self.polls_before_done = polls_before_done
@@ -159,6 +161,8 @@ class ReplicateStub:
                 if code is not None:
                     headers = {"Retry-After": stub.retry_after} if stub.retry_after is not None else {}
                     return self._json(code, {"detail": f"stub error {code}"}, headers)
+                if stub.create_delay:
+                    stub._stop.wait(stub.create_delay)
                 pid = uuid.uuid4().hex[:12]
                 pred = {
                     "id": pid,

@@ -79,6 +79,10 @@ class RolloutConfig:
     # not depend on the world size or batch layout (reproducible across 1 and N ranks), at the cost
     # of one generate call per prompt
     seed_per_prompt: bool = False
+    # one-step off-policy overlap: the rollout of step t+1 runs while step t's rewards are computed
+    # (worth it when rewards run on another GPU or a remote API). Step t+1 then learns from samples
+    # of the policy before update t; grpo.loss "is" or "ppo" corrects for it (required).
+    overlap: bool = False
 
 
 @dataclass
@@ -149,6 +153,42 @@ class TrainConfig:
     max_nonfinite: int = 5  # stop after this many skipped updates with a non-finite loss or grad
     # under torchrun / accelerate launch: ddp (replicated) or fsdp2 (sharded); ignored in one process
     dist_strategy: Literal["ddp", "fsdp2"] = "ddp"
+    # FSDP2 only (docs/scaling.md). Mixed precision: the dtype parameters are gathered in and
+    # forward/backward compute in (bfloat16 | float32 | null = model.dtype); the sharded parameters
+    # and the optimizer state keep model.dtype (float32 for bf16 compute with fp32 master weights)
+    fsdp_param_dtype: str | None = None
+    # dtype of the gradient reduce-scatter (bfloat16 | float32 | null = fsdp_param_dtype)
+    fsdp_reduce_dtype: str | None = None
+    # FSDP2 CPUOffloadPolicy: sharded parameters, gradients and optimizer state on CPU, optimizer
+    # step on CPU. DDP has no equivalent here: with ddp this is a ConfigError
+    cpu_offload: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
+            value = getattr(self, key)
+            if value is not None and value not in ("bfloat16", "float32"):
+                raise ConfigError(
+                    f"train.{key}: {value!r} is not one of 'bfloat16', 'float32', null "
+                    "(float16 would need a loss scaler)"
+                )
+        if self.dist_strategy != "fsdp2":
+            for key in ("fsdp_param_dtype", "fsdp_reduce_dtype", "cpu_offload"):
+                if getattr(self, key):
+                    raise ConfigError(
+                        f"train.{key}: needs train.dist_strategy=fsdp2 (got {self.dist_strategy!r}); "
+                        "DDP keeps a full replica of the weights in model.dtype on every GPU"
+                    )
+
+
+@dataclass
+class PlacementConfig:
+    """Where memory lives between the phases of a step on one GPU (see vlmgrpo/placement.py)."""
+
+    # AdamW moments in pinned host memory except during optimizer.step() (frees 8 bytes/param)
+    offload_optimizer: bool = False
+    # local generators / embedders (diffusers, dinov2, clip) in pinned host memory except while
+    # rewards are computed (rollout and update then have the GPU to themselves)
+    offload_reward_models: bool = False
 
 
 @dataclass
@@ -178,6 +218,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     rewards: list[RewardEntry] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     # task-specific settings (adversary, generator placement, ...) read by the task that owns them

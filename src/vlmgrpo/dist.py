@@ -9,19 +9,26 @@ group never spans ranks and group normalisation stays exact.
 Wrapping (`dist.strategy`): `ddp` replicates the model (gradients all-reduced by
 DistributedDataParallel); `fsdp2` shards it with `fully_shard`, the vision tower and every decoder
 layer as their own units (generation then runs with `synced_gpus=True`, after one forward through
-the root, as FSDP2 needs). Shutdown: the wrapper is deleted, garbage collected and the ranks meet
-at a barrier before `destroy_process_group`; without this gloo sometimes aborts at exit.
+the root, as FSDP2 needs). FSDP2 takes a mixed-precision policy (`train.fsdp_param_dtype`,
+`train.fsdp_reduce_dtype`) and CPU offload (`train.cpu_offload`), see `FsdpOptions`. Shutdown: the
+wrapper is deleted, garbage collected and the ranks meet at a barrier before
+`destroy_process_group`; without this gloo sometimes aborts at exit.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from vlmgrpo.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,17 +81,98 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def wrap(logp_model: torch.nn.Module, strategy: str, info: DistInfo, device: torch.device) -> torch.nn.Module:
+# FSDP2 mixed-precision dtypes: float16 would need a loss scaler, which the trainer does not have
+FSDP_DTYPES = ("bfloat16", "float32")
+
+
+@dataclass
+class FsdpOptions:
+    """FSDP2 settings (`train.fsdp_param_dtype`, `train.fsdp_reduce_dtype`, `train.cpu_offload`).
+
+    `param_dtype`: dtype the parameters are all-gathered in and forward/backward compute in, while
+    the sharded parameters (what the optimizer updates) keep the model's dtype (`model.dtype`);
+    `reduce_dtype`: dtype of the gradient reduce-scatter (None: the param dtype). `cpu_offload`:
+    `CPUOffloadPolicy`, the sharded parameters, gradients and optimizer state live on CPU (pinned
+    when on GPUs); each unit is copied to the GPU for its forward/backward and the optimizer step
+    runs on CPU."""
+
+    param_dtype: str | None = None
+    reduce_dtype: str | None = None
+    cpu_offload: bool = False
+
+    @classmethod
+    def from_train(cls, train: Any) -> FsdpOptions:
+        return cls(train.fsdp_param_dtype, train.fsdp_reduce_dtype, train.cpu_offload)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.param_dtype or self.reduce_dtype or self.cpu_offload)
+
+    def fully_shard_kwargs(self, device: torch.device) -> dict[str, Any]:
+        """The `mp_policy` / `offload_policy` keyword arguments of `fully_shard` (empty = defaults)."""
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+        kw: dict[str, Any] = {}
+        if self.param_dtype or self.reduce_dtype:
+            for key, name in (
+                ("fsdp_param_dtype", self.param_dtype),
+                ("fsdp_reduce_dtype", self.reduce_dtype),
+            ):
+                if name is not None and name not in FSDP_DTYPES:
+                    raise ConfigError(f"train.{key}: {name!r} is not one of {', '.join(FSDP_DTYPES)}, null")
+            kw["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=getattr(torch, self.param_dtype) if self.param_dtype else None,
+                reduce_dtype=getattr(torch, self.reduce_dtype) if self.reduce_dtype else None,
+            )
+        if self.cpu_offload:
+            # pinned host memory needs an accelerator; on a CPU device the "offload" is a no-op copy
+            kw["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
+        return kw
+
+
+def _offload_mesh(device: torch.device) -> Any:
+    """CPU offload on GPUs keeps the sharded gradients on CPU, so the gradient-norm reduction of
+    `clip_grad_norm_` (and the full-state-dict gather of a checkpoint) run collectives on CPU
+    tensors, which NCCL cannot carry: shard over a group that has both backends, NCCL for the CUDA
+    all-gathers / reduce-scatters and gloo for the CPU collectives. Every rank calls this (it
+    creates a process group)."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    group = dist.new_group(backend="cpu:gloo,cuda:nccl")
+    return DeviceMesh.from_group(group, device.type)
+
+
+def wrap(
+    logp_model: torch.nn.Module,
+    strategy: str,
+    info: DistInfo,
+    device: torch.device,
+    fsdp: FsdpOptions | None = None,
+) -> torch.nn.Module:
     """The module the update runs through: DDP around the log-prob module, or FSDP2 units."""
+    fsdp = fsdp or FsdpOptions()
+    if fsdp.active and strategy != "fsdp2":  # TrainConfig refuses this already; direct callers too
+        raise ConfigError(
+            "train.fsdp_param_dtype / train.fsdp_reduce_dtype / train.cpu_offload need "
+            f"train.dist_strategy=fsdp2 (got {strategy!r})"
+        )
     if not info.enabled or strategy == "none":
+        if fsdp.active:
+            log.warning(
+                "train.fsdp_param_dtype / fsdp_reduce_dtype / cpu_offload apply to FSDP2 across 2 or "
+                "more processes; ignored in one process"
+            )
         return logp_model
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(logp_model, device_ids=[device.index] if device.type == "cuda" else None)
     if strategy == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed import fsdp as fsdp_api
 
+        kw = fsdp.fully_shard_kwargs(device)
+        if fsdp.cpu_offload and device.type == "cuda":
+            kw["mesh"] = _offload_mesh(device)
         policy = logp_model.policy
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         units = [
@@ -102,8 +190,8 @@ def wrap(logp_model: torch.nn.Module, strategy: str, info: DistInfo, device: tor
                 units.append(m)
                 covered.update(id(p) for p in own)
         for module in units:  # the vision tower, each decoder layer, and the leftovers: one unit each
-            fully_shard(module)
-        fully_shard(policy)
+            fsdp_api.fully_shard(module, **kw)
+        fsdp_api.fully_shard(policy, **kw)
         logp_model.full_forward = True  # go through the root module so FSDP2's hooks run
         return logp_model
     raise ValueError(f"unknown dist strategy {strategy!r}")

@@ -86,6 +86,10 @@ class Registry(Generic[T]):
             self._instances[key] = self.get(name)(**(kwargs or {}))
         return self._instances[key]
 
+    def instances(self) -> list[Any]:
+        """The shared objects built so far (the trainer moves them between device and host)."""
+        return list(self._instances.values())
+
     def clear_instances(self) -> None:
         """Drop the shared instances (tests; or to reload a changed model folder)."""
         self._instances.clear()

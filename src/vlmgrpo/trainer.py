@@ -21,6 +21,7 @@ import random
 import shlex
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
 from vlmgrpo.grpo.core import group_advantages, grpo_loss, kl_k3, loss_scale_for_accumulation
 from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.models import load_policy
+from vlmgrpo.placement import OptimizerOffloader, offloadable
 from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards, resolve_reward
 from vlmgrpo.rollout import Prompt, RolloutBatch
 from vlmgrpo.rollout import fast as fast_rollout
@@ -134,15 +136,46 @@ class PolicyHandle:
         return out.completions
 
 
+class _NoPolicy:
+    """The policy handle of rewards that run beside the next rollout (rollout.overlap)."""
+
+    def generate(self, *args: Any, **kwargs: Any) -> list[str]:
+        raise ConfigError(
+            "rollout.overlap: a reward queries the policy (ctx.policy) while the next rollout runs; "
+            "set rollout.overlap=false for this recipe"
+        )
+
+
+@dataclass
+class _Pending:
+    """Step t+1's rollout, sampled during step t (rollout.overlap)."""
+
+    batches: list[RolloutBatch]
+    samples: list[tuple[list[dict], list[Prompt]]]
+    sampler_before: dict[str, Any]  # the sampler before these prompts were drawn (checkpoints)
+    rollout_s: float = 0.0
+
+
 @dataclass
 class Timer:
+    """Wall time per phase (`time/<phase>`) and, on CUDA, the phase's peak allocated memory
+    (`memory/<phase>_peak_gib`): the memory timeline of a step."""
+
     times: dict[str, float] = field(default_factory=dict)
+    device: Any = None
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        cuda = self.device is not None and torch.device(self.device).type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         yield
         self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+        if cuda:
+            key = f"memory/{name}_peak_gib"
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+            self.times[key] = max(self.times.get(key, 0.0), peak)
 
 
 class Trainer:
@@ -158,6 +191,11 @@ class Trainer:
             raise ConfigError(
                 f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be a multiple of the "
                 f"number of processes ({self.dist.world}): each rank takes an equal share of the global batch"
+            )
+        if cfg.rollout.overlap and cfg.grpo.loss == "pg":
+            raise ConfigError(
+                "rollout.overlap: needs grpo.loss 'is' or 'ppo' (the importance ratio corrects for "
+                "samples drawn before the last update); 'pg' assumes on-policy samples"
             )
         # data.image_max_side reaches every builder as kwargs["max_side"] unless the recipe sets it
         kw = {"max_side": cfg.data.image_max_side, **cfg.data.kwargs}
@@ -183,7 +221,13 @@ class Trainer:
         self.ref = self._build_reference()
         # the update runs through `update_model` (DDP / FSDP2 wrapper, or logp_model itself); the
         # optimizer is built after wrapping because FSDP2 replaces parameters by sharded DTensors
-        self.update_model = dist.wrap(self.logp_model, cfg.train.dist_strategy, self.dist, self.device)
+        self.update_model = dist.wrap(
+            self.logp_model,
+            cfg.train.dist_strategy,
+            self.dist,
+            self.device,
+            dist.FsdpOptions.from_train(cfg.train),
+        )
         self.fsdp = self.dist.enabled and cfg.train.dist_strategy == "fsdp2"
         if self.fsdp and cfg.grpo.ref.kind == "copy":
             raise ConfigError(
@@ -199,9 +243,20 @@ class Trainer:
             betas=tuple(o.betas),
             weight_decay=o.weight_decay,
             eps=o.eps,
-            fused=self.device.type == "cuda",
+            # CPU offload (FSDP2) keeps the sharded parameters on CPU: the step runs there, unfused
+            fused=self.device.type == "cuda" and not (self.fsdp and cfg.train.cpu_offload),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.opt_offload = None
+        if cfg.placement.offload_optimizer:
+            if self.fsdp:
+                raise ConfigError(
+                    "placement.offload_optimizer: not with FSDP2 (its shards are already split over "
+                    "ranks); use FSDP2's CPU offload instead"
+                )
+            self.opt_offload = OptimizerOffloader(self.optimizer, self.device)
+        self._pending: _Pending | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self.sampler = PromptSampler(self.train_set, cfg.train.seed, cfg.data.skip_bad_samples)
         self.step = 0
         self.nonfinite = 0
@@ -385,7 +440,11 @@ class Trainer:
                 )
             return {"loss": total_loss, "update/skipped_nonfinite": 1.0}
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (before the schedule moves)
+        if self.opt_offload is not None:
+            self.opt_offload.onload()
         self.optimizer.step()
+        if self.opt_offload is not None:  # the moments leave before the next rollout and rewards
+            self.opt_offload.offload()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {
@@ -403,32 +462,103 @@ class Trainer:
                 pr.mul_(1 - a).add_(pp.detach(), alpha=a)
 
     # ------------------------------------------------------------------ one GRPO step
-    def train_step(self) -> dict[str, float]:
-        cfg, timer = self.cfg, Timer()
-        t0 = time.perf_counter()
-        batches, all_samples, all_records, advs, totals = [], [], [], [], []
-        with timer("rollout"):
-            n_local = cfg.rollout.prompts_per_step // self.dist.world
-            for k in range(cfg.optim.grad_accum):
-                # every rank draws the same global list and keeps its slice: a group never spans
-                # ranks, and the global batch does not depend on the world size
-                drawn = [self.sampler.next() for _ in range(cfg.rollout.prompts_per_step)]
-                first = self.dist.rank * n_local
-                samples = drawn[first : first + n_local]
-                prompts = [build_prompt(s, cfg) for s in samples]
-                seeds = None
-                if cfg.rollout.seed_per_prompt:
-                    base = (cfg.train.seed * 1_000_003 + self.step) * 1009 + k * cfg.rollout.prompts_per_step
-                    seeds = [(base + first + i) % 2**63 for i in range(n_local)]
-                batch = self.rollout(prompts, seeds)
-                batches.append(batch)
-                all_samples.append((samples, prompts))
-        results = []
-        with timer("reward"):
-            for k, (batch, (samples, prompts)) in enumerate(zip(batches, all_samples)):
+    def _rollout_phase(self, step: int) -> tuple[list[RolloutBatch], list[tuple[list[dict], list[Prompt]]]]:
+        """Draw and roll out the prompts of `step`: grad_accum micro-batches of this rank's share."""
+        cfg = self.cfg
+        batches, drawn_parts = [], []
+        n_local = cfg.rollout.prompts_per_step // self.dist.world
+        for k in range(cfg.optim.grad_accum):
+            # every rank draws the same global list and keeps its slice: a group never spans
+            # ranks, and the global batch does not depend on the world size
+            drawn = [self.sampler.next() for _ in range(cfg.rollout.prompts_per_step)]
+            first = self.dist.rank * n_local
+            samples = drawn[first : first + n_local]
+            prompts = [build_prompt(s, cfg) for s in samples]
+            seeds = None
+            if cfg.rollout.seed_per_prompt:
+                base = (cfg.train.seed * 1_000_003 + step) * 1009 + k * cfg.rollout.prompts_per_step
+                seeds = [(base + first + i) % 2**63 for i in range(n_local)]
+            batches.append(self.rollout(prompts, seeds))
+            drawn_parts.append((samples, prompts))
+        return batches, drawn_parts
+
+    def _prefetch(self, step: int) -> _Pending:
+        """rollout.overlap: step `step`'s rollout now, with the log-probs of the policy that sampled
+        it (the update of the step before changes the weights; the loss's ratio corrects for it)."""
+        before, t0 = self.sampler.state(), time.perf_counter()
+        batches, samples = self._rollout_phase(step)
+        rollout_s = time.perf_counter() - t0
+        with torch.no_grad():
+            for b in batches:
+                b.sample_logps = self.logp_model(b, self.cfg.rollout.temperature).detach()
+        return _Pending(batches, samples, before, rollout_s)
+
+    def sampler_state(self) -> dict[str, Any]:
+        """The sampler as of the last finished step (a prefetched rollout's draws not counted)."""
+        return self._pending.sampler_before if self._pending is not None else self.sampler.state()
+
+    def _reward_models(self) -> list[Any]:
+        from vlmgrpo.embed import EMBEDDERS
+        from vlmgrpo.imagegen import GENERATORS
+
+        return [m for reg in (GENERATORS, EMBEDDERS) for m in reg.instances() if offloadable(m)]
+
+    @contextlib.contextmanager
+    def reward_models_loaded(self):
+        """With placement.offload_reward_models the local reward models are on their device only
+        inside this block; elsewhere their weights wait in pinned host memory."""
+        models = self._reward_models() if self.cfg.placement.offload_reward_models else []
+        for m in models:
+            m.onload()
+        try:
+            yield
+        finally:
+            for m in models:
+                m.offload()
+
+    def _score(
+        self,
+        batches: list[RolloutBatch],
+        parts: list[tuple[list[dict], list[Prompt]]],
+        ctxs: list[RewardContext],
+    ) -> tuple[list[Any], list[list[RewardRecord]]]:
+        """Rewards of every micro-batch, each record tied to its own completion and sample."""
+        results, records = [], []
+        with self.reward_models_loaded():
+            for batch, (samples, prompts), ctx in zip(batches, parts, ctxs):
                 recs = self.records(samples, prompts, batch)
-                results.append(compute_rewards(recs, self.specs, self.reward_ctx("train", k)))
-                all_records.append(recs)
+                results.append(compute_rewards(recs, self.specs, ctx))
+                records.append(recs)
+        return results, records
+
+    def train_step(self) -> dict[str, float]:
+        cfg, timer = self.cfg, Timer(device=self.device)
+        t0 = time.perf_counter()
+        advs, totals = [], []
+        stale, rollout_s = 0.0, None
+        with timer("rollout"):
+            if self._pending is not None:  # sampled during the previous step (rollout.overlap)
+                batches, all_samples = self._pending.batches, self._pending.samples
+                stale, rollout_s = 1.0, self._pending.rollout_s
+                self._pending = None
+            else:
+                batches, all_samples = self._rollout_phase(self.step)
+        ctxs = [self.reward_ctx("train", k) for k in range(len(batches))]
+        if cfg.rollout.overlap and self.step + 1 < cfg.train.steps and not self.stop_requested:
+            for c in ctxs:
+                c.policy = _NoPolicy()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmgrpo-reward")
+            future = self._pool.submit(self._score, batches, all_samples, ctxs)
+            try:
+                with timer("rollout_next"):  # runs while the rewards are computed
+                    self._pending = self._prefetch(self.step + 1)
+            finally:
+                with timer("reward"):  # what is left of the rewards after the rollout
+                    results, all_records = future.result()
+        else:
+            with timer("reward"):
+                results, all_records = self._score(batches, all_samples, ctxs)
         with timer("advantage"):
             for res in results:
                 r = torch.tensor(res.total, dtype=torch.float32)
@@ -445,9 +575,13 @@ class Trainer:
                 )
                 totals.append(r)
         all_r = torch.cat(totals)
-        n_valid, n_all = dist.all_sum(
-            [float((~torch.isnan(all_r)).sum()), float(all_r.numel())], self.dist, self.device
+        # the step's first collective after the rewards; a rank whose reward service was given up
+        # (ServiceError) joins it from _abandon_step with failed = 1, so that every rank stops here
+        n_valid, n_all, n_failed = dist.all_sum(
+            [float((~torch.isnan(all_r)).sum()), float(all_r.numel()), 0.0], self.dist, self.device
         )
+        if n_failed:
+            raise _PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
         valid_frac = n_valid / n_all  # the same on every rank, so all ranks skip or update together
         metrics: dict[str, float] = {}
         if valid_frac < cfg.grpo.min_valid_fraction:
@@ -483,7 +617,11 @@ class Trainer:
         metrics["data/bad_samples"] = float(self.sampler.bad)
         metrics.update(timer.times)
         metrics["time/step"] = time.perf_counter() - t0
-        metrics["tokens/s"] = float(lens.sum()) / max(1e-9, timer.times.get("time/rollout", 1e-9))
+        if rollout_s is None:
+            rollout_s = timer.times.get("time/rollout", 1e-9)
+        metrics["tokens/s"] = float(lens.sum()) / max(1e-9, rollout_s)  # of the rollout that sampled them
+        if cfg.rollout.overlap:
+            metrics["overlap/stale"] = stale  # 1 = these samples came from the policy before the last update
         if (
             self.dist.is_main
             and self.runlog
@@ -547,15 +685,16 @@ class Trainer:
             recs += part
         torch.set_rng_state(state)
         ctx = self.reward_ctx("eval")
-        res = compute_rewards(recs, self.specs, ctx)
-        metrics = res.metrics("eval")
-        metrics["eval/distinct"] = float(len({r.completion for r in recs}))
-        metrics["eval/bad_samples"] = float(bad)
-        for spec in self.specs:
-            controls = getattr(resolve_reward(spec.name).fn, "controls", None)
-            if controls is not None:
-                for k, v in controls(recs, ctx, **spec.kwargs).items():
-                    metrics[f"eval/{spec.key}/{k}"] = v
+        with self.reward_models_loaded():
+            res = compute_rewards(recs, self.specs, ctx)
+            metrics = res.metrics("eval")
+            metrics["eval/distinct"] = float(len({r.completion for r in recs}))
+            metrics["eval/bad_samples"] = float(bad)
+            for spec in self.specs:
+                controls = getattr(resolve_reward(spec.name).fn, "controls", None)
+                if controls is not None:
+                    for k, v in controls(recs, ctx, **spec.kwargs).items():
+                        metrics[f"eval/{spec.key}/{k}"] = v
         return metrics
 
     def _eval_samples(self, n: int) -> tuple[list[dict[str, Any]], int]:
@@ -581,7 +720,7 @@ class Trainer:
         state: dict[str, Any] = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state(),
+            "sampler": self.sampler_state(),
             "nonfinite": self.nonfinite,
         }
         full_weights = None
@@ -628,6 +767,9 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load(state["sampler"])
+        if self.opt_offload is not None:  # load_state_dict put the moments on the device
+            self.opt_offload.on_device = True
+            self.opt_offload.offload()
         self.nonfinite = state.get("nonfinite", 0)
         if "ref" in state and self.ref is not None and self.ref != "adapter":
             self.ref.policy.load_state_dict(state["ref"])
@@ -659,6 +801,9 @@ class Trainer:
             seed_everything(cfg.train.seed + 1)
         if self.step == 0 and cfg.train.eval_every and self.resume_from is None:
             self.runlog.log(0, "grpo", self.evaluate())
+        if cfg.placement.offload_reward_models:  # loaded by the rewards' prepare(); wait on the host
+            for m in self._reward_models():
+                m.offload()
         self._install_signal_handlers()
         self.model.train()  # dropout (e.g. LoRA's) is active in the update; rollouts switch to eval
         from tqdm import tqdm
@@ -667,7 +812,7 @@ class Trainer:
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="grpo", dynamic_ncols=True)
         try:
             while self.step < cfg.train.steps and not self._should_stop():
-                before = {"rng": ckpt.rng_state(), "sampler": self.sampler.state()}
+                before = {"rng": ckpt.rng_state(), "sampler": self.sampler_state()}
                 try:
                     metrics = self.train_step()
                 except ServiceError as e:  # raised by the rewards, so before this step's update
@@ -691,6 +836,10 @@ class Trainer:
             raise
         finally:
             bar.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self._pending = None
         if not cfg.train.save_every or self.step % cfg.train.save_every:
             self.save()
         if self.stop_requested and self.dist.is_main:
@@ -718,12 +867,31 @@ class Trainer:
         a step's rollout or rewards. Nothing was updated yet: rewind the RNGs and the sampler to the
         step's start, checkpoint the last finished step (the same state an uninterrupted run saves
         there, so resuming is exact) and stop with one line."""
+        if self.dist.enabled:
+            err = self._share_failure(err)
         ckpt.set_rng_state(before["rng"])
         self.sampler.load(before["sampler"])
+        self._pending = None
         done = self.out / "ckpts" / f"ckpt-{self.step}"
-        if not (done / ckpt.MARKER).is_file():
+        # rank 0 decides (it writes the checkpoints): save() is a collective, every rank joins or none
+        missing = self.dist.is_main and not (done / ckpt.MARKER).is_file()
+        if dist.all_sum([float(missing)], self.dist, self.device)[0]:
             self.save()
+        dist.shutdown(self.dist, self.update_model)  # every rank is here: leave the group cleanly
         raise ServiceError(f"{err}; step {self.step + 1} abandoned, {done.name} saved; {self._resume_hint()}")
+
+    def _share_failure(self, err: ServiceError) -> ServiceError:
+        """Under torchrun, bring every rank into the abandoned step's shutdown. A rank whose own
+        reward service failed joins the all-reduce the other ranks wait in after the rewards (in
+        train_step) with failed = 1, instead of leaving them in it until the launcher's timeout;
+        they raise `_PeerServiceError` there. Then every rank gets the first failing rank's line."""
+        if not isinstance(err, _PeerServiceError):
+            dist.all_sum([0.0, 0.0, 1.0], self.dist, self.device)
+        own = None if isinstance(err, _PeerServiceError) else str(err)
+        for rank, msg in enumerate(dist.gather_objects(own, self.dist)):
+            if msg is not None:
+                return err if rank == self.dist.rank else ServiceError(f"rank {rank}: {msg}")
+        return err
 
     def _should_stop(self) -> bool:
         """A signal may reach one rank only: all ranks stop together."""
@@ -745,6 +913,10 @@ class Trainer:
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, old)
         self._old_handlers = {}
+
+
+class _PeerServiceError(ServiceError):
+    """Raised on the ranks whose rewards went fine when another rank's service was given up."""
 
 
 class NullLog:

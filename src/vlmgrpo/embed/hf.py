@@ -44,11 +44,21 @@ def image_key(img: Image.Image) -> str:
 
 
 def resolve_device(device: str) -> str:
-    """ "auto" -> "cuda" when available, else "cpu"; anything else as given."""
+    """ "auto" -> this process's GPU when CUDA is available, else "cpu"; anything else as given.
+    Under torchrun / accelerate launch (LOCAL_RANK set) that is `cuda:{LOCAL_RANK}`, the GPU the
+    rank trains on (`vlmgrpo.dist.init`), unless the process sees fewer GPUs (one GPU per process
+    through CUDA_VISIBLE_DEVICES): then its current device, "cuda"."""
     if device == "auto":
+        import os
+
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        local = os.environ.get("LOCAL_RANK", "")
+        if local.isdigit() and int(local) < torch.cuda.device_count():
+            return f"cuda:{int(local)}"
+        return "cuda"
     return device
 
 
@@ -179,6 +189,18 @@ class HFImageEmbedder:
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+    def offload(self) -> None:
+        """Weights to (pinned) host memory between reward phases (`vlmgrpo.placement`)."""
+        from vlmgrpo.placement import ModuleOffloader
+
+        if getattr(self, "_offloader", None) is None:
+            self._offloader = ModuleOffloader([self.model], self.device)
+        self._offloader.offload()
+
+    def onload(self) -> None:
+        if getattr(self, "_offloader", None) is not None:
+            self._offloader.onload()
 
     def similarity(self, a: Sequence[Image.Image], b: Sequence[Image.Image]) -> np.ndarray:
         """[N] raw cosine of a[i] and b[i], in [-1, 1]. `a` (the originals) goes through the cache."""
