@@ -117,8 +117,13 @@ class DiffusersGenerator:
         denoiser = getattr(self.pipe, "transformer", None) or getattr(self.pipe, "unet", None)
         if denoiser is None:
             raise ConfigError("generator_kwargs.compile: this pipeline has no transformer or unet to compile")
-        denoiser.compile(fullgraph=False, dynamic=False)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+        if getattr(denoiser, "_repeated_blocks", None) and hasattr(denoiser, "compile_repeated_blocks"):
+            # regional compilation: each block type is compiled once and reused (FLUX: 2 types, 57
+            # blocks), minutes less than compiling the whole transformer
+            denoiser.compile_repeated_blocks(fullgraph=True)
+        else:
+            denoiser.compile()
 
     def _load(self) -> Any:
         import diffusers
