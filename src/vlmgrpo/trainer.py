@@ -463,24 +463,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ one GRPO step
     def _rollout_phase(self, step: int) -> tuple[list[RolloutBatch], list[tuple[list[dict], list[Prompt]]]]:
-        """Draw and roll out the prompts of `step`: grad_accum micro-batches of this rank's share."""
+        """Draw and roll out the prompts of `step`: grad_accum micro-batches of this rank's share.
+
+        All micro-batches are sampled in one rollout call and split afterwards: seed A's 4 rounds
+        of 8 chains decode as 32 rows at once (4x fewer decode steps than one call per round). With
+        rollout.seed_per_prompt each prompt is sampled on its own anyway."""
         cfg = self.cfg
-        batches, drawn_parts = [], []
         n_local = cfg.rollout.prompts_per_step // self.dist.world
+        first = self.dist.rank * n_local
+        parts, all_seeds = [], []
         for k in range(cfg.optim.grad_accum):
             # every rank draws the same global list and keeps its slice: a group never spans
             # ranks, and the global batch does not depend on the world size
             drawn = [self.sampler.next() for _ in range(cfg.rollout.prompts_per_step)]
-            first = self.dist.rank * n_local
             samples = drawn[first : first + n_local]
-            prompts = [build_prompt(s, cfg) for s in samples]
-            seeds = None
-            if cfg.rollout.seed_per_prompt:
-                base = (cfg.train.seed * 1_000_003 + step) * 1009 + k * cfg.rollout.prompts_per_step
-                seeds = [(base + first + i) % 2**63 for i in range(n_local)]
-            batches.append(self.rollout(prompts, seeds))
-            drawn_parts.append((samples, prompts))
-        return batches, drawn_parts
+            parts.append((samples, [build_prompt(s, cfg) for s in samples]))
+            base = (cfg.train.seed * 1_000_003 + step) * 1009 + k * cfg.rollout.prompts_per_step
+            all_seeds += [(base + first + i) % 2**63 for i in range(n_local)]
+        prompts = [p for _, ps in parts for p in ps]
+        batch = self.rollout(prompts, all_seeds if cfg.rollout.seed_per_prompt else None)
+        rows = n_local * cfg.rollout.group_size
+        if len(parts) == 1:
+            return [batch], parts
+        return [batch.select(list(range(k * rows, (k + 1) * rows))) for k in range(len(parts))], parts
 
     def _prefetch(self, step: int) -> _Pending:
         """rollout.overlap: step `step`'s rollout now, with the log-probs of the policy that sampled
