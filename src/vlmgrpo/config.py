@@ -83,6 +83,9 @@ class RolloutConfig:
     # (worth it when rewards run on another GPU or a remote API). Step t+1 then learns from samples
     # of the policy before update t; grpo.loss "is" or "ppo" corrects for it (required).
     overlap: bool = False
+    # fast engine on CUDA: torch.compile the decode step's per-layer functions (~7 s once; 17%
+    # faster decode on the H100 bench); falls back to eager, with a warning, if compilation fails
+    compile: bool = True
 
 
 @dataclass

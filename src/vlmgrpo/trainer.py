@@ -217,6 +217,12 @@ class Trainer:
         self.model, self.proc = load_policy(model_cfg, self.device)
         if self.resume_from is not None and cfg.model.lora.enabled:
             self._load_adapter(self.resume_from)
+        if (
+            cfg.rollout.compile
+            and self.device.type == "cuda"
+            and sampler_for(cfg, self.model) is fast_rollout
+        ):
+            fast_rollout.engine_for(self.model, compile=True)  # later sample() calls reuse this engine
         self.logp_model = LogpModel(self.model)
         self.ref = self._build_reference()
         # the update runs through `update_model` (DDP / FSDP2 wrapper, or logp_model itself); the

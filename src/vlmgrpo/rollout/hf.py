@@ -78,7 +78,9 @@ def encode_prompts(
     has_images = any(p.images for p in prompts)
     if has_images:
         images = [list(p.images) for p in prompts for _ in range(repeat)]
-        enc = proc(text=texts, images=images, padding=True, return_tensors="pt")
+        # on CUDA the (torchvision) image processor resizes and normalises on the GPU
+        kw = {"device": device} if torch.device(device).type == "cuda" else {}
+        enc = proc(text=texts, images=images, padding=True, return_tensors="pt", **kw)
     else:
         enc = tokenizer_of(proc)(texts, padding=True, return_tensors="pt", add_special_tokens=False)
     enc = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
@@ -116,6 +118,10 @@ def sample(
     temperature, which is what the training forward computes); it keeps [B, V] logits per step.
     """
     device = next(model.parameters()).device
+    if device.type == "cpu" and torch.cuda.is_available() and synced_gpus:
+        # FSDP2 with CPU offload keeps the sharded parameters on the host; compute runs on this
+        # rank's GPU, so the inputs go there
+        device = torch.device("cuda", torch.cuda.current_device())
     enc, vision_rows = encode_prompts(proc, prompts, group_size, device)
     tok = tokenizer_of(proc)
     vocab = model.get_output_embeddings().weight.shape[0]
