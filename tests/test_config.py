@@ -72,3 +72,18 @@ def test_cross_field_validation():
 def test_parse_override_errors():
     with pytest.raises(ConfigError):
         parse_override("no_equals_sign")
+
+
+def test_set_reaches_into_a_list_entry():
+    cfg = load_config(
+        "cycle-charxiv",
+        ["rewards[0].kwargs.generator_kwargs={base_url: 'http://h:1'}", "rewards[0].weight=2"],
+    )
+    assert (
+        cfg.rewards[0].kwargs["generator_kwargs"] == {"base_url": "http://h:1"} and cfg.rewards[0].weight == 2
+    )
+    assert cfg.rewards[0].kwargs["embedder"] == "dinov2"  # the rest of the entry is kept
+    with pytest.raises(ConfigError, match=r"'rewards' has 1 entries; no index 3"):
+        load_config("cycle-charxiv", ["rewards[3].weight=1"])
+    with pytest.raises(ConfigError, match=r"needs a non-negative integer index"):
+        load_config("cycle-charxiv", ["rewards[x].weight=1"])

@@ -375,16 +375,41 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _split_index(key: str, text: str) -> tuple[str, int | None]:
+    """'rewards[0]' -> ('rewards', 0); 'optim' -> ('optim', None)."""
+    if not key.endswith("]") or "[" not in key:
+        return key, None
+    name, _, idx = key[:-1].partition("[")
+    if not idx.isdigit():
+        raise ConfigError(f"--set {text!r}: '{key}' needs a non-negative integer index")
+    return name, int(idx)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set` overrides; `rewards[0].kwargs.x=1` reaches into a list entry."""
     data = _deep_merge({}, data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: '{k}' is not a section")
-        node[keys[-1]] = value
+        node: Any = data
+        for i, raw in enumerate(keys):
+            k, idx = _split_index(raw, text)
+            last = i == len(keys) - 1
+            if idx is None:
+                if last:
+                    node[k] = value
+                else:
+                    node = node.setdefault(k, {})
+            else:
+                seq = node.get(k)
+                if not isinstance(seq, list) or idx >= len(seq):
+                    n = len(seq) if isinstance(seq, list) else 0
+                    raise ConfigError(f"--set {text!r}: '{k}' has {n} entries; no index {idx}")
+                if last:
+                    seq[idx] = value
+                else:
+                    node = seq[idx]
+            if not last and not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: '{raw}' is not a section")
     return data
 
 
