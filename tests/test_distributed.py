@@ -7,15 +7,23 @@ one process, and the processes shut down cleanly."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+# a reward of the completion text: a random tiny policy gets distinct rewards within a group, so the
+# gradients are not zero and the runs really update (the demo's pixel reward is 0 for all of them)
+HASH_REWARD = f"rewards=[{{name: '{Path(__file__).parent / 'reward_fns_for_tests.py'}:hashed_slow'}}]"
+
 COMMON = [
+    "--set",
+    HASH_REWARD,
     "--set",
     "train.steps=2",
     "--set",
@@ -83,6 +91,10 @@ def _run(model_dir, out, nproc, *extra, dump=None, resume=()):
     return r
 
 
+def _grad_norms(run: Path) -> list[float]:
+    return [json.loads(x)["grad_norm"] for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
 def _load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -90,7 +102,11 @@ def _load(path):
 def _assert_same(a, b, atol=1e-6):
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=atol, msg=k)
+        # a key bias shifts every attention logit of a query equally: its true gradient is 0, and
+        # AdamW turns the float noise in it (summed in another order over 2 ranks) into steps of
+        # ~lr; measured 1.6e-6 apart after 2 steps, every other tensor within 1e-6
+        tol = max(atol, 1e-5) if atol and k.endswith("k_proj.bias") else atol
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=tol, msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +127,7 @@ def test_two_processes_equal_one_process(strategy, tiny_vlm_dir, single_run, tmp
     _assert_same(rank0, _load(single_run / "dump" / "rank-0.pt"))  # equal to the 1-process run
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2  # rank 0 alone writes
+    assert min(_grad_norms(single_run / "run")) > 0 and min(_grad_norms(tmp_path / "run")) > 0  # real updates
 
 
 def test_two_process_run_resumes_in_one_process(tiny_vlm_dir, tmp_path):
