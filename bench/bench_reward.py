@@ -36,7 +36,6 @@ from bench_step import (  # noqa: E402
     Recorder,
     build_model,
     build_processor,
-    completion_rewards,
     log,
     seed_a_prompts,
     sync,
@@ -433,7 +432,6 @@ def run_cycle_step(args, rec, gen, emb, device, dtype):
                 generated_images=sum(len(b) for b in batches),
                 generator_batch=gen.batch_for_budget(),
                 optimizer_state_gib=round(opt_off.state_bytes() / 2**30, 2),
-                rewards_mean=float(completion_rewards(batches[0]).mean()),
                 update_tokens=info.get("update/tokens"),
             )
             if device.type == "cuda":

@@ -174,7 +174,7 @@ def test_overlap_resume_draws_the_same_prompts(tiny_vlm_dir, tmp_path):
 def test_offloaders_keep_values_and_release_the_originals():
     lin = torch.nn.Linear(8, 8)
     before = {k: v.clone() for k, v in lin.state_dict().items()}
-    off = ModuleOffloader([lin], "cpu")
+    off = ModuleOffloader([lin])
     w0 = lin.weight.data
     off.offload()
     assert lin.weight.data is not w0 and lin.weight.data.data_ptr() != w0.data_ptr()

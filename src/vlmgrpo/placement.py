@@ -36,15 +36,19 @@ def _sync(device: torch.device) -> None:
 
 
 class ModuleOffloader:
-    """Swap the parameters and buffers of frozen modules between `device` and host memory."""
+    """Swap the parameters and buffers of frozen modules between their device and host memory."""
 
-    def __init__(self, modules: Iterable[torch.nn.Module], device: Any) -> None:
-        self.device = torch.device(device)
+    def __init__(self, modules: Iterable[torch.nn.Module]) -> None:
         self.tensors: list[torch.Tensor] = []
         for m in modules:
             self.tensors += list(m.parameters()) + list(m.buffers())
+        self.devices = [t.device for t in self.tensors]  # where each one lives when loaded
         self.host: list[torch.Tensor | None] = [None] * len(self.tensors)
         self.on_device = True
+
+    def _sync(self) -> None:
+        for d in set(self.devices):
+            _sync(d)
 
     def offload(self) -> None:
         if not self.on_device:
@@ -54,7 +58,7 @@ class ModuleOffloader:
                 h = _host_like(t)
                 h.copy_(t.data, non_blocking=True)
                 self.host[i] = h
-        _sync(self.device)
+        self._sync()
         for t, h in zip(self.tensors, self.host):
             t.data = h  # drops the device copy: its memory returns to the caching allocator
         self.on_device = False
@@ -62,10 +66,31 @@ class ModuleOffloader:
     def onload(self) -> None:
         if self.on_device:
             return
-        for t, h in zip(self.tensors, self.host):
-            t.data = h.to(self.device, non_blocking=True)
-        _sync(self.device)
+        for t, h, d in zip(self.tensors, self.host, self.devices):
+            t.data = h.to(d, non_blocking=True)
+        self._sync()
         self.on_device = True
+
+
+class OffloadableModels:
+    """Mixin for reward models (generators, embedders) with frozen weights: `offload()` and
+    `onload()` over the modules that `offload_modules()` names (the trainer calls them around the
+    reward phase with placement.offload_reward_models)."""
+
+    _offloader: ModuleOffloader | None = None
+
+    def offload_modules(self) -> list[torch.nn.Module]:
+        raise NotImplementedError
+
+    def offload(self) -> None:
+        """Weights to (pinned) host memory; their device memory is free for the policy."""
+        if self._offloader is None:
+            self._offloader = ModuleOffloader(self.offload_modules())
+        self._offloader.offload()
+
+    def onload(self) -> None:
+        if self._offloader is not None:
+            self._offloader.onload()
 
 
 class OptimizerOffloader:

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vlmgrpo.errors import ConfigError, ModelLoadError
+from vlmgrpo.placement import OffloadableModels
 
 DEFAULT_MODEL = "facebook/dinov2-large"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -84,7 +85,7 @@ def check_local_source(name: str, what: str, how: str) -> None:
         raise ModelLoadError(f"{name}: {what} weights folder not found; get the weights with `{how}`")
 
 
-class HFImageEmbedder:
+class HFImageEmbedder(OffloadableModels):
     """See the module docstring. Registered as `dinov2` and `clip` (`embedder_kwargs` go here)."""
 
     name = "hf"
@@ -190,17 +191,8 @@ class HFImageEmbedder:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def offload(self) -> None:
-        """Weights to (pinned) host memory between reward phases (`vlmgrpo.placement`)."""
-        from vlmgrpo.placement import ModuleOffloader
-
-        if getattr(self, "_offloader", None) is None:
-            self._offloader = ModuleOffloader([self.model], self.device)
-        self._offloader.offload()
-
-    def onload(self) -> None:
-        if getattr(self, "_offloader", None) is not None:
-            self._offloader.onload()
+    def offload_modules(self) -> list[Any]:
+        return [self.model]
 
     def similarity(self, a: Sequence[Image.Image], b: Sequence[Image.Image]) -> np.ndarray:
         """[N] raw cosine of a[i] and b[i], in [-1, 1]. `a` (the originals) goes through the cache."""

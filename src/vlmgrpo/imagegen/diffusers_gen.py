@@ -40,13 +40,14 @@ from PIL import Image
 
 from vlmgrpo.embed.hf import check_local_source, load_error, resolve_device, resolve_dtype
 from vlmgrpo.errors import ConfigError
+from vlmgrpo.placement import OffloadableModels
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-schnell"
 
 
-class DiffusersGenerator:
+class DiffusersGenerator(OffloadableModels):
     """Text -> image with a diffusers pipeline; see the module docstring.
 
     Args:
@@ -102,7 +103,6 @@ class DiffusersGenerator:
         self.pipe = pipeline if pipeline is not None else self._load()
         if pipeline is not None:
             self.pipe.set_progress_bar_config(disable=True)
-        self._offloader: Any = None
         if compile:
             self._compile()
 
@@ -238,7 +238,12 @@ class DiffusersGenerator:
             seeds = [random.getrandbits(63) for _ in prompts]
         out: list[Image.Image | None] = [None] * len(prompts)
         s = 0
-        if self.memory_budget_gib is not None and self.per_image_gib is None and prompts and self._cuda():
+        if (
+            self.memory_budget_gib is not None
+            and self.per_image_gib is None
+            and prompts
+            and str(self.pipe.device).startswith("cuda")
+        ):
             out[0] = self._one(prompts[0], seeds[0], measure=True)
             s = 1
         while s < len(prompts):
@@ -258,9 +263,6 @@ class DiffusersGenerator:
                 out[i] = im
         return out
 
-    def _cuda(self) -> bool:
-        return str(self.pipe.device).startswith("cuda")
-
     def _one(self, prompt: str, seed: int, measure: bool = False) -> Image.Image | None:
         try:
             return self._measure_one(prompt, seed) if measure else self._call([prompt], [seed])[0]
@@ -271,22 +273,10 @@ class DiffusersGenerator:
             return None
 
     # ------------------------------------------------------------------ placement
-    def _modules(self) -> list[Any]:
+    def offload_modules(self) -> list[Any]:
         import torch
 
         return [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
-
-    def offload(self) -> None:
-        """Weights to (pinned) host memory; the device memory is free for the policy's update."""
-        from vlmgrpo.placement import ModuleOffloader
-
-        if self._offloader is None:
-            self._offloader = ModuleOffloader(self._modules(), self.pipe.device)
-        self._offloader.offload()
-
-    def onload(self) -> None:
-        if self._offloader is not None:
-            self._offloader.onload()
 
 
 def _call_params(pipe: Any) -> set[str]:
