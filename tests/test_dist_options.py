@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,7 @@ COMMON = [
 
 REWARD = '''
 import os
+import re
 import zlib
 
 from vlmgrpo.errors import ServiceError
@@ -225,7 +227,8 @@ def _dead_service_run(tiny_vlm_dir, tmp_path, strategy: str) -> None:
     r = subprocess.run(_torchrun(*cli), capture_output=True, text=True, env=_env(), timeout=300)
     elapsed = time.monotonic() - t0
     assert r.returncode != 0
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    # a line may still start with another process's output (the launcher's, a bar): find the messages
+    errors = [m.group(0) for m in re.finditer(r"error: .*", r.stderr)]
     tail = "step 2 abandoned, ckpt-1 saved; resume with: vlmgrpo train --recipe"
     assert len(errors) == 2, r.stderr[-3000:]  # one line per rank
     assert any(e.startswith("error: service fake down for 5 s; stopping; ") for e in errors)  # rank 1

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except VlmgrpoError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # under torchrun another rank's progress bar may hold the line: start a fresh one, in one write
+        fresh = "\n" if os.environ.get("RANK", "0") != "0" else ""
+        sys.stderr.write(f"{fresh}error: {e}\n")
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

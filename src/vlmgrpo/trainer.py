@@ -820,7 +820,14 @@ class Trainer:
         from tqdm import tqdm
 
         t_start = time.time()
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="grpo", dynamic_ncols=True)
+        # one bar, on rank 0: bars from several ranks interleave on a shared terminal or log
+        bar = tqdm(
+            total=cfg.train.steps,
+            initial=self.step,
+            desc="grpo",
+            dynamic_ncols=True,
+            disable=not self.dist.is_main,
+        )
         try:
             while self.step < cfg.train.steps and not self._should_stop():
                 before = {"rng": ckpt.rng_state(), "sampler": self.sampler_state()}
