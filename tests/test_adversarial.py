@@ -149,7 +149,7 @@ def test_dissimilarities():
 @pytest.fixture(scope="module")
 def policy_handle(tiny_vlm_dir):
     from vlmgrpo.models import load_policy
-    from vlmgrpo.trainer import PolicyHandle
+    from vlmgrpo.sampling import PolicyHandle
 
     cfg = load_config("adversarial", [f"model.name_or_path={tiny_vlm_dir}", "rollout.max_new_tokens=8"])
     model, proc = load_policy(cfg.model)

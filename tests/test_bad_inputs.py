@@ -399,7 +399,7 @@ def _corpus_folder(root: Path, good: int = 2) -> Path:
 
 def test_sampler_skips_and_counts_bad_samples_or_stops(tmp_path):
     from vlmgrpo.data import build_folder
-    from vlmgrpo.trainer import PromptSampler
+    from vlmgrpo.sampling import PromptSampler
 
     ds = build_folder({"path": str(_corpus_folder(tmp_path / "imgs"))}, "train", 0)
     n_bad = len(IMAGE_FILES)

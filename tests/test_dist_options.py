@@ -156,7 +156,7 @@ def test_fsdp_options_build_the_policies():
 
 
 def test_auto_device_is_this_ranks_gpu(monkeypatch):
-    from vlmgrpo.embed.hf import resolve_device
+    from vlmgrpo.dist import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)

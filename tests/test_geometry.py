@@ -308,7 +308,7 @@ class BlindCalls(list):
 def spy_blind_generation(monkeypatch):
     """Record every prompt the blind pass sends through the real rollout path, and its encoding."""
     from vlmgrpo.rollout import hf as hf_rollout
-    from vlmgrpo.trainer import PolicyHandle
+    from vlmgrpo.sampling import PolicyHandle
 
     seen = BlindCalls()
     state = {"blind": False}

@@ -112,7 +112,7 @@ def test_adapter_reference_keeps_no_second_model(tiny_vlm_dir, tmp_path):
 def test_adapter_reference_is_the_base_model(tiny_vlm_dir, tmp_path):
     from vlmgrpo.grpo.logps import LogpModel
     from vlmgrpo.models import load_policy
-    from vlmgrpo.trainer import build_prompt
+    from vlmgrpo.sampling import build_prompt
 
     lora = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"]
     tr = Trainer(_cfg(tiny_vlm_dir, tmp_path / "a", "grpo.ref.kind=adapter", *lora))

@@ -15,7 +15,8 @@ from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.models import load_policy
 from vlmgrpo.rollout import Prompt
 from vlmgrpo.rollout import hf as hf_rollout
-from vlmgrpo.trainer import Trainer, build_prompt
+from vlmgrpo.sampling import build_prompt
+from vlmgrpo.trainer import Trainer
 
 
 def _cfg(model_dir, out, *extra):

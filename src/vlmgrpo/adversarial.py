@@ -64,7 +64,8 @@ from vlmgrpo.errors import ConfigError, VlmgrpoError
 from vlmgrpo.imagegen import get_generator
 from vlmgrpo.rewards import REWARDS, RewardRecord, compute_rewards
 from vlmgrpo.runlog import RunLog
-from vlmgrpo.trainer import PolicyHandle, PromptSampler, Trainer, _fault_hook, build_prompt, seed_everything
+from vlmgrpo.sampling import PolicyHandle, PromptSampler, build_prompt, seed_everything
+from vlmgrpo.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -552,7 +553,7 @@ class AdversarialTrainer:
             },
             state,
             keep_last=self.cfg.train.keep_last,
-            fault_hook=_fault_hook(self.round),
+            fault_hook=ckpt.fault_hook(self.round),
         )
 
     def _restore(self) -> None:

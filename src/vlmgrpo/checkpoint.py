@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,18 @@ def checkpoint_step(path: Path) -> int:
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
     return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+
+
+def fault_hook(step: int) -> Any:
+    """Fault injection for the crash tests: VLMGRPO_FAULT="<stage>:<step>" SIGKILLs this process at
+    that stage of writing ckpt-<step> (stages: after-weights, before-marker)."""
+    spec = os.environ.get("VLMGRPO_FAULT", "")
+    if not spec:
+        return None
+    stage, _, at = spec.partition(":")
+
+    def hook(now: str) -> None:
+        if now == stage and int(at) == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook

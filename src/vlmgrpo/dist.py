@@ -46,6 +46,21 @@ class DistInfo:
         return self.world > 1
 
 
+def resolve_device(device: str) -> str:
+    """ "auto" -> this process's GPU when CUDA is available, else "cpu"; anything else as given.
+    Under torchrun / accelerate launch (LOCAL_RANK set) that is `cuda:{LOCAL_RANK}`, the GPU the
+    rank trains on (`vlmgrpo.dist.init`), unless the process sees fewer GPUs (one GPU per process
+    through CUDA_VISIBLE_DEVICES): then its current device, "cuda"."""
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return "cpu"
+        local = os.environ.get("LOCAL_RANK", "")
+        if local.isdigit() and int(local) < torch.cuda.device_count():
+            return f"cuda:{int(local)}"
+        return "cuda"
+    return device
+
+
 def init(device_pref: str = "auto") -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun/accelerate; pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -304,7 +304,7 @@ def reward_task(model: Any, proc: Any, ctx: TaskContext, summarize: str = "") ->
     """The run's own rewards on its eval set with the eval settings; `score` = mean total reward.
     `summarize` ("module:function", `fn(records, result) -> dict`) adds task-specific numbers."""
     from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards
-    from vlmgrpo.trainer import build_prompt
+    from vlmgrpo.sampling import build_prompt
 
     cfg, o = ctx.cfg, ctx.opts
     items = ctx.samples()
@@ -416,8 +416,10 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
     found (without their per-item lists). Raises VlmgrpoError on a missing run or config."""
     import gc
 
+    import torch
+
     from vlmgrpo.config import config_from_file
-    from vlmgrpo.trainer import pick_device
+    from vlmgrpo.dist import resolve_device
 
     run = Path(run)
     if not (run / "config.yaml").is_file():
@@ -426,7 +428,7 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
     task = resolve_task(opts, cfg)
     fn = EVAL_TASKS.get(task)
     out_dir = Path(opts.results_dir) if opts.results_dir else run / RESULTS_DIR
-    device = pick_device(opts.device)
+    device = torch.device(resolve_device(opts.device))
     uses_judge = task in ("charxiv", "charts") or bool(opts.judge)
     judge = build_eval_judge(opts, task, cfg, run) if uses_judge else None
     items: list[dict[str, Any]] | None = None

@@ -12,9 +12,11 @@ written; `read_metrics` skips a torn last line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,40 @@ def write_samples(
                 entry[key] = _clean(val)
         entries.append(entry)
     (out / "samples.json").write_text(json.dumps(entries, indent=1))
+
+
+@dataclass
+class Timer:
+    """Wall time per phase (`time/<phase>`) and, on CUDA, the phase's peak allocated memory
+    (`memory/<phase>_peak_gib`): the memory timeline of a step."""
+
+    times: dict[str, float] = field(default_factory=dict)
+    device: Any = None
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        import torch  # here: the report and the CLI import this module without torch
+
+        cuda = self.device is not None and torch.device(self.device).type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        yield
+        self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+        if cuda:
+            key = f"memory/{name}_peak_gib"
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+            self.times[key] = max(self.times.get(key, 0.0), peak)
+
+
+class NullLog:
+    """The run log of ranks other than 0: accepts everything, writes nothing."""
+
+    def log(self, *args: Any, **kwargs: Any) -> dict:
+        return {}
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -17,12 +17,11 @@ import copy
 import logging
 import math
 import os
-import random
 import shlex
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,116 +33,25 @@ from vlmgrpo import dist
 from vlmgrpo.config import Config, save_config
 from vlmgrpo.data import build_dataset
 from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
-from vlmgrpo.grpo.core import group_advantages, grpo_loss, kl_k3, loss_scale_for_accumulation
+from vlmgrpo.grpo.core import group_advantages, grpo_loss, loss_scale_for_accumulation
 from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.models import load_policy
 from vlmgrpo.placement import OptimizerOffloader, offloadable
-from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards, resolve_reward
+from vlmgrpo.rewards import (
+    RewardContext,
+    RewardRecord,
+    RewardResult,
+    RewardSpec,
+    compute_rewards,
+    resolve_reward,
+)
 from vlmgrpo.rollout import Prompt, RolloutBatch
 from vlmgrpo.rollout import fast as fast_rollout
 from vlmgrpo.rollout import hf as hf_rollout
-from vlmgrpo.runlog import RunLog, write_samples
+from vlmgrpo.runlog import NullLog, RunLog, Timer, write_samples
+from vlmgrpo.sampling import NoPolicy, PolicyHandle, PromptSampler, build_prompt, sampler_for, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_prompt(sample: dict[str, Any], cfg: Config) -> Prompt:
-    """Chat messages from the recipe's templates; the images go first in the user turn, as the
-    processor's chat template places them at its vision markers."""
-    try:
-        text = cfg.prompt.user.format(**sample)
-    except KeyError as e:
-        fields = ", ".join(sorted(k for k in sample if k != "images"))
-        raise ConfigError(f"prompt.user: the sample has no field {e} (fields: {fields})") from None
-    images = list(sample.get("images") or [])
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-    messages = [{"role": "system", "content": cfg.prompt.system}] if cfg.prompt.system else []
-    messages.append({"role": "user", "content": content if images else text})
-    return Prompt(messages=messages, images=images, prefill=cfg.prompt.prefill, text=text)
-
-
-class PromptSampler:
-    """Draws samples with replacement (seed A) from a map-style dataset, or from a streaming one.
-    Its RNG state is part of the checkpoint, so a resumed run sees the same images."""
-
-    def __init__(self, dataset: Any, seed: int, skip_bad: bool = True) -> None:
-        self.dataset = dataset
-        self.rng = np.random.default_rng(seed)
-        self.skip_bad = skip_bad
-        self.bad = 0
-
-    def next(self) -> dict[str, Any]:
-        for _ in range(100):
-            try:
-                if hasattr(self.dataset, "sample"):
-                    return self.dataset.sample(self.rng)
-                return self.dataset[int(self.rng.integers(len(self.dataset)))]
-            except DataError as e:
-                if not self.skip_bad:
-                    raise
-                self.bad += 1
-                log.warning("skipping bad sample: %s", e)
-        raise DataError("100 bad samples in a row: check the dataset (data.kwargs)")
-
-    def state(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "bad": self.bad}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        self.bad = state["bad"]
-
-
-def sampler_for(cfg: Config, model: Any) -> Any:
-    """The rollout backend module (`fast` or `hf`) for `rollout.backend`; both have `sample()`."""
-    return fast_rollout if fast_rollout.choose_backend(cfg.rollout.backend, model) == "fast" else hf_rollout
-
-
-class PolicyHandle:
-    """What rewards see of the policy: `generate(messages_list, images_list) -> list[str]`
-    (used by Vision-SR1's blind pass and the adversarial round)."""
-
-    def __init__(self, model: Any, proc: Any, cfg: Config) -> None:
-        self.model, self.proc, self.cfg = model, proc, cfg
-
-    def generate(
-        self, messages: list[list[dict]], images: list[list[Any]] | None = None, prefill: str = "", **kw: Any
-    ) -> list[str]:
-        images = images or [[] for _ in messages]
-        prompts = [Prompt(messages=m, images=list(i), prefill=prefill) for m, i in zip(messages, images)]
-        r = self.cfg.rollout
-        out = sampler_for(self.cfg, self.model).sample(
-            self.model,
-            self.proc,
-            prompts,
-            1,
-            temperature=kw.get("temperature", r.temperature),
-            top_p=kw.get("top_p", r.top_p),
-            top_k=kw.get("top_k", r.top_k),
-            max_new_tokens=kw.get("max_new_tokens", r.max_new_tokens),
-        )
-        return out.completions
-
-
-class _NoPolicy:
-    """The policy handle of rewards that run beside the next rollout (rollout.overlap)."""
-
-    def generate(self, *args: Any, **kwargs: Any) -> list[str]:
-        raise ConfigError(
-            "rollout.overlap: a reward queries the policy (ctx.policy) while the next rollout runs; "
-            "set rollout.overlap=false for this recipe"
-        )
 
 
 @dataclass
@@ -154,28 +62,6 @@ class _Pending:
     samples: list[tuple[list[dict], list[Prompt]]]
     sampler_before: dict[str, Any]  # the sampler before these prompts were drawn (checkpoints)
     rollout_s: float = 0.0
-
-
-@dataclass
-class Timer:
-    """Wall time per phase (`time/<phase>`) and, on CUDA, the phase's peak allocated memory
-    (`memory/<phase>_peak_gib`): the memory timeline of a step."""
-
-    times: dict[str, float] = field(default_factory=dict)
-    device: Any = None
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        cuda = self.device is not None and torch.device(self.device).type == "cuda"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        t0 = time.perf_counter()
-        yield
-        self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
-        if cuda:
-            key = f"memory/{name}_peak_gib"
-            peak = torch.cuda.max_memory_allocated(self.device) / 2**30
-            self.times[key] = max(self.times.get(key, 0.0), peak)
 
 
 class Trainer:
@@ -557,7 +443,7 @@ class Trainer:
         ctxs = [self.reward_ctx("train", k) for k in range(len(batches))]
         if cfg.rollout.overlap and self.step + 1 < cfg.train.steps and not self.stop_requested:
             for c in ctxs:
-                c.policy = _NoPolicy()
+                c.policy = NoPolicy()
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmgrpo-reward")
             future = self._pool.submit(self._score, batches, all_samples, ctxs)
@@ -620,7 +506,7 @@ class Trainer:
             ),
             self.dist,
         )
-        merged = _merge_results([r for part in gathered for r in part[0]])
+        merged = RewardResult.concat([r for part in gathered for r in part[0]])
         metrics.update(merged.metrics("reward"))
         lens = torch.cat([x.cpu() for part in gathered for x in part[1]])
         metrics["completion/len_mean"] = float(lens.mean())
@@ -757,7 +643,7 @@ class Trainer:
                 {"": (self.model, self.proc, full_weights)},
                 state,
                 keep_last=self.cfg.train.keep_last,
-                fault_hook=_fault_hook(self.step),
+                fault_hook=ckpt.fault_hook(self.step),
             )
         dist.barrier(self.dist)
         return path
@@ -937,52 +823,8 @@ class _PeerServiceError(ServiceError):
     """Raised on the ranks whose rewards went fine when another rank's service was given up."""
 
 
-class NullLog:
-    """The run log of ranks other than 0: accepts everything, writes nothing."""
-
-    def log(self, *args: Any, **kwargs: Any) -> dict:
-        return {}
-
-    def truncate_after(self, step: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _fault_hook(step: int) -> Any:
-    """Fault injection for the crash tests: VLMGRPO_FAULT="<stage>:<step>" SIGKILLs this process at
-    that stage of writing ckpt-<step> (stages: after-weights, before-marker)."""
-    spec = os.environ.get("VLMGRPO_FAULT", "")
-    if not spec:
-        return None
-    stage, _, at = spec.partition(":")
-
-    def hook(now: str) -> None:
-        if now == stage and int(at) == step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
-
-
-def _merge_results(results: list[Any]) -> Any:
-    from vlmgrpo.rewards import RewardResult
-
-    if len(results) == 1:
-        return results[0]
-    return RewardResult(
-        total=np.concatenate([r.total for r in results]),
-        per_reward={k: np.concatenate([r.per_reward[k] for r in results]) for k in results[0].per_reward},
-        sub_scores={
-            k: np.concatenate([r.sub_scores.get(k, np.full(len(r.total), np.nan)) for r in results])
-            for k in {k for r in results for k in r.sub_scores}
-        },
-        failed={k: sum(r.failed[k] for r in results) for k in results[0].failed},
-    )
-
-
 def train(cfg: Config, resume: str | None = None) -> Path:
     return Trainer(cfg, resume).fit()
 
 
-__all__ = ["Trainer", "train", "build_prompt", "kl_k3"]
+__all__ = ["Trainer", "train"]

@@ -59,7 +59,7 @@ def parse_stages(spec: str, total: int) -> list[tuple[str, int]]:
 
 def sft_batch(tr: Trainer, samples: list[dict], field: str) -> RolloutBatch:
     """Prompt tokens as in a rollout + the target text (and `<|im_end|>`) as the 'completion'."""
-    from vlmgrpo.trainer import build_prompt
+    from vlmgrpo.sampling import build_prompt
 
     prompts = [build_prompt(s, tr.cfg) for s in samples]
     enc, vision_rows = encode_prompts(tr.proc, prompts, 1, tr.device)

@@ -44,25 +44,6 @@ def image_key(img: Image.Image) -> str:
     return h.hexdigest()
 
 
-def resolve_device(device: str) -> str:
-    """ "auto" -> this process's GPU when CUDA is available, else "cpu"; anything else as given.
-    Under torchrun / accelerate launch (LOCAL_RANK set) that is `cuda:{LOCAL_RANK}`, the GPU the
-    rank trains on (`vlmgrpo.dist.init`), unless the process sees fewer GPUs (one GPU per process
-    through CUDA_VISIBLE_DEVICES): then its current device, "cuda"."""
-    if device == "auto":
-        import os
-
-        import torch
-
-        if not torch.cuda.is_available():
-            return "cpu"
-        local = os.environ.get("LOCAL_RANK", "")
-        if local.isdigit() and int(local) < torch.cuda.device_count():
-            return f"cuda:{int(local)}"
-        return "cuda"
-    return device
-
-
 def resolve_dtype(dtype: str, device: str) -> Any:
     """ "auto" -> bfloat16 on CUDA, float32 elsewhere; or a torch dtype name."""
     import torch
@@ -107,6 +88,8 @@ class HFImageEmbedder(OffloadableModels):
         self.model_name = str(model or self.default_model)
         self.pooling = pooling
         self.batch_size = int(batch_size)
+        from vlmgrpo.dist import resolve_device
+
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.cache_size = int(cache_size)

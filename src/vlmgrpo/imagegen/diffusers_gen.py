@@ -38,7 +38,8 @@ from typing import Any
 
 from PIL import Image
 
-from vlmgrpo.embed.hf import check_local_source, load_error, resolve_device, resolve_dtype
+from vlmgrpo.dist import resolve_device
+from vlmgrpo.embed.hf import check_local_source, load_error, resolve_dtype
 from vlmgrpo.errors import ConfigError
 from vlmgrpo.placement import OffloadableModels
 

@@ -9,7 +9,7 @@ One record per adversary completion (an image prompt). For each:
 `image` is the generator's output thumbnailed to the policy's `data.image_max_side`: that one
 object is what the policy sees, what the similarity is computed on and what is logged
 (`extras["image"]`). The seed generated a second, different image for its reward than the one it
-logged. The policy is reached through `ctx.policy` (a `trainer.PolicyHandle`), whose config gives
+logged. The policy is reached through `ctx.policy` (a `sampling.PolicyHandle`), whose config gives
 its prompt template and sampling settings.
 
 Anti-degeneration controls, each off unless configured, each logged as a sub-score. Seed B's
@@ -137,7 +137,7 @@ def _describe(
     template. Evaluations sample with a fixed seed so that their curves reflect the models."""
     import torch
 
-    from vlmgrpo.trainer import build_prompt
+    from vlmgrpo.sampling import build_prompt
 
     policy = ctx.policy
     if policy is None:

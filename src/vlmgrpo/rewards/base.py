@@ -128,6 +128,22 @@ class RewardResult:
     sub_scores: dict[str, np.ndarray]  # "name/sub" -> [N]
     failed: dict[str, int]  # name -> samples whose reward raised
 
+    @classmethod
+    def concat(cls, results: list[RewardResult]) -> RewardResult:
+        """The results of consecutive parts of one batch as one (sub-scores missing from a part
+        are NaN for its samples)."""
+        if len(results) == 1:
+            return results[0]
+        return cls(
+            total=np.concatenate([r.total for r in results]),
+            per_reward={k: np.concatenate([r.per_reward[k] for r in results]) for k in results[0].per_reward},
+            sub_scores={
+                k: np.concatenate([r.sub_scores.get(k, np.full(len(r.total), np.nan)) for r in results])
+                for k in sorted({k for r in results for k in r.sub_scores})
+            },
+            failed={k: sum(r.failed[k] for r in results) for k in results[0].failed},
+        )
+
     def metrics(self, prefix: str = "reward") -> dict[str, float]:
         """Training: reward/mean, reward/<name>/mean, ...; eval ("eval"): eval/reward/mean,
         eval/<name>/mean, eval/<name>/<sub>/mean, ..."""

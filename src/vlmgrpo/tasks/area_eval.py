@@ -98,7 +98,7 @@ def evaluate_area(results: Any, proc: Any = None, ctx: Any = None) -> dict[str, 
     sample completions on the task's items through `ctx` (see the module docstring), then summarise."""
     if ctx is None:
         return summarize(results)
-    from vlmgrpo.trainer import build_prompt
+    from vlmgrpo.sampling import build_prompt
 
     model, cfg, n = results, ctx.cfg, max(1, int(ctx.opts.num_samples))
     items = ctx.samples()

@@ -60,7 +60,7 @@ def evaluate_geometry(
     items = list(items)
 
     from vlmgrpo.rollout import hf as hf_rollout
-    from vlmgrpo.trainer import PolicyHandle, build_prompt
+    from vlmgrpo.sampling import PolicyHandle, build_prompt
 
     acc_kw = _reward_kwargs(cfg, "geometry_accuracy")
     grade_kw = {k: acc_kw[k] for k in ("rel_tol", "lenient", "use_choices") if k in acc_kw}
