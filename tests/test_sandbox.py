@@ -265,3 +265,27 @@ def test_parallel_programs_produce_their_own_images():
 @pytest.mark.slow
 def test_64_parallel_programs_produce_64_distinct_correct_images():
     _check_distinct_correct(64)
+
+
+@pytest.mark.parametrize(
+    "code, status",
+    [
+        (DRAW, "ok"),
+        ("import os\nprint(sorted(k for k in os.environ if 'KEY' in k or 'TOKEN' in k))\n" + DRAW, "ok"),
+        ("raise ValueError('boom')\n", "runtime_error"),
+        (DRAW + "while True:\n    pass\n", "timeout"),
+        ("blocks = []\nwhile True:\n    blocks.append(bytearray(32 * 2**20))\n", "resource_limit"),
+    ],
+    ids=["draw", "env", "error", "loop", "memory"],
+)
+def test_without_isolation_the_always_list_holds(code, status, monkeypatch):
+    """`isolate: false` (and any run without root) takes the path with no uid drop and no namespaces:
+    the fresh environment, the rlimits and the timeout must hold there too."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    res = Sandbox(isolate=False, timeout_s=3, cpu_s=30, memory_mb=512).run(code)
+    assert res.status == status, (res.status, res.error)
+    assert res.isolation.get("uid") is None and not res.isolation.get("network"), res.isolation
+    if status == "ok":
+        assert res.image is not None and res.image.size[0] > 0
+    if "environ" in code:
+        assert res.stdout.strip() == "[]"  # nothing of the trainer's environment
