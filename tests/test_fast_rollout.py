@@ -12,7 +12,7 @@ from vlmgrpo.config import GRPOConfig, ModelConfig
 from vlmgrpo.grpo import fastpath
 from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.models import load_policy
-from vlmgrpo.rollout import Prompt, fast
+from vlmgrpo.rollout import Prompt, decode_ops, fast
 from vlmgrpo.rollout import hf as hf_rollout
 
 VLMS = ["tiny_vlm_dir", "tiny_qwen3_vl_dir"]
@@ -188,7 +188,7 @@ def test_filters_match_hf_warpers():
             ref = TopKLogitsWarper(k)(None, ref)
         if p < 1:
             ref = TopPLogitsWarper(p)(None, ref)
-        ours = fast.filter_scores(logits / t, sup, k, p)
+        ours = decode_ops.filter_scores(logits / t, sup, k, p)
         assert torch.equal(torch.isinf(ours), torch.isinf(ref)), (t, k, p)
         assert torch.allclose(ours[~torch.isinf(ours)], ref[~torch.isinf(ref)])
 
@@ -196,7 +196,7 @@ def test_filters_match_hf_warpers():
 def test_exponential_race_draws_from_p():
     torch.manual_seed(0)
     p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
-    draws = fast.draw(p.expand(40000, -1).contiguous())
+    draws = decode_ops.draw(p.expand(40000, -1).contiguous())
     freq = torch.bincount(draws, minlength=5).float() / draws.numel()
     assert (freq - p).abs().max() < 0.01
     assert freq[4] == 0
