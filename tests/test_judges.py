@@ -55,13 +55,13 @@ class JudgeServer:
                     server.times.setdefault(marker, []).append(time.monotonic())
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
+                    self.counted = True
                 try:
                     server.respond(self, marker, n, text)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
                 finally:
-                    with server.lock:
-                        server.inflight -= 1
+                    server.leave(self)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -89,8 +89,17 @@ class JudgeServer:
             content = f"```json\n{content}\n```"
         self._send(h, 200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
-    @staticmethod
-    def _send(h: BaseHTTPRequestHandler, status: int, obj: dict, headers: dict | None = None) -> None:
+    def leave(self, h: BaseHTTPRequestHandler) -> None:
+        """The request stops counting as in flight (once): before its reply's first byte, since the
+        client may send its next request as soon as it has the reply (counting until the handler
+        returns would see the next request overlap this one)."""
+        with self.lock:
+            if getattr(h, "counted", False):
+                self.inflight -= 1
+                h.counted = False
+
+    def _send(self, h: BaseHTTPRequestHandler, status: int, obj: dict, headers: dict | None = None) -> None:
+        self.leave(h)
         data = json.dumps(obj).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json")

@@ -264,3 +264,58 @@ def test_text_prompt_without_images_samples(tiny_text_lm_dir):
     p = Prompt(messages=[{"role": "user", "content": "Describe a chart."}])
     out = hf_rollout.sample(model, tok, [p], 3, temperature=1.0, max_new_tokens=6)
     assert len(out.completions) == 3 and out.completion_ids.shape[0] == 3
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vlm_dir", "tiny_qwen3_vl_dir"])
+def test_token_budget_and_shared_vision_equal_the_plain_update(fixture, request, tmp_path):
+    """optim.token_budget (length-bucketed, trimmed micro-batches) with optim.share_vision (one tower
+    pass per image) gives the plain update's weights, with half the vision work at G = 4."""
+    model_dir = request.getfixturevalue(fixture)
+    results = []
+    for fast in (False, True):
+        extra = ["optim.token_budget=120", "optim.share_vision=true"] if fast else []
+        cfg = _cfg(
+            model_dir, tmp_path / str(fast), "optim.lr=1.0", "optim.eps=1.0", "optim.weight_decay=0", *extra
+        )
+        torch.manual_seed(0)
+        tr = Trainer(cfg)
+        patches = []
+        tr.model.model.visual.register_forward_hook(
+            lambda m, args, out, n=patches: n.append(args[0].shape[0])
+        )
+        torch.manual_seed(1)
+        batch = tr.rollout([build_prompt(tr.sampler.next(), cfg) for _ in range(2)])  # 2 images x 4
+        patches.clear()  # count the update's tower work only
+        stats = tr.update([batch], [torch.linspace(-1, 1, 8)])
+        results.append(([p.detach().clone() for p in tr.model.parameters()], stats, sum(patches)))
+    (p_plain, s_plain, v_plain), (p_fast, s_fast, v_fast) = results
+    assert s_plain["update/micro_batches"] == 1 and s_fast["update/micro_batches"] > 1
+    assert v_fast * 2 == v_plain  # 2 passes (no-grad, then backward) per image instead of 1 per row
+    assert s_fast["loss"] == pytest.approx(s_plain["loss"], rel=1e-5, abs=1e-7)
+    for a, b in zip(p_plain, p_fast):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_fp32_state_is_selectable_and_resumes_with_fp32_moments(tiny_vlm_dir, tmp_path):
+    from vlmgrpo.grpo.fastpath import AdamWFP32State
+
+    tr = Trainer(_cfg(tiny_vlm_dir, tmp_path / "run", "optim.optimizer=adamw_fp32_state"))
+    assert isinstance(tr.optimizer, AdamWFP32State)
+    # bf16 weights: torch's loader would cast the saved fp32 moments to bf16
+    p = torch.nn.Parameter(torch.randn(16, 16).to(torch.bfloat16))
+    opt = AdamWFP32State([p], lr=1e-3)
+    p.grad = torch.randn(16, 16).to(torch.bfloat16)
+    opt.step()
+    saved = opt.state_dict()
+    again = AdamWFP32State([p], lr=1e-3)
+    again.load_state_dict(saved)
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert again.state[p][k].dtype == torch.float32
+        assert torch.equal(again.state[p][k], opt.state[p][k])  # no bf16 round trip
+
+
+def test_negative_token_budget_is_a_config_error(tiny_vlm_dir, tmp_path):
+    from vlmgrpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optim.token_budget: must be >= 0"):
+        _cfg(tiny_vlm_dir, tmp_path, "optim.token_budget=-1")

@@ -124,6 +124,16 @@ class OptimConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     micro_batch_seqs: int = 0  # sequences per forward/backward in the update; 0 = whole micro-batch
+    # padded tokens per forward/backward; > 0: rows length-bucketed and trimmed of all-pad columns
+    # (grpo/fastpath.py), replacing micro_batch_seqs. Bounds activation memory; same gradient
+    token_budget: int = 0
+    # one vision-tower pass per image instead of one per sample (G rows share an image); exact
+    # gradients; one process only (under torchrun the model's own path runs)
+    share_vision: bool = False
+    # adamw: torch's AdamW (moments in the parameters' dtype); adamw_fp32_state: fp32 moments and
+    # stochastic rounding for bf16 weights (grpo/fastpath.py; 12 instead of 16 bytes/param of fp32
+    # master weights). Both take lr, betas, eps, weight_decay
+    optimizer: Literal["adamw", "adamw_fp32_state"] = "adamw"
 
 
 @dataclass
@@ -428,6 +438,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rollout.group_size: must be at least 1")
     if cfg.optim.grad_accum < 1:
         raise ConfigError("optim.grad_accum: must be at least 1")
+    for key in ("micro_batch_seqs", "token_budget"):
+        if getattr(cfg.optim, key) < 0:
+            raise ConfigError(f"optim.{key}: must be >= 0 (0 = off), got {getattr(cfg.optim, key)}")
     if cfg.grpo.beta > 0 and cfg.grpo.ref.kind == "none":
         raise ConfigError("grpo.beta > 0 needs a reference: set grpo.ref.kind to 'copy' or 'adapter'")
     if cfg.grpo.ref.kind == "adapter" and cfg.grpo.ref.refresh_every:

@@ -33,7 +33,8 @@ from vlmgrpo import dist
 from vlmgrpo.config import Config, save_config
 from vlmgrpo.data import build_dataset
 from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
-from vlmgrpo.grpo.core import group_advantages, grpo_loss, loss_scale_for_accumulation
+from vlmgrpo.grpo import fastpath
+from vlmgrpo.grpo.core import group_advantages
 from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.models import load_policy
 from vlmgrpo.placement import OptimizerOffloader, offloadable
@@ -129,15 +130,13 @@ class Trainer:
             self._root_forward()
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            params,
-            lr=o.lr,
-            betas=tuple(o.betas),
-            weight_decay=o.weight_decay,
-            eps=o.eps,
+        hyper = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+        if o.optimizer == "adamw_fp32_state":
+            self.optimizer: torch.optim.Optimizer = fastpath.AdamWFP32State(params, **hyper)
+        else:
             # CPU offload (FSDP2) keeps the sharded parameters on CPU: the step runs there, unfused
-            fused=self.device.type == "cuda" and not (self.fsdp and cfg.train.cpu_offload),
-        )
+            fused = self.device.type == "cuda" and not (self.fsdp and cfg.train.cpu_offload)
+            self.optimizer = torch.optim.AdamW(params, **hyper, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.opt_offload = None
         if cfg.placement.offload_optimizer:
@@ -256,65 +255,35 @@ class Trainer:
                     return self.logp_model(batch, self.cfg.rollout.temperature)
             return self.ref(batch, self.cfg.rollout.temperature)
 
-    def _chunk_loss(
-        self, logp: torch.Tensor, chunk: RolloutBatch, adv: torch.Tensor, global_tokens: float
-    ) -> tuple[torch.Tensor, dict]:
-        g = self.cfg.grpo
-        # On-policy with one update per rollout the behaviour policy IS the current one, so its
-        # log-probs are logp.detach() (ratio 1 in value; TRL does the same). Sampling-time
-        # log-probs are used when a rollout carries them (off-policy overlap).
-        old = chunk.sample_logps if chunk.sample_logps is not None and g.loss != "pg" else logp.detach()
-        return grpo_loss(
-            logp,
-            old,
-            self.ref_logps(chunk),
-            adv.to(logp.device),
-            chunk.completion_mask.to(logp.dtype),
-            kind=g.loss,
-            aggregation=g.aggregation,
-            beta=g.beta,
-            clip_low=g.clip_low,
-            clip_high=g.clip_high,
-            max_tokens=self.cfg.rollout.max_new_tokens,
-            num_items_in_batch=global_tokens,
-        )
-
     def update(self, batches: list[RolloutBatch], advantages: list[torch.Tensor]) -> dict[str, float]:
         """One optimizer step over all rows of `batches`, in micro-batches of `optim.micro_batch_seqs`
-        rows. Each micro loss is scaled so that the sum equals the loss over the whole batch."""
-        g, o = self.cfg.grpo, self.cfg.optim
-        chunks: list[tuple[RolloutBatch, torch.Tensor]] = []
-        for b, a in zip(batches, advantages):
-            size = o.micro_batch_seqs or len(b)
-            for s in range(0, len(b), size):
-                rows = list(range(s, min(len(b), s + size)))
-                chunks.append((b.select(rows) if len(rows) < len(b) else b, a[rows]))
+        rows or `optim.token_budget` padded tokens. Each micro loss is scaled so that the sum equals
+        the loss over the whole batch."""
+        o = self.cfg.optim
+        if o.token_budget:  # length-bucketed, trimmed micro-batches of <= token_budget padded tokens
+            micro = fastpath.plan_micro_batches(batches, advantages, o.token_budget)
+        else:
+            micro = fastpath.fixed_micro_batches(batches, advantages, o.micro_batch_seqs)
         # Normalisers count the whole global batch (all micro-batches, all ranks) divided by the
         # world size: DDP/FSDP average gradients over ranks, so the result is the global loss.
-        n_seqs = sum(len(c) for c, _ in chunks)
-        n_tokens = float(sum(c.completion_mask.sum().item() for c, _ in chunks))
+        n_seqs = sum(len(m.batch) for m in micro)
+        n_tokens = float(sum(m.batch.completion_mask.sum().item() for m in micro))
         all_seqs, all_tokens = dist.all_sum([float(n_seqs), n_tokens], self.dist, self.device)
-        global_seqs, global_tokens = all_seqs / self.dist.world, all_tokens / self.dist.world
-        stats: dict[str, float] = {}
-        total_loss = 0.0
-        for i, (chunk, adv) in enumerate(chunks):
-            # DDP: all-reduce gradients once, on the last micro-batch
-            sync = i == len(chunks) - 1 or not hasattr(self.update_model, "no_sync")
-            with contextlib.nullcontext() if sync else self.update_model.no_sync():
-                logp = self.update_model(chunk, self.cfg.rollout.temperature)
-                loss, st = self._chunk_loss(logp, chunk, adv, global_tokens)
-                scale = loss_scale_for_accumulation(
-                    g.aggregation,
-                    len(chunk),
-                    global_seqs,
-                    float(chunk.completion_mask.sum().item()),
-                    global_tokens,
-                )
-                (loss * scale).backward()
-            total_loss += loss.item() * scale
-            for k, v in st.items():
-                stats[k] = stats.get(k, 0.0) + float(v) * len(chunk) / n_seqs
-        total_loss = dist.all_sum([total_loss], self.dist, self.device)[0] / self.dist.world
+        # the tower's second pass runs outside DDP's forward, whose gradient hooks would miss it
+        sv = fastpath.SharedVision(self.model, batches) if o.share_vision and not self.dist.enabled else None
+        with sv if sv is not None else contextlib.nullcontext():
+            loss_t, stats = fastpath.accumulate(
+                self.update_model,
+                micro,
+                grpo=self.cfg.grpo,
+                temperature=self.cfg.rollout.temperature,
+                max_new_tokens=self.cfg.rollout.max_new_tokens,
+                global_seqs=all_seqs / self.dist.world,
+                global_tokens=all_tokens / self.dist.world,
+                ref_logps=self.ref_logps,
+                shared_vision=sv,
+            )
+        total_loss = dist.all_sum([float(loss_t)], self.dist, self.device)[0] / self.dist.world
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
@@ -344,6 +313,7 @@ class Trainer:
             "grad_norm": float(grad_norm),
             "lr": lr,
             **{f"loss/{k}": v for k, v in stats.items()},
+            "update/micro_batches": float(len(micro)),
         }
 
     def refresh_reference(self) -> None:

@@ -17,7 +17,9 @@ is only how the work is cut and where the optimiser keeps its state:
 - `AdamWFP32State`: AdamW with fp32 moments for bf16 parameters; the fp32 update is rounded back
   to bf16 stochastically (unbiased), so lr x update far below bf16 resolution still moves the
   weights on average. 12 bytes per parameter instead of 16 for fp32 master weights.
-- `update`: `Trainer.update` built from the pieces above (the trainer can call it as is).
+- `accumulate`: the forward/backward loop over micro-batches that `Trainer.update` runs
+  (`optim.token_budget`, `optim.share_vision`, `optim.optimizer: adamw_fp32_state` select the
+  pieces above); `update`: the same loop and an optimiser step in one process, for `bench/`.
 
 Non-goals: padding-free packing (varlen attention needs flash-attn, absent on the target machine);
 sequence parallelism; offload.
@@ -25,6 +27,7 @@ sequence parallelism; offload.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +97,19 @@ def plan_micro_batches(
     return out
 
 
+def fixed_micro_batches(batches: list[RolloutBatch], advantages: list[Tensor], rows: int) -> list[MicroBatch]:
+    """Cut every rollout batch into consecutive slices of `rows` rows (0 = the whole batch), in
+    order and untrimmed: `optim.micro_batch_seqs`, the trainer's cutting without a token budget."""
+    out: list[MicroBatch] = []
+    for bi, (b, adv) in enumerate(zip(batches, advantages)):
+        size, g = rows or len(b), max(1, b.group_size)
+        for s in range(0, len(b), size):
+            idx = list(range(s, min(len(b), s + size)))
+            sub = b.select(idx) if len(idx) < len(b) else b
+            out.append(MicroBatch(sub, adv[idx], [(bi, r // g) for r in idx]))
+    return out
+
+
 def _micro(b: RolloutBatch, adv: Tensor, rows: list[int], bi: int) -> MicroBatch:
     rows = sorted(rows)  # keep groups together: consecutive rows share images
     sub = b.select(rows) if len(rows) < len(b) else b
@@ -104,6 +120,11 @@ def _micro(b: RolloutBatch, adv: Tensor, rows: list[int], bi: int) -> MicroBatch
 def batch_tokens(batch: RolloutBatch) -> int:
     """Real (unpadded) tokens of a batch: prompt tokens + completion tokens that count."""
     return int(batch.prompt_mask.sum()) + int(batch.completion_mask.sum())
+
+
+def padded_tokens(batch: RolloutBatch) -> int:
+    """Tokens the forward computes: rows x (prompt columns + completion columns)."""
+    return len(batch) * (batch.prompt_ids.shape[1] + batch.completion_ids.shape[1])
 
 
 # ------------------------------------------------------------------------------------ shared vision
@@ -133,6 +154,9 @@ class SharedVision:
         self.enabled = hasattr(self.trunk, "get_image_features") and any(
             b.vision_rows and b.vision_rows[0] for b in batches
         )
+        tower = getattr(self.trunk, "visual", None)
+        # a frozen tower (LoRA on the language model, say) needs no second pass in backward()
+        self.tower_trains = tower is None or any(p.requires_grad for p in tower.parameters())
         self.feats: dict[tuple[int, int], Any] = {}  # key -> per-image output (leaves with grad)
         self.current: list[tuple[int, int]] | None = None
         self._orig: Callable | None = None
@@ -172,7 +196,8 @@ class SharedVision:
     def backward(self) -> None:
         """Back-propagate the gradients collected on the feature leaves through the vision tower,
         one image at a time (peak memory: one image's tower activations)."""
-        if not self.enabled:
+        if not (self.enabled and self.tower_trains):
+            self.feats.clear()
             return
         for (bi, gi), feat in self.feats.items():
             grads = [(t, t.grad) for t in feat["_leaves"] if t.grad is not None]
@@ -281,6 +306,18 @@ class AdamWFP32State(torch.optim.Optimizer):
 
     CHUNK = 1 << 25
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's loader casts floating state to each parameter's dtype (bf16 moments for bf16
+        weights); the moments are put back in fp32, from the saved values, so a resume is exact."""
+        saved = {i: dict(s) for i, s in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for i, s in saved.items():
+            st = self.state[params[int(i)]]
+            for k in ("exp_avg", "exp_avg_sq"):
+                if k in s:
+                    st[k] = s[k].to(device=params[int(i)].device, dtype=torch.float32)
+
     def _update(self, p: Tensor, grad: Tensor, m: Tensor, v: Tensor, group: dict, t: int) -> None:
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         g = grad.float()
@@ -310,6 +347,77 @@ def _round_to(w: Tensor, dtype: torch.dtype, stochastic: bool) -> Tensor:
 # ------------------------------------------------------------------------------------ the update
 
 
+def policy_loss(
+    logp: Tensor,
+    chunk: RolloutBatch,
+    adv: Tensor,
+    ref: Tensor | None,
+    grpo: Any,
+    max_new_tokens: int,
+    global_tokens: float,
+) -> tuple[Tensor, dict]:
+    """`grpo_loss` of one micro-batch with the recipe's choices (grpo: the `GRPOConfig`).
+    logp, ref [rows, C]; adv [rows]. On-policy with one update per rollout the behaviour policy IS
+    the current one, so its log-probs are logp.detach() (ratio 1 in value; TRL does the same); the
+    sampling-time log-probs are used when a rollout carries them (is/ppo, off-policy overlap)."""
+    old = chunk.sample_logps if chunk.sample_logps is not None and grpo.loss != "pg" else logp.detach()
+    return grpo_loss(
+        logp,
+        old,
+        ref,
+        adv.to(logp.device),
+        chunk.completion_mask.to(logp.dtype),
+        kind=grpo.loss,
+        aggregation=grpo.aggregation,
+        beta=grpo.beta,
+        clip_low=grpo.clip_low,
+        clip_high=grpo.clip_high,
+        max_tokens=max_new_tokens,
+        num_items_in_batch=global_tokens,
+    )
+
+
+def accumulate(
+    logp_model: Any,
+    micro: list[MicroBatch],
+    *,
+    grpo: Any,
+    temperature: float,
+    max_new_tokens: int,
+    global_seqs: float,
+    global_tokens: float,
+    ref_logps: Callable[[RolloutBatch], Tensor | None] | None = None,
+    shared_vision: SharedVision | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Forward and backward every micro-batch, each loss scaled so that the accumulated gradient is
+    the whole batch's (`loss_scale_for_accumulation`). A DDP-wrapped `logp_model` all-reduces once,
+    in the last backward. returns (the batch loss as a 0-d tensor: no host sync per micro-batch,
+    the loss statistics weighted by rows / all rows in `micro`)."""
+    stats: dict[str, float] = {}
+    total: Any = 0.0
+    rows = sum(len(m.batch) for m in micro)
+    for i, mb in enumerate(micro):
+        chunk = mb.batch
+        sync = i == len(micro) - 1 or not hasattr(logp_model, "no_sync")
+        with contextlib.nullcontext() if sync else logp_model.no_sync():
+            if shared_vision is not None:
+                shared_vision.use(mb.image_keys)
+            logp = logp_model(chunk, temperature)
+            ref = ref_logps(chunk) if ref_logps is not None else None
+            loss, st = policy_loss(logp, chunk, mb.advantages, ref, grpo, max_new_tokens, global_tokens)
+            n_tok = float(chunk.completion_mask.sum())
+            scale = loss_scale_for_accumulation(
+                grpo.aggregation, len(chunk), global_seqs, n_tok, global_tokens
+            )
+            (loss * scale).backward()
+        total = total + loss.detach().float() * scale
+        for k, v in st.items():
+            stats[k] = stats.get(k, 0.0) + float(v) * len(chunk) / rows
+    if shared_vision is not None:
+        shared_vision.backward()
+    return torch.as_tensor(total), stats
+
+
 def update(
     model: Any,
     logp_model: Any,
@@ -326,7 +434,8 @@ def update(
     ref_logps: Callable[[RolloutBatch], Tensor | None] | None = None,
     scheduler: Any = None,
 ) -> dict[str, float]:
-    """One optimiser step over all rows of `batches` (Trainer.update's maths, faster cutting).
+    """One optimiser step over all rows of `batches`, one process (`bench/`; the trainer runs the
+    same `accumulate` with `optim.token_budget` / `optim.share_vision`, plus its ranks and checks).
 
     grpo: the `GRPOConfig` (loss, aggregation, beta, clip_low, clip_high). Returns the trainer's
     metric keys ("loss", "grad_norm", "lr", "loss/<stat>") plus "update/micro_batches",
@@ -336,51 +445,26 @@ def update(
     micro = plan_micro_batches(batches, advantages, token_budget)
     global_seqs = sum(len(m.batch) for m in micro)
     global_tokens = float(sum(int(m.batch.completion_mask.sum()) for m in micro))
-    stats: dict[str, float] = {}
-    total: Any = 0.0
-    padded = 0
     sv = SharedVision(model, batches) if share_vision else None
-    with sv if sv is not None else _null():
-        for mb in micro:
-            chunk, adv = mb.batch, mb.advantages
-            padded += len(chunk) * (chunk.prompt_ids.shape[1] + chunk.completion_ids.shape[1])
-            if sv is not None:
-                sv.use(mb.image_keys)
-            logp = logp_model(chunk, temperature)
-            old = (
-                chunk.sample_logps if chunk.sample_logps is not None and grpo.loss != "pg" else logp.detach()
-            )
-            ref = ref_logps(chunk) if ref_logps is not None else None
-            loss, st = grpo_loss(
-                logp,
-                old,
-                ref,
-                adv.to(logp.device),
-                chunk.completion_mask.to(logp.dtype),
-                kind=grpo.loss,
-                aggregation=grpo.aggregation,
-                beta=grpo.beta,
-                clip_low=grpo.clip_low,
-                clip_high=grpo.clip_high,
-                max_tokens=max_new_tokens,
-                num_items_in_batch=global_tokens,
-            )
-            scale = loss_scale_for_accumulation(
-                grpo.aggregation, len(chunk), global_seqs, float(chunk.completion_mask.sum()), global_tokens
-            )
-            (loss * scale).backward()
-            total = total + loss.detach().float() * scale  # a tensor: no host sync per micro-batch
-            for k, v in st.items():
-                stats[k] = stats.get(k, 0.0) + float(v) * len(chunk) / global_seqs
-        if sv is not None:
-            sv.backward()
+    with sv if sv is not None else contextlib.nullcontext():
+        total_t, stats = accumulate(
+            logp_model,
+            micro,
+            grpo=grpo,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            global_seqs=global_seqs,
+            global_tokens=global_tokens,
+            ref_logps=ref_logps,
+            shared_vision=sv,
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
-    total = float(total)
+    total = float(total_t)
     info = {
         "update/micro_batches": float(len(micro)),
         "update/tokens": float(sum(batch_tokens(m.batch) for m in micro)),
-        "update/padded_tokens": float(padded),
+        "update/padded_tokens": float(sum(padded_tokens(m.batch) for m in micro)),
     }
     if not (math.isfinite(total) and torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
@@ -397,11 +481,3 @@ def update(
         **{f"loss/{k}": v for k, v in stats.items()},
         **info,
     }
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
