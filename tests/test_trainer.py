@@ -319,3 +319,32 @@ def test_negative_token_budget_is_a_config_error(tiny_vlm_dir, tmp_path):
 
     with pytest.raises(ConfigError, match=r"optim.token_budget: must be >= 0"):
         _cfg(tiny_vlm_dir, tmp_path, "optim.token_budget=-1")
+
+
+def test_bf16_weights_get_fp32_moments_and_keep_updates_below_bf16_resolution(tiny_vlm_dir, tmp_path):
+    """optim.optimizer auto: bf16 weights train with AdamWFP32State. Adam's first step moves each
+    weight by lr x sign(grad); at lr 1e-6 that is far below bf16's spacing (~1e-4 at 0.02), so
+    torch's AdamW rounds almost all of it away, while stochastic rounding keeps it on average."""
+    from vlmgrpo.grpo.fastpath import AdamWFP32State
+
+    kept = {}
+    for opt in ("adamw", "auto"):
+        cfg = _cfg(
+            tiny_vlm_dir, tmp_path / opt, "model.dtype=bfloat16", "optim.lr=1e-6", f"optim.optimizer={opt}"
+        )
+        cfg.optim.weight_decay = 0.0
+        torch.manual_seed(0)
+        tr = Trainer(cfg)
+        assert isinstance(tr.optimizer, AdamWFP32State) == (opt == "auto")
+        w = tr.model.lm_head.weight
+        before, grads = w.detach().float().clone(), []
+        w.register_post_accumulate_grad_hook(lambda p, g=grads: g.append(p.grad.detach().float().clone()))
+        torch.manual_seed(1)
+        batch = tr.rollout([build_prompt(tr.sampler.next(), cfg) for _ in range(2)])
+        tr.update([batch], [torch.linspace(-1, 1, 8)])
+        moved = w.detach().float() - before
+        g = grads[-1]
+        # the share of the intended step -lr x sign(g) that reached the weights
+        kept[opt] = ((moved * -g.sign()).sum() / (1e-6 * (g != 0).sum())).item()
+    assert kept["adamw"] < 0.1, kept
+    assert 0.7 < kept["auto"] < 1.3, kept

@@ -130,10 +130,13 @@ class OptimConfig:
     # one vision-tower pass per image instead of one per sample (G rows share an image); exact
     # gradients; one process only (under torchrun the model's own path runs)
     share_vision: bool = False
-    # adamw: torch's AdamW (moments in the parameters' dtype); adamw_fp32_state: fp32 moments and
-    # stochastic rounding for bf16 weights (grpo/fastpath.py; 12 instead of 16 bytes/param of fp32
-    # master weights). Both take lr, betas, eps, weight_decay
-    optimizer: Literal["adamw", "adamw_fp32_state"] = "adamw"
+    # adamw: torch's AdamW (moments in the parameters' dtype, rounded to nearest: with bf16 weights
+    # an update below bf16's resolution, e.g. lr 5e-6 on weights ~0.05, is lost); adamw_fp32_state:
+    # fp32 moments, stochastic rounding back to bf16 (grpo/fastpath.py; 12 bytes/param instead of 16
+    # for fp32 master weights); auto: adamw_fp32_state when a trained parameter is bf16/fp16, else
+    # adamw (fused on CUDA). FSDP2 takes adamw only: for fp32 master weights there, use
+    # model.dtype float32 with train.fsdp_param_dtype bfloat16 (docs/scaling.md)
+    optimizer: Literal["auto", "adamw", "adamw_fp32_state"] = "auto"
 
 
 @dataclass

@@ -131,7 +131,13 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         hyper = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
-        if o.optimizer == "adamw_fp32_state":
+        if o.optimizer == "adamw_fp32_state" and self.fsdp:
+            raise ConfigError(
+                "optim.optimizer: adamw_fp32_state does not take FSDP2's sharded parameters; use adamw "
+                "with model.dtype float32 and train.fsdp_param_dtype bfloat16 for fp32 master weights"
+            )
+        low = any(p.dtype in (torch.bfloat16, torch.float16) for p in params)
+        if o.optimizer == "adamw_fp32_state" or (o.optimizer == "auto" and low and not self.fsdp):
             self.optimizer: torch.optim.Optimizer = fastpath.AdamWFP32State(params, **hyper)
         else:
             # CPU offload (FSDP2) keeps the sharded parameters on CPU: the step runs there, unfused

@@ -314,6 +314,8 @@ class AdamWFP32State(torch.optim.Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         for i, s in saved.items():
             st = self.state[params[int(i)]]
+            if "step" in s:  # torch's AdamW saves a tensor (a run resumed with the other optimizer)
+                st["step"] = int(s["step"])
             for k in ("exp_avg", "exp_avg_sq"):
                 if k in s:
                     st[k] = s[k].to(device=params[int(i)].device, dtype=torch.float32)
