@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vlmgrpo.config import load_config
+from vlmgrpo.grpo import fastpath
 from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.models import load_policy
 from vlmgrpo.rollout import Prompt
@@ -266,23 +267,33 @@ def test_text_prompt_without_images_samples(tiny_text_lm_dir):
     assert len(out.completions) == 3 and out.completion_ids.shape[0] == 3
 
 
-@pytest.mark.parametrize("fixture", ["tiny_vlm_dir", "tiny_qwen3_vl_dir"])
-def test_token_budget_and_shared_vision_equal_the_plain_update(fixture, request, tmp_path):
+@pytest.mark.parametrize(
+    "fixture, lora", [("tiny_vlm_dir", False), ("tiny_qwen3_vl_dir", False), ("tiny_vlm_dir", True)]
+)
+def test_token_budget_and_shared_vision_equal_the_plain_update(fixture, lora, request, tmp_path):
     """optim.token_budget (length-bucketed, trimmed micro-batches) with optim.share_vision (one tower
-    pass per image) gives the plain update's weights, with half the vision work at G = 4."""
+    pass per image) gives the plain update's weights, with a fraction of the vision work at G = 4:
+    2 passes per image (no-grad, then backward) instead of 1 per row; with LoRA on the language
+    model the frozen tower's second pass is skipped."""
     model_dir = request.getfixturevalue(fixture)
+    lora_sets = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.dropout=0"] if lora else []
     results = []
     for fast in (False, True):
         extra = ["optim.token_budget=120", "optim.share_vision=true"] if fast else []
         cfg = _cfg(
-            model_dir, tmp_path / str(fast), "optim.lr=1.0", "optim.eps=1.0", "optim.weight_decay=0", *extra
+            model_dir,
+            tmp_path / str(fast),
+            "optim.lr=1.0",
+            "optim.eps=1.0",
+            "optim.weight_decay=0",
+            *lora_sets,
+            *extra,
         )
         torch.manual_seed(0)
         tr = Trainer(cfg)
         patches = []
-        tr.model.model.visual.register_forward_hook(
-            lambda m, args, out, n=patches: n.append(args[0].shape[0])
-        )
+        visual = fastpath._trunk(tr.model).visual
+        visual.register_forward_hook(lambda m, args, out, n=patches: n.append(args[0].shape[0]))
         torch.manual_seed(1)
         batch = tr.rollout([build_prompt(tr.sampler.next(), cfg) for _ in range(2)])  # 2 images x 4
         patches.clear()  # count the update's tower work only
@@ -290,7 +301,7 @@ def test_token_budget_and_shared_vision_equal_the_plain_update(fixture, request,
         results.append(([p.detach().clone() for p in tr.model.parameters()], stats, sum(patches)))
     (p_plain, s_plain, v_plain), (p_fast, s_fast, v_fast) = results
     assert s_plain["update/micro_batches"] == 1 and s_fast["update/micro_batches"] > 1
-    assert v_fast * 2 == v_plain  # 2 passes (no-grad, then backward) per image instead of 1 per row
+    assert v_fast * (4 if lora else 2) == v_plain
     assert s_fast["loss"] == pytest.approx(s_plain["loss"], rel=1e-5, abs=1e-7)
     for a, b in zip(p_plain, p_fast):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
