@@ -316,3 +316,31 @@ def test_adamw_fp32_state_matches_torch_adamw_and_rounds_unbiased():
     o = fastpath.AdamWFP32State([pb], lr=1e-3)
     o.step()
     assert o.state[pb]["exp_avg"].dtype == torch.float32 and pb.dtype == torch.bfloat16
+
+
+def test_adamw_fp32_state_rounding_ignores_the_global_rng():
+    """DDP replicas sample different prompts, so their global RNGs part ways; the rounding noise
+    depends only on (seed, parameter, step), so the replicas' bf16 weights stay identical."""
+    torch.manual_seed(0)
+    w, grads = (
+        torch.randn(64, 64).to(torch.bfloat16),
+        [torch.randn(64, 64).to(torch.bfloat16) for _ in range(3)],
+    )
+    finals = []
+    for rank in (0, 1):
+        p = torch.nn.Parameter(w.clone())
+        opt = fastpath.AdamWFP32State([p], lr=1e-5, seed=7)
+        for g in grads:
+            torch.manual_seed(100 + rank)  # a different global RNG state on each "rank"
+            torch.rand(1000 * (rank + 1))
+            p.grad = g.clone()
+            opt.step()
+        finals.append(p.detach().clone())
+    assert torch.equal(finals[0], finals[1])
+    assert not torch.equal(finals[0], w)  # lr 1e-5 is below bf16's spacing: only the rounding moved it
+    other = torch.nn.Parameter(w.clone())
+    opt = fastpath.AdamWFP32State([other], lr=1e-5, seed=8)
+    for g in grads:
+        other.grad = g.clone()
+        opt.step()
+    assert not torch.equal(other.detach(), finals[0])  # the seed does choose the noise

@@ -138,7 +138,9 @@ class Trainer:
             )
         low = any(p.dtype in (torch.bfloat16, torch.float16) for p in params)
         if o.optimizer == "adamw_fp32_state" or (o.optimizer == "auto" and low and not self.fsdp):
-            self.optimizer: torch.optim.Optimizer = fastpath.AdamWFP32State(params, **hyper)
+            self.optimizer: torch.optim.Optimizer = fastpath.AdamWFP32State(
+                params, **hyper, seed=cfg.train.seed
+            )
         else:
             # CPU offload (FSDP2) keeps the sharded parameters on CPU: the step runs there, unfused
             fused = self.device.type == "cuda" and not (self.fsdp and cfg.train.cpu_offload)

@@ -280,15 +280,27 @@ class AdamWFP32State(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         stochastic_round: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.stochastic_round = stochastic_round
+        self.seed = seed
+
+    def _noise_generator(self, device: torch.device, index: int, step: int) -> torch.Generator:
+        """The rounding noise of parameter `index` at `step`: a function of (seed, index, step) only,
+        so DDP replicas (whose global RNGs differ after sampling different prompts) round alike and
+        stay identical, a resume draws the same noise, and the global RNG is not touched."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed(((self.seed * 1_000_003 + index) * 1_000_033 + step) % 2**63)
+        return gen
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None) -> Any:
         loss = closure() if closure is not None else None
+        index = -1
         for group in self.param_groups:
             for p in group["params"]:
+                index += 1
                 if p.grad is None:
                     continue
                 st = self.state[p]
@@ -300,8 +312,11 @@ class AdamWFP32State(torch.optim.Optimizer):
                 # in slices of <= CHUNK elements: bounded, same-sized fp32 temporaries (a 311M-entry
                 # embedding would otherwise need several 1.2 GB buffers and fragment the allocator)
                 views = (p.view(-1), p.grad.view(-1), st["exp_avg"].view(-1), st["exp_avg_sq"].view(-1))
+                gen = None
+                if self.stochastic_round and p.dtype == torch.bfloat16:
+                    gen = self._noise_generator(p.device, index, st["step"])
                 for pc, gc, mc, vc in zip(*(v.split(self.CHUNK) for v in views)):
-                    self._update(pc, gc, mc, vc, group, st["step"])
+                    self._update(pc, gc, mc, vc, group, st["step"], gen)
         return loss
 
     CHUNK = 1 << 25
@@ -320,7 +335,9 @@ class AdamWFP32State(torch.optim.Optimizer):
                 if k in s:
                     st[k] = s[k].to(device=params[int(i)].device, dtype=torch.float32)
 
-    def _update(self, p: Tensor, grad: Tensor, m: Tensor, v: Tensor, group: dict, t: int) -> None:
+    def _update(
+        self, p: Tensor, grad: Tensor, m: Tensor, v: Tensor, group: dict, t: int, gen: torch.Generator | None
+    ) -> None:
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         g = grad.float()
         m.lerp_(g, 1 - b1)
@@ -333,15 +350,15 @@ class AdamWFP32State(torch.optim.Optimizer):
             return
         w = p.float().mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / bc1)
         del denom
-        p.copy_(_round_to(w, p.dtype, self.stochastic_round))
+        p.copy_(_round_to(w, p.dtype, self.stochastic_round, gen))
 
 
-def _round_to(w: Tensor, dtype: torch.dtype, stochastic: bool) -> Tensor:
+def _round_to(w: Tensor, dtype: torch.dtype, stochastic: bool, gen: torch.Generator | None = None) -> Tensor:
     """fp32 -> bf16 rounding; stochastic: add uniform noise below bf16's last kept bit, truncate."""
     if not stochastic or dtype != torch.bfloat16:
         return w.to(dtype)
     bits = w.view(torch.int32)
-    noise = torch.randint_like(bits, 0, 1 << 16)
+    noise = torch.randint(0, 1 << 16, bits.shape, dtype=torch.int32, device=bits.device, generator=gen)
     bits = (bits + noise) & -65536  # keep the top 16 bits (sign, exponent, 7 mantissa bits)
     return bits.view(torch.float32).to(torch.bfloat16)  # exact: low bits are zero
 
