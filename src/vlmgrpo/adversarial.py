@@ -463,16 +463,8 @@ class AdversarialTrainer:
         self.cycle_key = (cycle.label or cycle.name) if cycle else ""
 
     def _resume_path(self, resume: str | None) -> Path | None:
-        if not resume:
-            return None
-        root = self.out / "ckpts"
-        if resume == "latest":
-            found = ckpt.list_checkpoints(root, warn=True)
-            return found[-1] if found else None
-        p = Path(resume) if Path(resume).exists() else root / resume
-        if not (p / ckpt.MARKER).is_file():
-            raise VlmgrpoError(f"{p}: not a complete checkpoint (no {ckpt.MARKER} marker)")
-        if not (p / "base").is_dir() or not (p / "adversary").is_dir():
+        p = ckpt.resolve_resume(self.out / "ckpts", resume)
+        if p is not None and (not (p / "base").is_dir() or not (p / "adversary").is_dir()):
             raise VlmgrpoError(f"{p}: not an adversarial checkpoint (no base/ and adversary/ folders)")
         return p
 

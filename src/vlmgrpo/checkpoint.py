@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlmgrpo.errors import VlmgrpoError
+
 log = logging.getLogger(__name__)
 MARKER = "COMPLETE"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)$")
@@ -124,6 +126,22 @@ def list_checkpoints(ckpt_root: Path, warn: bool = False) -> list[Path]:
         elif warn and (p.name.startswith(".tmp-ckpt-") or m):
             log.warning("ignoring %s: its write was interrupted (no %s marker)", p, MARKER)
     return [p for _, p in sorted(found)]
+
+
+def resolve_resume(ckpt_root: Path, resume: str | None) -> Path | None:
+    """The checkpoint `--resume` names: None (no resume), "latest" (the newest complete one under
+    `ckpt_root`, None with a warning if there is none), a folder path, or a name under `ckpt_root`."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(ckpt_root, warn=True)
+        if not found:
+            log.warning("--resume: no complete checkpoint in %s; starting from step 0", ckpt_root)
+        return found[-1] if found else None
+    p = Path(resume) if Path(resume).exists() else ckpt_root / resume
+    if not (p / MARKER).is_file():
+        raise VlmgrpoError(f"{p}: not a complete checkpoint (no {MARKER} marker)")
+    return p
 
 
 def checkpoint_step(path: Path) -> int:

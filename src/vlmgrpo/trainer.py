@@ -69,7 +69,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: str | None = None) -> None:
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
-        self.resume_from = self._resume_path(resume)
+        self.resume_from = ckpt.resolve_resume(self.out / "ckpts", resume)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
@@ -163,20 +163,6 @@ class Trainer:
         self.runlog: RunLog | None = None
 
     # ------------------------------------------------------------------ setup helpers
-    def _resume_path(self, resume: str | None) -> Path | None:
-        if not resume:
-            return None
-        root = self.out / "ckpts"
-        if resume == "latest":
-            found = ckpt.list_checkpoints(root, warn=True)
-            if not found:
-                log.warning("--resume: no complete checkpoint in %s; starting from step 0", root)
-            return found[-1] if found else None
-        p = Path(resume) if Path(resume).exists() else root / resume
-        if not (p / ckpt.MARKER).is_file():
-            raise VlmgrpoError(f"{p}: not a complete checkpoint (no {ckpt.MARKER} marker)")
-        return p
-
     def _load_adapter(self, path: Path) -> None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
