@@ -20,6 +20,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +79,125 @@ def init(device_pref: str = "auto") -> tuple[DistInfo, torch.device]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world, local), device
+
+
+# ------------------------------------------------------------------ accelerate launch configs
+# `accelerate launch --config_file cfg.yaml` hands its config to the launched processes as
+# environment variables (accelerate/utils/launch.py: ACCELERATE_MIXED_PRECISION is always set,
+# ACCELERATE_USE_FSDP and FSDP_* with distributed_type FSDP). `accelerate_overrides` maps the ones
+# vlmgrpo has an equivalent for onto `--set` overrides, refuses the ones that would change training
+# in a way vlmgrpo cannot do, and names the rest (how FSDP units are chosen and checkpointed,
+# which vlmgrpo decides itself). docs/scaling.md has the table.
+
+# FSDP_* settings that describe how to wrap / load / checkpoint: vlmgrpo picks its own units
+# (the vision tower, each decoder layer, the leftovers) and saves full state dicts
+_FSDP_NOT_USED = (
+    "FSDP_VERSION",
+    "FSDP_AUTO_WRAP_POLICY",
+    "FSDP_TRANSFORMER_CLS_TO_WRAP",
+    "FSDP_MIN_NUM_PARAMS",
+    "FSDP_BACKWARD_PREFETCH",
+    "FSDP_FORWARD_PREFETCH",
+    "FSDP_STATE_DICT_TYPE",
+    "FSDP_USE_ORIG_PARAMS",
+    "FSDP_CPU_RAM_EFFICIENT_LOADING",
+    "FSDP_SYNC_MODULE_STATES",
+)
+
+
+def _true(env: Mapping[str, str], key: str) -> bool:
+    return env.get(key, "").strip().lower() in ("1", "true", "yes")
+
+
+def accelerate_settings(env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(`--set` overrides, names of accelerate settings not used) for the accelerate config that
+    `accelerate launch` exported into `env`; ([], []) when not launched by accelerate. Raises
+    ConfigError, one line naming every setting vlmgrpo cannot honour and what to set instead.
+
+    Honoured: distributed_type FSDP / MULTI_GPU -> train.dist_strategy fsdp2 / ddp;
+    fsdp_offload_params -> train.cpu_offload; mixed_precision bf16 under FSDP ->
+    train.fsdp_param_dtype bfloat16 (accelerate's FSDP policy: bf16 gather, compute and reduce over
+    the weights in model.dtype); use_cpu -> train.device cpu."""
+    if "ACCELERATE_MIXED_PRECISION" not in env:
+        return [], []
+    sets: list[str] = []
+    refused: list[str] = []
+    fsdp = _true(env, "ACCELERATE_USE_FSDP")
+    for key, name, instead in (
+        ("ACCELERATE_USE_DEEPSPEED", "distributed_type DEEPSPEED", "FSDP or MULTI_GPU"),
+        ("ACCELERATE_USE_MEGATRON_LM", "distributed_type MEGATRON_LM", "FSDP or MULTI_GPU"),
+        (
+            "ACCELERATE_USE_PARALLELISM_CONFIG",
+            "parallelism_config",
+            "no parallelism_config (data parallel only)",
+        ),
+    ):
+        if _true(env, key):
+            refused.append(f"{name} (set {instead})")
+    dynamo = env.get("ACCELERATE_DYNAMO_BACKEND", "NO").strip().upper()
+    if dynamo not in ("", "NO"):
+        refused.append(
+            f"dynamo_backend {dynamo} (set dynamo_backend: 'NO'; vlmgrpo compiles its own decode step, "
+            "rollout.compile)"
+        )
+    mp = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if mp == "bf16" and fsdp:
+        sets.append("train.fsdp_param_dtype=bfloat16")
+    elif mp == "bf16":
+        refused.append(
+            "mixed_precision bf16 without FSDP (vlmgrpo has no autocast: set distributed_type: FSDP for "
+            "bf16 compute over model.dtype weights, or mixed_precision: 'no' with --set model.dtype=bfloat16)"
+        )
+    elif mp not in ("no", ""):
+        refused.append(
+            f"mixed_precision {mp} (set bf16 or 'no'; float16 needs a loss scaler vlmgrpo does not have)"
+        )
+    if fsdp:
+        sets.append("train.dist_strategy=fsdp2")
+        if _true(env, "FSDP_OFFLOAD_PARAMS"):
+            sets.append("train.cpu_offload=true")
+        if _true(env, "FSDP_ACTIVATION_CHECKPOINTING"):
+            refused.append(
+                "fsdp_activation_checkpointing (set false; vlmgrpo does not checkpoint activations)"
+            )
+        if env.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower() == "false":
+            refused.append("fsdp_reshard_after_forward false (set true; vlmgrpo shards fully)")
+        strategy = env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").strip().upper()
+        if strategy not in ("", "FULL_SHARD", "1"):
+            refused.append(f"fsdp_sharding_strategy {strategy} (set FULL_SHARD; vlmgrpo shards fully)")
+        if env.get("FSDP_IGNORED_MODULES"):
+            refused.append("fsdp_ignored_modules (remove it; vlmgrpo shards every parameter)")
+    elif "WORLD_SIZE" in env:
+        sets.append("train.dist_strategy=ddp")
+    if _true(env, "ACCELERATE_USE_CPU"):
+        sets.append("train.device=cpu")
+    # accelerate runs distributed_type MULTI_CPU (and NO with num_processes > 1) without torchrun:
+    # one plain process (it exports MASTER_ADDR only when num_processes > 1) or mpirun; neither
+    # sets the RANK / WORLD_SIZE that vlmgrpo.dist.init reads, so N copies would train alone
+    mpi = any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
+    if "WORLD_SIZE" not in env and ("MASTER_ADDR" in env or mpi):
+        refused.append(
+            "num_processes > 1 without torchrun (distributed_type MULTI_CPU or mpirun; set "
+            "distributed_type: MULTI_GPU, which runs torchrun and uses gloo on CPU)"
+        )
+    if refused:
+        raise ConfigError("accelerate config: vlmgrpo cannot honour " + "; ".join(refused))
+    unused = [k.lower() for k in _FSDP_NOT_USED if fsdp and k in env]
+    return sets, unused
+
+
+def accelerate_overrides(env: Mapping[str, str] | None = None) -> list[str]:
+    """`accelerate_settings` for this process (`os.environ` by default), printing on rank 0 one
+    line saying what was applied and which settings vlmgrpo does not use. The caller puts the
+    result before the user's own `--set` overrides, so those still win."""
+    env = os.environ if env is None else env
+    sets, unused = accelerate_settings(env)
+    if (sets or unused) and env.get("RANK", "0") == "0":
+        note = f"accelerate config: applied {', '.join(sets) or 'nothing'}"
+        if unused:
+            note += f"; not used (vlmgrpo chooses its FSDP units and saves full weights): {', '.join(unused)}"
+        print(note, file=sys.stderr, flush=True)
+    return sets
 
 
 def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:

@@ -24,8 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace):
     from vlmgrpo.config import load_config
+    from vlmgrpo.dist import accelerate_overrides
 
-    overrides = list(args.overrides)
+    # an `accelerate launch` config applies on top of the recipe; the user's --set wins over both
+    overrides = [*accelerate_overrides(), *args.overrides]
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.model:
