@@ -26,7 +26,6 @@ from replicate.exceptions import ModelError, ReplicateError
 from vlmgrpo.imagegen.render import RenderGenerator
 from vlmgrpo.imagegen.server import GeneratorServer, prefer_wait
 
-
 SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "replicate" / "prediction_schema.json").read_text())
 TOKEN = "r8_local_test_token"
 PROMPT = "a large blue square in the center"
