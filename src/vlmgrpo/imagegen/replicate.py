@@ -2,9 +2,10 @@
 
 Per prompt: create a prediction (`POST {base_url}/v1/models/{model}/predictions`, or
 `POST {base_url}/v1/predictions` with a `version`), with `Prefer: wait=N` so that a fast model
-answers in the same request; poll `urls.get` until the status is `succeeded`, `failed` or
-`canceled`; fetch the output URL (or decode a `data:` URI). The input is seed A's: the whole
-description as the prompt, 4 steps, 1 megapixel, 1:1, webp quality 80, go_fast, and the sample's
+answers in the same request; poll `urls.get` until the status is final (`succeeded`, `failed`,
+`canceled` or `aborted`, the four Replicate's OpenAPI schema lists); fetch the output URL (or
+decode a `data:` URI). The input is seed A's: the whole description as the prompt, 4 steps, 1
+megapixel, 1:1, webp quality 80, go_fast, and the sample's
 seed (`input` overrides any of these).
 
 Reliability, which a 1000-step run needs (8 x 4 predictions per step):
@@ -19,7 +20,7 @@ Reliability, which a 1000-step run needs (8 x 4 predictions per step):
   service after a cool-down (`breaker_cooldown_s`, default `backoff_base`, doubling up to
   `backoff_cap`), and raises a `ServiceError` ("service replicate down for N s; stopping") once
   nothing has succeeded for `max_down_s`: the trainer checkpoints and stops;
-- a prediction that ends `failed`/`canceled`, or polls past `max_poll_s`, is re-created up to
+- a prediction that ends `failed`/`canceled`/`aborted`, or polls past `max_poll_s`, is re-created up to
   `retry_failed` times; a prompt whose retries are exhausted gives `None` (its sample is skipped)
   and is counted in `failures`. Only a rejected token (401/403) and a service down past
   `max_down_s` raise a `ServiceError`: nothing would succeed.
@@ -60,7 +61,8 @@ DEFAULT_INPUT: dict[str, Any] = {
 }
 TOKEN_URL = "https://replicate.com/account/api-tokens"
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-TERMINAL = {"succeeded", "failed", "canceled"}
+# the schema's final states; "aborted": ended before it started (e.g. past its Cancel-After deadline)
+TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 
 
 class _Retryable(Exception):
