@@ -2,9 +2,16 @@
 
 `JudgeServer` (also used by test_eval.py) serves /v1/chat/completions on 127.0.0.1 from a thread.
 Its behaviour is keyed by markers in the request text: [[right]] always grades 1, [[malformed]]
-replies with non-JSON, [[500]] fails, [[timeout]] answers after the client gave up, [[flaky]] fails
-once then answers, [[429]] asks to retry after 1 s once, [[fenced]] wraps its JSON in a code fence,
-[[401]] refuses the key; anything else grades 1 when the response contains the ground truth.
+replies with non-JSON, [[500]] fails, [[timeout]] answers after the client gave up (when the server
+closes, or after `slow_s`), [[flaky]] fails once then answers, [[429]] asks to retry after 1 s once,
+[[fenced]] wraps its JSON in a code fence, [[401]] refuses the key; anything else grades 1 when the
+response contains the ground truth.
+
+It speaks OpenAI's protocol as the official `openai` package (a test-only dependency) defines it:
+every request body it receives must validate as the SDK's non-streaming chat-completion parameters
+and every reply validates as `openai.types.chat.ChatCompletion`; errors are OpenAI's
+`{"error": {"message", "type", "param", "code"}}` bodies. The server checks both as it goes and
+fails the test on leaving its `with` block if anything did not validate.
 """
 
 from __future__ import annotations
@@ -13,17 +20,40 @@ import asyncio
 import json
 import threading
 import time
+import typing
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import openai
 import pytest
+from openai.types.chat import ChatCompletion
+from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
+from pydantic import TypeAdapter
 
 from vlmgrpo.errors import ConfigError
 from vlmgrpo.judges import UNGRADED, JudgeItem, build_judge
-from vlmgrpo.judges.llm import RULES, LLMJudge, build_messages, parse_reply, retry_after_s
+from vlmgrpo.judges.llm import RULES, LLMJudge, api_error, build_messages, parse_reply, retry_after_s
 from vlmgrpo.judges.rules import RulesJudge, extract_answer, parse_number
 
 MARKERS = ("right", "malformed", "500", "timeout", "flaky", "429", "fenced", "401", "slow")
+REQUEST = TypeAdapter(CompletionCreateParamsNonStreaming)
+REQUEST_KEYS = set(typing.get_type_hints(CompletionCreateParamsNonStreaming))
+# OpenAI's error bodies for the failures the markers stand for (type and code as the API sends them)
+ERRORS = {
+    401: ("Incorrect API key provided: sk-test.", "invalid_request_error", "invalid_api_key"),
+    429: ("Rate limit reached for requests. Please try again in 1s.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request.", "server_error", None),
+}
+
+
+def validate_request(body: dict) -> None:
+    """Raise unless `body` is what the SDK's non-streaming `chat.completions.create` accepts: only
+    known keys, each of its declared type (messages included, which pydantic checks lazily)."""
+    unknown = set(body) - REQUEST_KEYS
+    if unknown:
+        raise ValueError(f"keys the SDK does not know: {sorted(unknown)}")
+    params = REQUEST.validate_python(body)
+    list(params["messages"])  # an Iterable in the SDK: validated when iterated
 
 
 class JudgeServer:
@@ -31,6 +61,9 @@ class JudgeServer:
 
     def __init__(self, slow_s: float = 1.5, work_s: float = 0.0) -> None:
         self.slow_s, self.work_s = slow_s, work_s
+        self.release = threading.Event()  # set on exit: a [[timeout]] request stops waiting
+        self.gate: threading.Event | None = None  # when set by a test: requests wait for it
+        self.invalid: list[str] = []  # requests / replies that did not validate against the SDK
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
         self.counts: Counter = Counter()
@@ -45,6 +78,10 @@ class JudgeServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                try:
+                    validate_request(body)
+                except Exception as e:  # noqa: BLE001 - reported on exit, in the test's thread
+                    server.invalid.append(f"request: {e}")
                 text = body["messages"][-1]["content"]
                 marker = next((m for m in MARKERS if f"[[{m}]]" in text), "ok")
                 with server.lock:
@@ -69,16 +106,18 @@ class JudgeServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def respond(self, h: BaseHTTPRequestHandler, marker: str, n: int, text: str) -> None:
+        if self.gate is not None:
+            self.gate.wait(30)
         if self.work_s:
             time.sleep(self.work_s)
         if marker == "500" or (marker == "flaky" and n == 1):
-            return self._send(h, 500, {"error": "boom"})
+            return self._error(h, 500)
         if marker == "401":
-            return self._send(h, 401, {"error": "bad key"})
+            return self._error(h, 401)
         if marker == "429" and n == 1:
-            return self._send(h, 429, {"error": "slow down"}, {"Retry-After": "1"})
+            return self._error(h, 429, {"Retry-After": "1"})
         if marker == "timeout":
-            time.sleep(self.slow_s)
+            self.release.wait(self.slow_s)  # the client has given up long before
         truth = text.split("Ground-truth answer:\n", 1)[1].split("\n\nModel response:", 1)[0]
         response = text.split("Model response:\n", 1)[1].rsplit("\n\nReply with JSON", 1)[0]
         score = 1 if marker == "right" or truth.strip().lower() in response.lower() else 0
@@ -87,7 +126,35 @@ class JudgeServer:
             content = "Sure! The score is one {not json"
         if marker == "fenced":
             content = f"```json\n{content}\n```"
-        self._send(h, 200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
+        reply = {
+            "id": f"chatcmpl-test{n}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "gpt-4.1-2025-04-14",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": len(content) // 4,
+                      "total_tokens": len(text) // 4 + len(content) // 4},
+            "service_tier": "default",
+            "system_fingerprint": "fp_test",
+        }  # fmt: skip
+        try:
+            ChatCompletion.model_validate(reply)
+        except Exception as e:  # noqa: BLE001 - reported on exit
+            self.invalid.append(f"reply: {e}")
+        self._send(h, 200, reply)
+
+    def _error(self, h: BaseHTTPRequestHandler, status: int, headers: dict | None = None) -> None:
+        message, kind, code = ERRORS[status]
+        self._send(
+            h, status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, headers
+        )
 
     def leave(self, h: BaseHTTPRequestHandler) -> None:
         """The request stops counting as in flight (once): before its reply's first byte, since the
@@ -113,9 +180,14 @@ class JudgeServer:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        self.release.set()
+        if self.gate is not None:
+            self.gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+        if exc_type is None:
+            assert not self.invalid, f"not OpenAI's protocol: {self.invalid[:3]}"
 
 
 def item(
@@ -252,13 +324,14 @@ def test_failures_become_ungraded_never_exceptions(tmp_path):
 
 
 def test_a_timeout_is_retried_then_ungraded(tmp_path):
-    with JudgeServer(slow_s=3.0) as srv:
-        t0 = time.monotonic()
-        (v,) = judge(srv, tmp_path, timeout_s=0.3).grade([item("timeout")])
-        elapsed = time.monotonic() - t0
+    with JudgeServer(slow_s=60.0) as srv:  # [[timeout]] is answered only when the server closes
+        j = judge(srv, tmp_path, timeout_s=0.5)
+        (v,) = j.grade([item("timeout")])
+        # back while the server still holds every request: the client's own timeout ended them
+        assert not srv.release.is_set()
     assert v.score == UNGRADED and "timed out" in v.error
-    assert srv.counts["timeout"] == 2
-    assert elapsed < 2.9  # the client gave up before the server's 3 s reply
+    assert j.stats["retries"] == 1  # 2 attempts, both timed out
+    assert 1 <= srv.counts["timeout"] <= 2  # the first may time out before a busy server logs it
 
 
 def test_retry_after_is_honoured(tmp_path):
@@ -283,12 +356,29 @@ def test_cache_makes_a_rerun_free(tmp_path):
 
 
 def test_concurrency_is_limited(tmp_path):
-    with JudgeServer(work_s=0.15) as srv:
-        verdicts = judge(srv, tmp_path, concurrency=2, cache_dir=None).grade(
-            [item(response=f"42 #{i}") for i in range(6)]
+    srv = JudgeServer()
+    srv.gate = threading.Event()  # requests wait here until two are in flight together
+    with srv:
+        j = judge(srv, tmp_path, concurrency=2, cache_dir=None, timeout_s=30.0)
+        verdicts: list = []
+        t = threading.Thread(
+            target=lambda: verdicts.extend(j.grade([item(response=f"42 #{i}") for i in range(6)]))
         )
+        t.start()
+        assert _wait_for(lambda: srv.inflight >= 2)
+        srv.gate.set()
+        t.join(60)
     assert [v.score for v in verdicts] == [1] * 6
-    assert srv.max_inflight == 2
+    assert srv.max_inflight == 2  # reached (the gate) and never exceeded (the limit)
+
+
+def _wait_for(cond, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_grade_works_inside_a_running_event_loop(tmp_path):
@@ -300,3 +390,70 @@ def test_grade_works_inside_a_running_event_loop(tmp_path):
 
         (v,) = asyncio.run(caller())
     assert v.score == 1
+
+
+# --------------------------------------------------------------------------- llm: OpenAI's own types
+
+
+def test_request_validator_can_fail():
+    """The SDK-type check the server applies rejects what the SDK would not send."""
+    ok = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    validate_request(ok)
+    validate_request({**ok, "response_format": {"type": "json_object"}, "stream": False})
+    for bad in (
+        {**ok, "stream": True},  # streaming: not CompletionCreateParamsNonStreaming
+        {**ok, "temperture": 0},  # a key the SDK does not know
+        {**ok, "messages": [{"role": "judge", "content": "hi"}]},
+        {**ok, "response_format": {"type": "json"}},
+        {"messages": ok["messages"]},  # no model
+    ):
+        with pytest.raises(Exception):  # noqa: B017 - pydantic's ValidationError or our ValueError
+            validate_request(bad)
+    with pytest.raises(Exception):  # noqa: B017
+        ChatCompletion.model_validate({"choices": [{"message": {"content": "x"}}]})  # the old reply
+
+
+def test_judge_requests_are_the_sdks_own(tmp_path):
+    """Every request the judge sends validates as the SDK's non-streaming parameters (the server
+    checks each on arrival), asks for JSON output, and is byte-for-byte the body the official
+    client sends for the same parameters."""
+    with JudgeServer() as srv:
+        j = judge(srv, tmp_path, cache_dir=None)
+        items = [item(response="It is 42", cat=c) for c in (1, 2, 3, 4)]
+        assert [v.score for v in j.grade(items)] == [1, 1, 1, 1]
+        ours = [dict(b) for b in srv.bodies]
+        client = openai.OpenAI(base_url=srv.url, api_key="sk-test", max_retries=0, timeout=30.0)
+        for it in items:
+            client.chat.completions.create(**j.request_body(it))
+        sdk = srv.bodies[len(ours) :]
+    assert all("stream" not in b and b["response_format"] == {"type": "json_object"} for b in ours)
+    key = lambda b: b["messages"][-1]["content"]  # noqa: E731 - concurrent requests arrive in any order
+    assert sorted(ours, key=key) == sorted(sdk, key=key)
+
+
+def test_official_client_reads_the_test_server(tmp_path):
+    """The test server's replies and errors are what the official client expects."""
+    with JudgeServer() as srv:
+        j = judge(srv, tmp_path)
+        client = openai.OpenAI(base_url=srv.url, api_key="sk-test", max_retries=0, timeout=30.0)
+        resp = client.chat.completions.create(**j.request_body(item(response="It is 42")))
+        assert isinstance(resp, ChatCompletion) and resp.choices[0].finish_reason == "stop"
+        assert parse_reply(resp.choices[0].message.content).score == 1
+        for marker, exc, code in (
+            ("401", openai.AuthenticationError, "invalid_api_key"),
+            ("429", openai.RateLimitError, "rate_limit_exceeded"),
+            ("500", openai.InternalServerError, None),
+        ):
+            with pytest.raises(exc) as e:
+                client.chat.completions.create(**j.request_body(item(marker)))
+            assert e.value.code == code and e.value.body["message"] == ERRORS[int(marker)][0]
+
+
+def test_judge_reports_openai_error_bodies(tmp_path):
+    with JudgeServer() as srv:
+        v401, v500 = judge(srv, tmp_path).grade([item("401"), item("500")])
+    assert v401.score == v500.score == UNGRADED
+    assert v401.error == "HTTP 401 invalid_api_key: Incorrect API key provided: sk-test."
+    assert v500.error == "HTTP 500 server_error: The server had an error while processing your request."
+    assert api_error(502, "<html>Bad   gateway</html>") == "HTTP 502: <html>Bad gateway</html>"
+    assert api_error(400, '{"error": "model not found"}') == "HTTP 400: model not found"

@@ -2,12 +2,16 @@
 
 Each item is graded with the rules of its own CharXiv reasoning category (`inst_category` 1-4;
 seed A always used category 1, a defect), restated here in our own words. The judge must answer
-with a JSON object `{"extracted_answer": ..., "score": 0 | 1}` at temperature 0.
+with a JSON object `{"extracted_answer": ..., "score": 0 | 1}` at temperature 0. The request is a
+non-streaming chat completion with `response_format` `{"type": "json_object"}` (`json_mode`);
+tests/test_judges.py checks it against the official `openai` SDK's request and response types.
 
 Failure handling: timeouts, connection errors, HTTP 408/409/429/5xx and unparsable replies are
 retried with exponential backoff and jitter (a `Retry-After` header is honoured, capped at
 `max_backoff_s`); other HTTP errors (400, 401, 404: a configuration problem) are not retried.
-After the last failure the item gets `Verdict(score=-1, error=...)` (ungraded): evaluation
+An error's text is read from OpenAI's error body, `{"error": {"message", "type", "code"}}`, when
+the server sends one. After the last failure the item gets `Verdict(score=-1, error=...)`
+(ungraded): evaluation
 excludes it from pass@k and counts it. A circuit breaker (`vlmgrpo.http.CircuitBreaker`) pauses all
 requests after `breaker_threshold` failures in a row (timeouts, connection errors, 408/429/5xx)
 and probes the endpoint after a cool-down (`backoff_s` doubling up to `max_backoff_s`) instead of
@@ -118,6 +122,22 @@ def parse_reply(content: str) -> Verdict:
 
 
 retry_after_s = parse_retry_after  # the name this module has exported
+
+
+def api_error(status: int, body: str) -> str:
+    """One line for an HTTP error: OpenAI's error body `{"error": {"message", "type", "code"}}`
+    read when it is one ("HTTP 401 invalid_api_key: Incorrect API key provided ..."), else the
+    start of the body."""
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    if isinstance(err, dict) and err.get("message"):
+        code = err.get("code") or err.get("type")
+        return f"HTTP {status}{f' {code}' if code else ''}: {' '.join(str(err['message']).split())[:200]}"
+    if isinstance(err, str) and err:  # some compatible servers send {"error": "text"}
+        return f"HTTP {status}: {err[:200]}"
+    return f"HTTP {status}: {' '.join(body.split())[:200]}"
 
 
 class _Retryable(Exception):
@@ -232,10 +252,10 @@ class LLMJudge:
         if r.status_code in RETRY_STATUS:
             wait = parse_retry_after(r.headers.get("retry-after"))
             self.breaker.failure(None if wait is None else min(wait, self.max_backoff_s))
-            raise _Retryable(f"HTTP {r.status_code}", wait)
+            raise _Retryable(api_error(r.status_code, r.text), wait)
         self.breaker.success()  # it answered: a 4xx or a bad reply is this request's problem
         if r.status_code >= 400:
-            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+            raise RuntimeError(api_error(r.status_code, r.text))
         try:
             content = r.json()["choices"][0]["message"]["content"] or ""
             return content, parse_reply(content)
@@ -295,4 +315,4 @@ class LLMJudge:
         return out
 
 
-__all__ = ["LLMJudge", "RULES", "build_messages", "parse_reply", "retry_after_s"]
+__all__ = ["LLMJudge", "RULES", "api_error", "build_messages", "parse_reply", "retry_after_s"]
