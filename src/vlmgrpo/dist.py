@@ -2,10 +2,10 @@
 
 Launch with `torchrun --nproc_per_node N -m vlmgrpo.cli train ...` or `accelerate launch`; both
 set RANK / WORLD_SIZE / LOCAL_RANK, which `init()` reads (accelerate's own config settings are
-applied or refused by `accelerate_settings`, before the config is resolved). One process per GPU (or per CPU worker
-with gloo). The global batch of a step is the same whatever the world size: every rank draws the
-same global list of prompts from an identically seeded sampler and keeps its own slice, so a
-group never spans ranks and group normalisation stays exact.
+applied or refused by `accelerate_settings` before the config is resolved). One process per GPU
+(or per CPU worker with gloo). The global batch of a step is the same whatever the world size:
+every rank draws the same global list of prompts from an identically seeded sampler and keeps its
+own slice, so a group never spans ranks and group normalisation stays exact.
 
 Wrapping (`dist.strategy`): `ddp` replicates the model (gradients all-reduced by
 DistributedDataParallel); `fsdp2` shards it with `fully_shard`, the vision tower and every decoder

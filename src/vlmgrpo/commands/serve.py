@@ -1,5 +1,6 @@
 """Serve a generator (`diffusers` FLUX, `render`, ...) over Replicate's prediction protocol, so that
-all ranks of a run share one reward GPU; see vlmgrpo/imagegen/server.py and docs/scaling.md."""
+all ranks of a run share one reward GPU; see vlmgrpo/imagegen/server.py and docs/scaling.md. The
+`replicate` generator and Replicate's own SDK (`replicate.Client(base_url=URL)`) both talk to it."""
 
 from __future__ import annotations
 
