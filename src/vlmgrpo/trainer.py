@@ -575,7 +575,7 @@ class Trainer:
         self.model.train(was_training)
         rows = [self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)]
         out: dict[str, float] = {}
-        for k in {k for r in rows for k in r}:
+        for k in dict.fromkeys(k for r in rows for k in r):
             vals = [r[k] for r in rows if k in r]
             out[k] = rows[0][k] if k == "lr" else sum(vals) / len(vals)
         out["update/iterations"] = float(n)

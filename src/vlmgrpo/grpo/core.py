@@ -256,11 +256,10 @@ def _token_logps_chunk(
     bias: Tensor | None,
     targets: Tensor,
     temperature: float,
-    out_entropy: Tensor | None = None,
-) -> Tensor:
-    """hidden [n, H], weight [V, H], bias [V] | None, targets [n] -> log-probs [n] fp32.
-    out_entropy [n] | None: filled in place with the token entropies of the same logits (no second
-    head matmul; a checkpointed recompute in backward writes the same values again)."""
+    with_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """hidden [n, H], weight [V, H], bias [V] | None, targets [n] -> log-probs [n] fp32, and with
+    `with_entropy` the token entropies [n] (no grad) of the same logits (no second head matmul)."""
     # The matmul runs in the model's dtype, as the model's own lm_head does, so these log-probs match
     # `model(...).logits`; upcasting W itself would copy a [V, H] fp32 matrix (1.2 GB for Qwen-3B)
     # per chunk. Temperature and logsumexp run in fp32.
@@ -268,9 +267,8 @@ def _token_logps_chunk(
     logits = logits.to(_at_least_fp32(logits.dtype))
     if temperature != 1.0:
         logits = logits / temperature
-    if out_entropy is not None:
-        out_entropy.copy_(entropy_from_logits(logits.detach()))
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return (logps, entropy_from_logits(logits.detach())) if with_entropy else logps
 
 
 def chunked_token_logps(
@@ -311,19 +309,20 @@ def chunked_token_logps(
     flat_t = targets.reshape(b * t)
     params = (hidden, lm_head_weight) if lm_head_bias is None else (hidden, lm_head_weight, lm_head_bias)
     recompute = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-    out = []
-    ent = hidden.new_zeros(b * t, dtype=_at_least_fp32(hidden.dtype)) if with_entropy else None
-    ent_chunks = ent.split(chunk_tokens) if ent is not None else [None] * len(flat_t.split(chunk_tokens))
-    for hc, tc, ec in zip(flat_h.split(chunk_tokens), flat_t.split(chunk_tokens), ent_chunks):
-        if recompute:
-            lp = checkpoint(
-                _token_logps_chunk, hc, lm_head_weight, lm_head_bias, tc, temperature, ec, use_reentrant=False
-            )
-        else:
-            lp = _token_logps_chunk(hc, lm_head_weight, lm_head_bias, tc, temperature, ec)
-        out.append(lp)
+    out, ents = [], []
+    for hc, tc in zip(flat_h.split(chunk_tokens), flat_t.split(chunk_tokens)):
+        args = (hc, lm_head_weight, lm_head_bias, tc, temperature, with_entropy)
+        res = (
+            checkpoint(_token_logps_chunk, *args, use_reentrant=False)
+            if recompute
+            else _token_logps_chunk(*args)
+        )
+        if with_entropy:
+            res, ent = res
+            ents.append(ent)
+        out.append(res)
     logps = torch.cat(out).view(b, t)
-    return (logps, ent.view(b, t)) if ent is not None else logps
+    return (logps, torch.cat(ents).view(b, t)) if with_entropy else logps
 
 
 # ---------------------------------------------------------------------------------------------- KL
@@ -398,7 +397,7 @@ def high_entropy_mask(entropy: Tensor, mask: Tensor, top_quantile: float) -> Ten
     vals = entropy[m]
     if vals.numel() == 0:
         return torch.zeros_like(m)
-    threshold = torch.quantile(vals.float(), 1.0 - top_quantile).to(entropy.dtype)
+    threshold = torch.quantile(vals.to(_at_least_fp32(vals.dtype)), 1.0 - top_quantile).to(entropy.dtype)
     return (entropy >= threshold) & m
 
 
