@@ -30,7 +30,9 @@ TOL = {"atol": 1e-6, "rtol": 1e-6}
 # ------------------------------------------------------------------------------ loop references
 
 
-def ref_loss_loop(logp, old, ref, adv, mask, *, kind, level, delta, beta, kl_estimator, weight, cl, ch, agg, n_items):
+def ref_loss_loop(
+    logp, old, ref, adv, mask, *, kind, level, delta, beta, kl_estimator, weight, cl, ch, agg, n_items
+):
     """The whole loss one scalar at a time (torch fp64 scalars so autograd gives the reference
     gradient): ratio per token or per sequence, PPO clip with the delta cap, optional token weight,
     k3 or ratio-weighted k3, then the aggregation."""
@@ -51,7 +53,9 @@ def ref_loss_loop(logp, old, ref, adv, mask, *, kind, level, delta, beta, kl_est
             r = torch.exp(lr)
             a = adv[i]
             if kind == "ppo":
-                clipped = min(max(r, torch.tensor(1 - cl, dtype=r.dtype)), torch.tensor(1 + ch, dtype=r.dtype))
+                clipped = min(
+                    max(r, torch.tensor(1 - cl, dtype=r.dtype)), torch.tensor(1 + ch, dtype=r.dtype)
+                )
                 capped = r if delta is None else min(r, torch.tensor(delta, dtype=r.dtype))
                 x = -min(capped * a, clipped * a)
             else:
@@ -128,7 +132,9 @@ def test_loss_value_and_gradient_match_loop(kind, level, delta, beta, kl_est, we
         **kw,
     )
     (g_got,) = torch.autograd.grad(got, logp)
-    want = ref_loss_loop(logp, old, ref, adv, mask, weight=weight, cl=0.2, ch=0.28, agg=agg, n_items=n_items, **kw)
+    want = ref_loss_loop(
+        logp, old, ref, adv, mask, weight=weight, cl=0.2, ch=0.28, agg=agg, n_items=n_items, **kw
+    )
     (g_want,) = torch.autograd.grad(want, logp)
     torch.testing.assert_close(got, want, **TOL)
     torch.testing.assert_close(g_got, g_want, **TOL)
@@ -169,7 +175,8 @@ def test_kl_k3_ratio_matches_loop(seed):
         [
             torch.stack(
                 [
-                    torch.exp(logp[i, j] - old[i, j]) * (torch.exp(ref[i, j] - logp[i, j]) - (ref[i, j] - logp[i, j]) - 1)
+                    torch.exp(logp[i, j] - old[i, j])
+                    * (torch.exp(ref[i, j] - logp[i, j]) - (ref[i, j] - logp[i, j]) - 1)
                     for j in range(logp.shape[1])
                 ]
             )
@@ -202,7 +209,10 @@ def ref_quantile_mask(ent, mask, q):
     pos = (1 - q) * (len(vals) - 1)  # linear interpolation between order statistics
     lo = math.floor(pos)
     thr = vals[lo] + (vals[min(lo + 1, len(vals) - 1)] - vals[lo]) * (pos - lo)
-    return [[bool(mask[i, j]) and float(ent[i, j]) >= thr for j in range(ent.shape[1])] for i in range(ent.shape[0])]
+    return [
+        [bool(mask[i, j]) and float(ent[i, j]) >= thr for j in range(ent.shape[1])]
+        for i in range(ent.shape[0])
+    ]
 
 
 @pytest.mark.parametrize("q", [0.2, 0.5, 1.0])
@@ -260,7 +270,9 @@ def test_overlong_penalty_matches_loop_value_and_gradient():
 
 
 def test_zero_std_groups_matches_loop():
-    r = torch.tensor([1, 1, 1, 1, 0, 1, 0, 0, 0.5, float("nan"), 0.5, 0.5, 2, float("nan"), float("nan"), float("nan")])
+    r = torch.tensor(
+        [1, 1, 1, 1, 0, 1, 0, 0, 0.5, float("nan"), 0.5, 0.5, 2, float("nan"), float("nan"), float("nan")]
+    )
     got = zero_std_groups(r, 4)
     want = []
     for g in range(4):
@@ -285,7 +297,9 @@ def test_batch_std_over_parts_equals_whole_batch():
     """Advantages of the parts with the whole batch's std (two-pass moments) equal those of the
     whole batch at once; a std per part (the old behaviour) does not."""
     gen = torch.Generator().manual_seed(8)
-    r = torch.randn(24, generator=gen, dtype=torch.float64) * torch.tensor([1.0] * 12 + [5.0] * 12, dtype=torch.float64)
+    r = torch.randn(24, generator=gen, dtype=torch.float64) * torch.tensor(
+        [1.0] * 12 + [5.0] * 12, dtype=torch.float64
+    )
     r[3] = float("nan")
     whole = group_advantages(r, 4, scale="batch")
     parts = [r[:12], r[12:]]
@@ -414,9 +428,18 @@ OPTIONS = {
     "delta": ([HASH, "grpo.loss=ppo", "grpo.num_iterations=2", "grpo.delta=1.5"], _check_delta),
     "mask_truncated": ([HASH, "grpo.mask_truncated=true"], _check_mask_truncated),
     "entropy": ([HASH, "grpo.top_entropy_quantile=0.2"], _check_entropy),
-    "kl_ratio": ([HASH, "grpo.beta=0.05", "grpo.ref.kind=copy", "grpo.kl_estimator=k3_ratio"], _check_kl_ratio),
-    "dynamic": ([HALF_FLAT, "grpo.dynamic_sampling=true", "grpo.dynamic_max_extra_rollouts=3"], _check_dynamic),
-    "dynamic_bound": ([FLAT, "grpo.dynamic_sampling=true", "grpo.dynamic_max_extra_rollouts=2"], _check_dynamic_bound),
+    "kl_ratio": (
+        [HASH, "grpo.beta=0.05", "grpo.ref.kind=copy", "grpo.kl_estimator=k3_ratio"],
+        _check_kl_ratio,
+    ),
+    "dynamic": (
+        [HALF_FLAT, "grpo.dynamic_sampling=true", "grpo.dynamic_max_extra_rollouts=3"],
+        _check_dynamic,
+    ),
+    "dynamic_bound": (
+        [FLAT, "grpo.dynamic_sampling=true", "grpo.dynamic_max_extra_rollouts=2"],
+        _check_dynamic_bound,
+    ),
     "overlong": ([HASH, "grpo.overlong_buffer=3", "grpo.overlong_factor=1.0"], _check_overlong),
     "batch_std": ([HASH, "grpo.adv_scale=batch", "optim.grad_accum=2"], _check_batch_std),
 }
@@ -451,3 +474,43 @@ def test_batch_std_two_processes_equal_one_process(tiny_vlm_dir, tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # identical on both ranks
     gap = max(float((r0[k] - one[k]).abs().max()) for k in one)
     assert gap < 2e-5, gap
+
+
+# ------------------------------------------------------------------- the diagnostics panel
+
+
+def test_diagnostics_panel_from_a_real_run(tiny_vlm_dir, tmp_path):
+    from PIL import Image
+
+    from vlmgrpo.cli import main
+    from vlmgrpo.report.diagnostics import diagnostics_figure
+    from vlmgrpo.report.plots import THEMES, load_run
+
+    run = tmp_path / "run"
+    _train(
+        tiny_vlm_dir,
+        run,
+        HALF_FLAT,
+        "train.steps=3",
+        "grpo.loss=ppo",
+        "grpo.num_iterations=2",
+        "grpo.beta=0.05",
+        "grpo.ref.kind=copy",
+        "grpo.dynamic_sampling=true",
+        "grpo.overlong_buffer=3",
+    )
+    assert main(["plot", "--output-dir", str(run), "--formats", "png"]) == 0
+    png = run / "plots" / "diagnostics.png"
+    assert png.is_file() and Image.open(png).size[0] > 800
+    fig = diagnostics_figure(load_run(run), THEMES["plain"], 10)
+    titles = {ax.get_title() for ax in fig.axes if ax.get_title()}
+    assert {
+        "token entropy",
+        "groups without signal",
+        "completion length",
+        "truncation",
+        "clip fractions",
+        "KL to the reference",
+        "dynamic sampling",
+    } <= titles
+    assert diagnostics_figure(load_run(tmp_path / "missing"), THEMES["plain"], 10) is None  # nothing logged
