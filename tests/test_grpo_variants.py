@@ -514,3 +514,34 @@ def test_diagnostics_panel_from_a_real_run(tiny_vlm_dir, tmp_path):
         "dynamic sampling",
     } <= titles
     assert diagnostics_figure(load_run(tmp_path / "missing"), THEMES["plain"], 10) is None  # nothing logged
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("grpo.num_iterations=0", "grpo.num_iterations: must be at least 1"),
+        ("grpo.num_iterations=2", "grpo.num_iterations > 1 needs grpo.loss 'is' or 'ppo'"),
+        ("grpo.top_entropy_quantile=0", r"grpo.top_entropy_quantile: must be in \(0, 1\]"),
+        ("grpo.delta=1.1", r"grpo.delta: 0 \(off\) or > 1 \+ grpo.clip_high"),
+        ("grpo.overlong_buffer=100", r"grpo.overlong_buffer: must be in \[0, rollout.max_new_tokens = 24\]"),
+        ("grpo.dynamic_max_extra_rollouts=-1", "grpo.dynamic_max_extra_rollouts: must be >= 0"),
+        ("grpo.importance_level=seq", "grpo.importance_level"),
+        ("grpo.kl_estimator=k2", "grpo.kl_estimator"),
+    ],
+)
+def test_bad_variant_settings_are_one_line_errors(override, message):
+    from vlmgrpo.config import load_config
+    from vlmgrpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", [override])
+
+
+def test_dynamic_sampling_refuses_overlap_and_delta_needs_ppo():
+    from vlmgrpo.config import load_config
+    from vlmgrpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="grpo.dynamic_sampling: not with rollout.overlap"):
+        load_config("demo", ["grpo.dynamic_sampling=true", "rollout.overlap=true", "grpo.loss=ppo"])
+    with pytest.raises(ConfigError, match="grpo.delta: the two-sided clip applies to grpo.loss 'ppo' only"):
+        load_config("demo", ["grpo.delta=2.0", "grpo.loss=is"])
