@@ -245,9 +245,16 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     logits: [..., V] (upcast to at least fp32). returns: [...], no gradient (a diagnostic and a mask).
     """
     with torch.no_grad():
-        z = logits.to(_at_least_fp32(logits.dtype))
-        p = torch.softmax(z, dim=-1)
-        return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
+        flat = logits.reshape(-1, logits.shape[-1])
+        # rows in slices of <= 2**26 elements and the product in place: one temporary of one slice
+        # (a [4096, 152k] fp32 chunk would otherwise cost two more 2.5 GB tensors)
+        rows = max(1, _DEFAULT_CHUNK_ELEMS // max(1, flat.shape[-1]))
+        out = []
+        for z in flat.split(rows):
+            z = z.to(_at_least_fp32(z.dtype))
+            p = torch.softmax(z, dim=-1)
+            out.append(torch.logsumexp(z, dim=-1) - p.mul_(z).sum(dim=-1))
+        return torch.cat(out).view(logits.shape[:-1]) if out else logits.new_zeros(logits.shape[:-1])
 
 
 def _token_logps_chunk(
