@@ -288,12 +288,8 @@ class Trainer:
             )
         total_loss = dist.all_sum([float(loss_t)], self.dist, self.device)[0] / self.dist.world
         if self.dist.enabled and stats:  # loss statistics of every rank, not rank 0's alone
-            stats = dict(
-                zip(
-                    stats,
-                    (v / self.dist.world for v in dist.all_sum(list(stats.values()), self.dist, self.device)),
-                )
-            )
+            summed = dist.all_sum(list(stats.values()), self.dist, self.device)
+            stats = {k: v / self.dist.world for k, v in zip(stats, summed)}
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf")

@@ -239,21 +239,28 @@ def selective_log_softmax(logits: Tensor, index: Tensor, *, chunk_rows: int | No
     return torch.cat(out)
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
+def entropy_from_logits(logits: Tensor, lse: Tensor | None = None) -> Tensor:
     """Shannon entropy (nats) of softmax(logits) per row: H = logsumexp(z) - sum_v p_v z_v.
 
-    logits: [..., V] (upcast to at least fp32). returns: [...], no gradient (a diagnostic and a mask).
+    logits: [..., V] (upcast to at least fp32); lse: [...] logsumexp(logits) when the caller has it
+    (saves a pass over V). returns: [...], no gradient (a diagnostic and a mask).
     """
     with torch.no_grad():
         flat = logits.reshape(-1, logits.shape[-1])
-        # rows in slices of <= 2**26 elements and the product in place: one temporary of one slice
+        lse_flat = None if lse is None else lse.detach().reshape(-1)
+        # rows in slices of <= 2**26 elements and the products in place: one temporary of one slice
         # (a [4096, 152k] fp32 chunk would otherwise cost two more 2.5 GB tensors)
         rows = max(1, _DEFAULT_CHUNK_ELEMS // max(1, flat.shape[-1]))
         out = []
-        for z in flat.split(rows):
+        for i, z in enumerate(flat.split(rows)):
             z = z.to(_at_least_fp32(z.dtype))
-            p = torch.softmax(z, dim=-1)
-            out.append(torch.logsumexp(z, dim=-1) - p.mul_(z).sum(dim=-1))
+            m = (
+                torch.logsumexp(z, dim=-1)
+                if lse_flat is None
+                else lse_flat[i * rows : i * rows + len(z)].to(z.dtype)
+            )
+            p = (z - m[:, None]).exp_()
+            out.append(m - p.mul_(z).sum(dim=-1))
         return torch.cat(out).view(logits.shape[:-1]) if out else logits.new_zeros(logits.shape[:-1])
 
 
@@ -274,8 +281,9 @@ def _token_logps_chunk(
     logits = logits.to(_at_least_fp32(logits.dtype))
     if temperature != 1.0:
         logits = logits / temperature
-    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return (logps, entropy_from_logits(logits.detach())) if with_entropy else logps
+    lse = torch.logsumexp(logits, dim=-1)
+    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    return (logps, entropy_from_logits(logits.detach(), lse)) if with_entropy else logps
 
 
 def chunked_token_logps(
