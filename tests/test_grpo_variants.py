@@ -545,3 +545,22 @@ def test_dynamic_sampling_refuses_overlap_and_delta_needs_ppo():
         load_config("demo", ["grpo.dynamic_sampling=true", "rollout.overlap=true", "grpo.loss=ppo"])
     with pytest.raises(ConfigError, match="grpo.delta: the two-sided clip applies to grpo.loss 'ppo' only"):
         load_config("demo", ["grpo.delta=2.0", "grpo.loss=is"])
+
+
+@pytest.mark.slow  # ~40 s: two gloo processes
+@pytest.mark.parametrize("reward,extra,bound_hit", [(HALF_FLAT, 8, 0.0), (FLAT, 2, 1.0)])
+def test_dynamic_sampling_and_iterations_under_two_processes(
+    reward, extra, bound_hit, tiny_vlm_dir, tmp_path
+):
+    """Every rank runs the same number of rounds and updates (no hang), also when the bound is hit
+    and a rank keeps no group at all (it trains on one zero-advantage group)."""
+    from test_distributed import _run
+
+    over = [reward, "grpo.dynamic_sampling=true", f"grpo.dynamic_max_extra_rollouts={extra}", "grpo.loss=ppo"]
+    over += ["grpo.num_iterations=2", "train.save_every=0"]
+    _run(tiny_vlm_dir, tmp_path / "run", 2, *[a for o in over for a in ("--set", o)])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["dynamic/bound_hit"] == bound_hit and r["update/iterations"] == 2
+        assert (r["grad_norm"] > 0) == (bound_hit == 0.0)  # no spread anywhere: nothing to learn
