@@ -111,6 +111,72 @@ class GRPOConfig:
     beta: float = 0.0  # k3 KL coefficient against the reference policy
     ref: RefConfig = field(default_factory=RefConfig)
     min_valid_fraction: float = 0.5  # skip the step when fewer samples than this got a reward
+    # The variants below are documented, with formulas, papers and TRL's names, in docs/algorithms.md.
+    # token: one importance ratio per token (PPO/GRPO); sequence: GSPO's length-normalised sequence
+    # ratio (TRL importance_sampling_level)
+    importance_level: Literal["token", "sequence"] = "token"
+    # optimizer updates per rollout; > 1 keeps the sampling policy's log-probs (computed once per
+    # rollout) as the ratio's denominator; needs loss is/ppo (TRL num_iterations)
+    num_iterations: int = 1
+    mask_truncated: bool = (
+        False  # completions cut at max_new_tokens leave the loss (TRL mask_truncated_completions)
+    )
+    # train only on this share of each micro-batch's highest-entropy tokens; 1 = all (TRL top_entropy_quantile)
+    top_entropy_quantile: float = 1.0
+    # k3: plain k3 KL; k3_ratio: k3 x importance ratio, the unbiased KL gradient (TRL
+    # use_bias_correction_kl, on by default there)
+    kl_estimator: Literal["k3", "k3_ratio"] = "k3"
+    delta: float = 0.0  # ppo: cap the unclipped ratio at delta (two-sided clip); 0 = off (TRL delta)
+    # DAPO dynamic sampling: drop groups whose rewards are all equal and roll out more prompts until the
+    # step's batch is full (verl algorithm.filter_groups; not in TRL)
+    dynamic_sampling: bool = False
+    # extra rollout rounds per step at most; when hit, the step trains on the groups it has, logged
+    # as dynamic/bound_hit (verl max_num_gen_batches)
+    dynamic_max_extra_rollouts: int = 4
+    # DAPO soft overlong penalty: the last overlong_buffer tokens before max_new_tokens ramp the reward
+    # down by up to overlong_factor; 0 = off (verl reward_model.overlong_buffer.len / penalty_factor)
+    overlong_buffer: int = 0
+    overlong_factor: float = 1.0
+
+
+def validate_grpo(cfg: Config) -> None:
+    """grpo.* checks of the variants (docs/algorithms.md); one line naming the key on bad input."""
+    g = cfg.grpo
+    if g.num_iterations < 1:
+        raise ConfigError(f"grpo.num_iterations: must be at least 1, got {g.num_iterations}")
+    if g.num_iterations > 1 and g.loss == "pg":
+        raise ConfigError(
+            "grpo.num_iterations > 1 needs grpo.loss 'is' or 'ppo': after the first update the samples "
+            "are off-policy and only an importance ratio corrects for it"
+        )
+    if not 0.0 < g.top_entropy_quantile <= 1.0:
+        raise ConfigError(f"grpo.top_entropy_quantile: must be in (0, 1], got {g.top_entropy_quantile}")
+    if g.delta < 0 or (g.delta and g.delta <= 1.0 + g.clip_high):
+        raise ConfigError(f"grpo.delta: 0 (off) or > 1 + grpo.clip_high ({1 + g.clip_high}), got {g.delta}")
+    if g.delta and g.loss != "ppo":
+        raise ConfigError("grpo.delta: the two-sided clip applies to grpo.loss 'ppo' only")
+    if g.overlong_buffer < 0 or g.overlong_buffer > cfg.rollout.max_new_tokens:
+        raise ConfigError(
+            f"grpo.overlong_buffer: must be in [0, rollout.max_new_tokens = {cfg.rollout.max_new_tokens}], "
+            f"got {g.overlong_buffer}"
+        )
+    if g.dynamic_max_extra_rollouts < 0:
+        raise ConfigError(
+            f"grpo.dynamic_max_extra_rollouts: must be >= 0, got {g.dynamic_max_extra_rollouts}"
+        )
+    if g.dynamic_sampling and cfg.rollout.overlap:
+        raise ConfigError(
+            "grpo.dynamic_sampling: not with rollout.overlap (the next rollout is already drawn)"
+        )
+    if g.dynamic_sampling and cfg.rollout.group_size < 2:
+        raise ConfigError(
+            "grpo.dynamic_sampling: needs rollout.group_size >= 2 (a group of one has no spread)"
+        )
+    if g.dynamic_sampling and cfg.train.dist_strategy == "fsdp2":
+        raise ConfigError(
+            "grpo.dynamic_sampling: not with train.dist_strategy fsdp2 (ranks may keep different numbers "
+            "of groups, and every FSDP2 forward is a collective); use ddp"
+        )
 
 
 @dataclass
@@ -452,6 +518,7 @@ def validate(cfg: Config) -> None:
         )
     if cfg.grpo.ref.kind == "adapter" and not cfg.model.lora.enabled:
         raise ConfigError("grpo.ref.kind 'adapter' needs model.lora.enabled: true")
+    validate_grpo(cfg)
     for i, r in enumerate(cfg.rewards):
         if not r.name:
             raise ConfigError(f"rewards[{i}].name: missing")

@@ -34,7 +34,13 @@ from vlmgrpo.config import Config, save_config
 from vlmgrpo.data import build_dataset
 from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
 from vlmgrpo.grpo import fastpath
-from vlmgrpo.grpo.core import group_advantages
+from vlmgrpo.grpo.core import (
+    batch_reward_std,
+    group_advantages,
+    overlong_penalty,
+    truncated_rows,
+    zero_std_groups,
+)
 from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.models import load_policy
 from vlmgrpo.placement import OptimizerOffloader, offloadable
@@ -249,10 +255,13 @@ class Trainer:
                     return self.logp_model(batch, self.cfg.rollout.temperature)
             return self.ref(batch, self.cfg.rollout.temperature)
 
-    def update(self, batches: list[RolloutBatch], advantages: list[torch.Tensor]) -> dict[str, float]:
+    def update(
+        self, batches: list[RolloutBatch], advantages: list[torch.Tensor], step_schedule: bool = True
+    ) -> dict[str, float]:
         """One optimizer step over all rows of `batches`, in micro-batches of `optim.micro_batch_seqs`
         rows or `optim.token_budget` padded tokens. Each micro loss is scaled so that the sum equals
-        the loss over the whole batch."""
+        the loss over the whole batch. `step_schedule`: move the learning-rate schedule (once per
+        GRPO step, also when grpo.num_iterations makes several updates)."""
         o = self.cfg.optim
         if o.token_budget:  # length-bucketed, trimmed micro-batches of <= token_budget padded tokens
             micro = fastpath.plan_micro_batches(batches, advantages, o.token_budget)
@@ -278,6 +287,9 @@ class Trainer:
                 shared_vision=sv,
             )
         total_loss = dist.all_sum([float(loss_t)], self.dist, self.device)[0] / self.dist.world
+        if self.dist.enabled and stats:  # loss statistics of every rank, not rank 0's alone
+            summed = dist.all_sum(list(stats.values()), self.dist, self.device)
+            stats = {k: v / self.dist.world for k, v in zip(stats, summed)}
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
@@ -300,7 +312,8 @@ class Trainer:
         self.optimizer.step()
         if self.opt_offload is not None:  # the moments leave before the next rollout and rewards
             self.opt_offload.offload()
-        self.scheduler.step()
+        if step_schedule:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {
             "loss": total_loss,
@@ -318,8 +331,11 @@ class Trainer:
                 pr.mul_(1 - a).add_(pp.detach(), alpha=a)
 
     # ------------------------------------------------------------------ one GRPO step
-    def _rollout_phase(self, step: int) -> tuple[list[RolloutBatch], list[tuple[list[dict], list[Prompt]]]]:
+    def _rollout_phase(
+        self, step: int, extra: int = 0
+    ) -> tuple[list[RolloutBatch], list[tuple[list[dict], list[Prompt]]]]:
         """Draw and roll out the prompts of `step`: grad_accum micro-batches of this rank's share.
+        `extra` numbers grpo.dynamic_sampling's additional rounds of a step (their own seeds).
 
         All micro-batches are sampled in one rollout call and split afterwards: seed A's 4 rounds
         of 8 chains decode as 32 rows at once (4x fewer decode steps than one call per round). With
@@ -334,7 +350,8 @@ class Trainer:
             drawn = [self.sampler.next() for _ in range(cfg.rollout.prompts_per_step)]
             samples = drawn[first : first + n_local]
             parts.append((samples, [build_prompt(s, cfg) for s in samples]))
-            base = (cfg.train.seed * 1_000_003 + step) * 1009 + k * cfg.rollout.prompts_per_step
+            kk = k + extra * cfg.optim.grad_accum
+            base = (cfg.train.seed * 1_000_003 + step) * 1009 + kk * cfg.rollout.prompts_per_step
             all_seeds += [(base + first + i) % 2**63 for i in range(n_local)]
         prompts = [p for _, ps in parts for p in ps]
         batch = self.rollout(prompts, all_seeds if cfg.rollout.seed_per_prompt else None)
@@ -392,10 +409,177 @@ class Trainer:
                 records.append(recs)
         return results, records
 
+    # ------------------------------------------------------------------ GRPO variants (docs/algorithms.md)
+    def _group_spread(self, results: list[RewardResult]) -> dict[str, float]:
+        """groups/zero_std_frac: share of the step's sampled groups (all ranks) whose rewards are all
+        equal, so their advantages are 0 (too easy or too hard for the policy)."""
+        g = self.cfg.rollout.group_size
+        flat = [zero_std_groups(torch.tensor(res.total, dtype=torch.float32), g) for res in results]
+        z = torch.cat(flat)
+        n_zero, n = dist.all_sum([float(z.sum()), float(z.numel())], self.dist, self.device)
+        return {"groups/zero_std_frac": n_zero / max(n, 1.0)}
+
+    def _dynamic_sampling(
+        self,
+        batches: list[RolloutBatch],
+        results: list[RewardResult],
+        records: list[list[RewardRecord]],
+        timer: Timer,
+        metrics: dict[str, float],
+    ) -> tuple[list[RolloutBatch], list[RewardResult], list[list[RewardRecord]]]:
+        """DAPO dynamic sampling (grpo.dynamic_sampling): keep the groups whose rewards differ and roll
+        out further rounds of prompts until every rank has its share of groups, at most
+        grpo.dynamic_max_extra_rollouts extra rounds. When the bound is hit the step trains on the
+        groups it has (dynamic/bound_hit = 1, a warning); a rank left with none trains on one
+        zero-advantage group so that it joins the update's collectives. Groups are filtered on the
+        rewards as scored (before grpo.overlong_buffer's penalty), like DAPO's accuracy filter.
+
+        Every rank runs the same number of rounds; the loop's all-reduce has the 3-float shape of
+        train_step's first one, so a rank whose reward service fails in an extra round still meets
+        the others (`_share_failure`)."""
+        cfg = self.cfg
+        g, per = cfg.rollout.group_size, cfg.rollout.prompts_per_step // self.dist.world
+        target = per * cfg.optim.grad_accum  # groups per rank
+        kept: list[tuple[RolloutBatch, RewardResult, list[RewardRecord]]] = []
+        failed: dict[str, int] = {}
+
+        def keep(bs: list[RolloutBatch], rs: list[RewardResult], recs: list[list[RewardRecord]]) -> None:
+            for b, res, rec in zip(bs, rs, recs):
+                for k, v in res.failed.items():
+                    failed[k] = failed.get(k, 0) + v
+                flat = zero_std_groups(torch.tensor(res.total, dtype=torch.float32), g)
+                for gi in (~flat).nonzero().flatten().tolist():
+                    rows = list(range(gi * g, (gi + 1) * g))
+                    kept.append((b.select(rows), _select_result(res, rows), rec[gi * g : (gi + 1) * g]))
+
+        keep(batches, results, records)
+        rounds = 0
+        while True:
+            short, _, n_failed = dist.all_sum(
+                [float(max(0, target - len(kept))), 0.0, 0.0], self.dist, self.device
+            )
+            if n_failed:
+                raise _PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
+            if short == 0 or rounds >= cfg.grpo.dynamic_max_extra_rollouts:
+                break
+            rounds += 1
+            with timer("rollout"):
+                bs, parts = self._rollout_phase(self.step, extra=rounds)
+            ctxs = [self.reward_ctx("train", rounds * len(bs) + k) for k in range(len(bs))]
+            with timer("reward"):
+                rs, recs = self._score(bs, parts, ctxs)
+            keep(bs, rs, recs)
+        if short > 0:
+            log.warning(
+                "step %d: dynamic sampling stopped at grpo.dynamic_max_extra_rollouts = %d with %d groups "
+                "short of a full batch; training on the groups it has",
+                self.step,
+                cfg.grpo.dynamic_max_extra_rollouts,
+                int(short),
+            )
+        n_kept = dist.all_sum([float(min(len(kept), target))], self.dist, self.device)[0]
+        if not kept:
+            kept.append(
+                (
+                    batches[0].select(list(range(g))),
+                    _select_result(results[0], list(range(g))),
+                    records[0][:g],
+                )
+            )
+        kept = kept[:target]
+        out_b, out_r, out_rec = [], [], []
+        for i in range(0, len(kept), per):  # parts of `per` groups, as a step without filtering has
+            part = kept[i : i + per]
+            out_b.append(hf_rollout.concat([p[0] for p in part], self.proc) if len(part) > 1 else part[0][0])
+            out_r.append(RewardResult.concat([p[1] for p in part]))
+            out_rec.append([r for p in part for r in p[2]])
+        out_r[0] = RewardResult(out_r[0].total, out_r[0].per_reward, out_r[0].sub_scores, failed)
+        metrics["dynamic/rollouts"] = float(1 + rounds)
+        metrics["dynamic/bound_hit"] = float(short > 0)
+        metrics["dynamic/kept_groups_frac"] = n_kept / (target * self.dist.world)
+        return out_b, out_r, out_rec
+
+    def _completion_lengths(
+        self, batches: list[RolloutBatch]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per batch: completion lengths [rows] (tokens that count) and truncated flags [rows] bool
+        (cut at max_new_tokens without an EOS; `truncated_rows`)."""
+        eos = hf_rollout.eos_ids(self.proc, self.model)
+        lens = [b.completion_mask.sum(1) for b in batches]
+        trunc = [truncated_rows(b.completion_ids, b.completion_mask, eos) for b in batches]
+        # a completion shorter than max_new_tokens stopped on its own even when the batch was trimmed
+        trunc = [t & (n >= self.cfg.rollout.max_new_tokens).to(t.device) for t, n in zip(trunc, lens)]
+        return lens, trunc
+
+    def _advantages(
+        self, results: list[RewardResult], lens: list[torch.Tensor], metrics: dict[str, float]
+    ) -> list[torch.Tensor]:
+        """Group advantages of every part of the step. grpo.overlong_buffer adds DAPO's soft overlong
+        penalty to the rewards first; adv_scale "batch" divides by one std over the step's whole
+        generation batch (every part, every rank: two small all-reduces), not a std per part."""
+        cfg, gr = self.cfg, self.cfg.grpo
+        rewards = [torch.tensor(res.total, dtype=torch.float32) for res in results]
+        if gr.overlong_buffer:
+            pens = [
+                overlong_penalty(
+                    n.float().cpu(), cfg.rollout.max_new_tokens, gr.overlong_buffer, gr.overlong_factor
+                )
+                for n in lens
+            ]
+            rewards = [r + p for r, p in zip(rewards, pens)]
+            pen = torch.cat(pens)
+            s, c, hit = dist.all_sum(
+                [float(pen.sum()), float(pen.numel()), float((pen < 0).sum())], self.dist, self.device
+            )
+            metrics["reward/overlong_penalty/mean"] = s / max(c, 1.0)
+            metrics["reward/overlong_penalty/frac"] = hit / max(c, 1.0)
+        batch_std = None
+        if gr.adv_scale == "batch":
+            flat = torch.cat(rewards).double()
+            flat = flat[~torch.isnan(flat)]
+            count, total = dist.all_sum([float(flat.numel()), float(flat.sum())], self.dist, self.device)
+            mean = total / max(count, 1.0)
+            sq = dist.all_sum([float((flat - mean).pow(2).sum())], self.dist, self.device)[0]
+            batch_std = batch_reward_std(count, sq, gr.adv_unbiased)
+        return [
+            group_advantages(
+                r,
+                cfg.rollout.group_size,
+                scale=gr.adv_scale,
+                eps=gr.adv_eps,
+                unbiased=gr.adv_unbiased,
+                valid=~torch.isnan(r),
+                batch_std=batch_std,
+            )
+            for r in rewards
+        ]
+
+    def _updates(self, batches: list[RolloutBatch], advs: list[torch.Tensor]) -> dict[str, float]:
+        """grpo.num_iterations optimizer updates on this rollout. With more than one, the sampling
+        policy's log-probs are computed once, before the first update (eval mode, no grad), and every
+        update's importance ratio divides by them. Metrics: the mean over the updates (grad_norm and
+        loss/* included), update/iterations."""
+        n = self.cfg.grpo.num_iterations
+        if n == 1:
+            return self.update(batches, advs)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            for b in batches:
+                if b.sample_logps is None:  # rollout.overlap already brought the sampling policy's
+                    b.sample_logps = self.logp_model(b, self.cfg.rollout.temperature).detach()
+        self.model.train(was_training)
+        rows = [self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)]
+        out: dict[str, float] = {}
+        for k in dict.fromkeys(k for r in rows for k in r):
+            vals = [r[k] for r in rows if k in r]
+            out[k] = rows[0][k] if k == "lr" else sum(vals) / len(vals)
+        out["update/iterations"] = float(n)
+        return out
+
     def train_step(self) -> dict[str, float]:
         cfg, timer = self.cfg, Timer(device=self.device)
         t0 = time.perf_counter()
-        advs, totals = [], []
         stale, rollout_s = 0.0, None
         with timer("rollout"):
             if self._pending is not None:  # sampled during the previous step (rollout.overlap)
@@ -420,22 +604,7 @@ class Trainer:
         else:
             with timer("reward"):
                 results, all_records = self._score(batches, all_samples, ctxs)
-        with timer("advantage"):
-            for res in results:
-                r = torch.tensor(res.total, dtype=torch.float32)
-                valid = ~torch.isnan(r)
-                advs.append(
-                    group_advantages(
-                        r,
-                        cfg.rollout.group_size,
-                        scale=cfg.grpo.adv_scale,
-                        eps=cfg.grpo.adv_eps,
-                        unbiased=cfg.grpo.adv_unbiased,
-                        valid=valid,
-                    )
-                )
-                totals.append(r)
-        all_r = torch.cat(totals)
+        all_r = torch.cat([torch.tensor(res.total, dtype=torch.float32) for res in results])
         # the step's first collective after the rewards; a rank whose reward service was given up
         # (ServiceError) joins it from _abandon_step with failed = 1, so that every rank stops here
         n_valid, n_all, n_failed = dist.all_sum(
@@ -444,7 +613,17 @@ class Trainer:
         if n_failed:
             raise _PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
         valid_frac = n_valid / n_all  # the same on every rank, so all ranks skip or update together
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = self._group_spread(results)
+        if cfg.grpo.dynamic_sampling and valid_frac >= cfg.grpo.min_valid_fraction:
+            batches, results, all_records = self._dynamic_sampling(
+                batches, results, all_records, timer, metrics
+            )
+        lens, truncated = self._completion_lengths(batches)
+        with timer("advantage"):
+            advs = self._advantages(results, lens, metrics)
+        if cfg.grpo.mask_truncated:  # after the lengths and the penalty have seen the full masks
+            for b, t in zip(batches, truncated):
+                b.completion_mask = b.completion_mask * (~t).to(b.completion_mask.dtype)[:, None]
         if valid_frac < cfg.grpo.min_valid_fraction:
             log.warning(
                 "step %d: only %.0f%% of samples got a reward; skipping the update",
@@ -454,7 +633,7 @@ class Trainer:
             metrics["update/skipped_rewards"] = 1.0
         else:
             with timer("update"):
-                metrics.update(self.update(batches, advs))
+                metrics.update(self._updates(batches, advs))
         if (
             cfg.grpo.ref.kind == "copy"
             and cfg.grpo.ref.refresh_every
@@ -465,15 +644,21 @@ class Trainer:
         gathered = dist.gather_objects(
             (
                 results,
-                [b.completion_mask.sum(1).float() for b in batches],
+                [x.float().cpu() for x in lens],
                 [c for b in batches for c in b.completions],
+                [t.cpu() for t in truncated],
             ),
             self.dist,
         )
         merged = RewardResult.concat([r for part in gathered for r in part[0]])
         metrics.update(merged.metrics("reward"))
-        lens = torch.cat([x.cpu() for part in gathered for x in part[1]])
+        lens = torch.cat([x for part in gathered for x in part[1]])
         metrics["completion/len_mean"] = float(lens.mean())
+        metrics["completion/len_min"] = float(lens.min())
+        metrics["completion/len_max"] = float(lens.max())
+        metrics["completion/truncated_frac"] = float(
+            torch.cat([t for part in gathered for t in part[3]]).float().mean()
+        )
         metrics["completion/distinct"] = float(len({c for part in gathered for c in part[2]}))
         metrics["data/bad_samples"] = float(self.sampler.bad)
         metrics.update(timer.times)
@@ -781,6 +966,16 @@ class Trainer:
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, old)
         self._old_handlers = {}
+
+
+def _select_result(res: RewardResult, rows: list[int]) -> RewardResult:
+    """The scores of some rows of a batch (their failure counts are not per row: 0 here)."""
+    return RewardResult(
+        total=res.total[rows],
+        per_reward={k: v[rows] for k, v in res.per_reward.items()},
+        sub_scores={k: v[rows] for k, v in res.sub_scores.items()},
+        failed=dict.fromkeys(res.failed, 0),
+    )
 
 
 class _PeerServiceError(ServiceError):

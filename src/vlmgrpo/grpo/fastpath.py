@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlmgrpo.grpo.core import grpo_loss, loss_scale_for_accumulation
+from vlmgrpo.grpo.core import grpo_loss, high_entropy_mask, loss_scale_for_accumulation
 from vlmgrpo.rollout import RolloutBatch
 
 # ------------------------------------------------------------------------------------ micro-batches
@@ -374,18 +374,29 @@ def policy_loss(
     grpo: Any,
     max_new_tokens: int,
     global_tokens: float,
+    entropy: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
     """`grpo_loss` of one micro-batch with the recipe's choices (grpo: the `GRPOConfig`).
-    logp, ref [rows, C]; adv [rows]. On-policy with one update per rollout the behaviour policy IS
-    the current one, so its log-probs are logp.detach() (ratio 1 in value; TRL does the same); the
-    sampling-time log-probs are used when a rollout carries them (is/ppo, off-policy overlap)."""
+    logp, ref, entropy [rows, C]; adv [rows]. On-policy with one update per rollout the behaviour
+    policy IS the current one, so its log-probs are logp.detach() (ratio 1 in value; TRL does the
+    same); the sampling-time log-probs are used when a rollout carries them (is/ppo: off-policy
+    overlap, or grpo.num_iterations > 1). grpo.top_entropy_quantile < 1 keeps the policy term of the
+    micro-batch's highest-entropy tokens only (`high_entropy_mask`)."""
     old = chunk.sample_logps if chunk.sample_logps is not None and grpo.loss != "pg" else logp.detach()
+    mask = chunk.completion_mask.to(logp.dtype)
+    quantile = getattr(grpo, "top_entropy_quantile", 1.0)
+    weight = None
+    if quantile < 1.0:
+        if entropy is None:
+            raise ValueError("grpo.top_entropy_quantile < 1 needs the token entropies")
+        weight = high_entropy_mask(entropy, mask, quantile)
+    delta = getattr(grpo, "delta", 0.0)
     return grpo_loss(
         logp,
         old,
         ref,
         adv.to(logp.device),
-        chunk.completion_mask.to(logp.dtype),
+        mask,
         kind=grpo.loss,
         aggregation=grpo.aggregation,
         beta=grpo.beta,
@@ -393,6 +404,11 @@ def policy_loss(
         clip_high=grpo.clip_high,
         max_tokens=max_new_tokens,
         num_items_in_batch=global_tokens,
+        level=getattr(grpo, "importance_level", "token"),
+        delta=delta if delta and delta > 0 else None,
+        kl_estimator=getattr(grpo, "kl_estimator", "k3"),
+        token_weight=weight,
+        entropy=entropy,
     )
 
 
@@ -411,19 +427,24 @@ def accumulate(
     """Forward and backward every micro-batch, each loss scaled so that the accumulated gradient is
     the whole batch's (`loss_scale_for_accumulation`). A DDP-wrapped `logp_model` all-reduces once,
     in the last backward. returns (the batch loss as a 0-d tensor: no host sync per micro-batch,
-    the loss statistics weighted by rows / all rows in `micro`)."""
+    the loss statistics weighted by rows / all rows in `micro`; "entropy" is weighted by completion
+    tokens instead: the token mean of the whole batch)."""
     stats: dict[str, float] = {}
     total: Any = 0.0
     rows = sum(len(m.batch) for m in micro)
+    tokens = sum(float(m.batch.completion_mask.sum()) for m in micro)
     for i, mb in enumerate(micro):
         chunk = mb.batch
         sync = i == len(micro) - 1 or not hasattr(logp_model, "no_sync")
         with contextlib.nullcontext() if sync else logp_model.no_sync():
             if shared_vision is not None:
                 shared_vision.use(mb.image_keys)
-            logp = logp_model(chunk, temperature)
+            # the token entropies come from the logits this forward computes anyway
+            logp, entropy = logp_model(chunk, temperature, with_entropy=True)
             ref = ref_logps(chunk) if ref_logps is not None else None
-            loss, st = policy_loss(logp, chunk, mb.advantages, ref, grpo, max_new_tokens, global_tokens)
+            loss, st = policy_loss(
+                logp, chunk, mb.advantages, ref, grpo, max_new_tokens, global_tokens, entropy=entropy
+            )
             n_tok = float(chunk.completion_mask.sum())
             scale = loss_scale_for_accumulation(
                 grpo.aggregation, len(chunk), global_seqs, n_tok, global_tokens
@@ -431,7 +452,8 @@ def accumulate(
             (loss * scale).backward()
         total = total + loss.detach().float() * scale
         for k, v in st.items():
-            stats[k] = stats.get(k, 0.0) + float(v) * len(chunk) / rows
+            w = n_tok / max(tokens, 1.0) if k in ("entropy", "entropy_kept_frac") else len(chunk) / rows
+            stats[k] = stats.get(k, 0.0) + float(v) * w
     if shared_vision is not None:
         shared_vision.backward()
     return torch.as_tensor(total), stats

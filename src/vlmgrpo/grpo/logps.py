@@ -26,7 +26,9 @@ def _split_head(model: Any) -> tuple[Any, Any] | None:
 
 
 class LogpModel(nn.Module):
-    """forward(batch) -> [B, C] log-probs of `batch.completion_ids` at `temperature`."""
+    """forward(batch) -> [B, C] log-probs of `batch.completion_ids` at `temperature`;
+    forward(batch, t, with_entropy=True) -> (log-probs, token entropies [B, C], no grad), the
+    entropies taken from the same logits (no second forward)."""
 
     def __init__(self, policy: nn.Module, chunk_tokens: int = 4096) -> None:
         super().__init__()
@@ -36,16 +38,19 @@ class LogpModel(nn.Module):
         # through the root module so that its hooks gather them (set by vlmgrpo.dist.wrap)
         self.full_forward = False
 
-    def forward(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, batch: RolloutBatch, temperature: float = 1.0, with_entropy: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         inputs = batch.model_inputs()
         p_len, c_len = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
         temp = temperature if temperature > 0 else 1.0
         split = None if self.full_forward else _split_head(self.policy)
         if split is None:  # unknown layout: fall back to logits of the completion positions
             logits = self.policy(**inputs, logits_to_keep=c_len + 1).logits[:, :-1]
-            from vlmgrpo.grpo.core import selective_log_softmax
+            from vlmgrpo.grpo.core import entropy_from_logits, selective_log_softmax
 
-            return selective_log_softmax(logits.float() / temp, batch.completion_ids)
+            logps = selective_log_softmax(logits.float() / temp, batch.completion_ids)
+            return (logps, entropy_from_logits(logits.float() / temp)) if with_entropy else logps
         trunk, head = split
         hidden = trunk(**inputs, use_cache=False).last_hidden_state  # [B, P + C, H]
         hidden = hidden[:, p_len - 1 : p_len + c_len - 1]  # position t predicts token t + 1
@@ -56,4 +61,5 @@ class LogpModel(nn.Module):
             chunk_tokens=self.chunk_tokens,
             temperature=temp,
             lm_head_bias=getattr(head, "bias", None),
+            with_entropy=with_entropy,
         )

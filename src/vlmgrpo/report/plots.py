@@ -310,6 +310,9 @@ def make_figures(
                 ax.set_axis_off()
             figs["components"] = fig
 
+        from vlmgrpo.report.diagnostics import diagnostics_figures  # entropy, clipping, lengths, ...
+
+        figs.update(diagnostics_figures(main, th, window))
         wkeys = [k for k in main.keys(r"warmup/.+", main.warmup)]
         if wkeys:
             fig, (ax,) = _new_figure(th, "Supervised warm-up")
