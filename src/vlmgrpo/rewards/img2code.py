@@ -38,8 +38,9 @@ from vlmgrpo.sandbox import STATUSES, Sandbox, SandboxConfig, SandboxResult
 
 log = logging.getLogger(__name__)
 CLASSES = tuple(s for s in STATUSES if s != "sandbox_error")
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-_PLOT_CALL = re.compile(r"\b(?:plt|ax\w*|fig\w*|axes\[[^\]]*\])\.\w+\(")
+# linear in the completion: the info string stops at a backtick, an index at 40 characters
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n`]*\n(.*?)(?:```|\Z)", re.S)
+_PLOT_CALL = re.compile(r"\b(?:plt|ax\w*|fig\w*|axes\[[^\]\n]{0,40}\])\.\w+\(")
 _SANDBOXES: dict[str, Sandbox] = {}
 
 
