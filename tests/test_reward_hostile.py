@@ -94,7 +94,7 @@ def test_geometry_hostile_completions_earn_no_accuracy():
     completions = [c for c, _ in GEO_HOSTILE] + ["<think>the diagram shows</think><answer>5</answer>"]
     res, elapsed = _score(completions, GEO_SAMPLE, specs)
     acc, grounding = res.per_reward["geometry_accuracy"], res.per_reward["geometry_grounding"]
-    for (c, why), a, g in zip(GEO_HOSTILE, acc, grounding):
+    for (_c, why), a, g in zip(GEO_HOSTILE, acc, grounding):
         assert a == 0.0 and g == 0.0, why
     assert acc[-1] == 1.0 and grounding[-1] > 0  # the honest completion still earns both
     assert res.failed == {"geometry_accuracy": 0, "geometry_grounding": 0}  # none ran past its bound
@@ -132,7 +132,7 @@ def test_area_hostile_completions_earn_no_accuracy():
     completions = [c for c, _ in AREA_HOSTILE] + ["<reasoning>20 x 20</reasoning><answer>400.00</answer>"]
     res, elapsed = _score(completions, AREA_SAMPLE, specs)
     correct = res.per_reward["area_correctness"]
-    for (c, why), v in zip(AREA_HOSTILE, correct):
+    for (_c, why), v in zip(AREA_HOSTILE, correct):
         assert v == -3.0, why
     assert correct[-1] == 3.0
     assert all(v == 0 for v in res.failed.values()), res.failed
