@@ -1,22 +1,26 @@
 """Run untrusted matplotlib programs (policy completions), one process each, and keep the figure.
 
-A launcher per program (`python -I sandbox.py SPEC`, own session) compiles it (syntax errors
-return at once), sets rlimits, imports matplotlib (Agg), isolates itself, forks the program and
-saves its current figure (`plt.gcf()`) through a descriptor opened beforehand. The timeout starts
-after this setup, so import time on a loaded machine is no timeout. Statuses: `STATUSES`
-(`sandbox_error` = the sandbox failed, not the program; the reward skips it). `run_many` runs
-programs on a thread pool sized to the machine, each in its own directory. Linux only.
+A launcher per program (`python -I sandbox.py SPEC`, own session) reads the program through a
+descriptor, compiles it (syntax errors return at once), sets rlimits, imports matplotlib (Agg),
+forks the program and saves its current figure (`plt.gcf()`) through a descriptor opened by the
+parent. The timeout starts after this setup, so import time on a loaded machine is no timeout.
+Statuses: `STATUSES` (`sandbox_error` = the sandbox failed, not the program; the reward skips
+it). `run_many` runs programs on a thread pool sized to the machine. Linux only.
 
-Covered always: own session killed as a group; rlimits (memory, CPU, file size, open files, no
-core); an environment built from scratch (no keys, tokens); own cwd, HOME and TMPDIR. As root
-(`SandboxResult.isolation` says what held per run): a network namespace with no interface up; a
-PID namespace with its own /proc (every process of the program dies with it); a leased
-unprivileged uid with RLIMIT_NPROC (not enforced for root); every mount read-only, a size-capped
-tmpfs cwd also mounted at /tmp, /var/tmp, /dev/shm, /run/lock; the trainer's home hidden;
-no_new_privs. Not covered: cgroup CPU/memory shares (a fork bomb that allocates may use
-max_procs x memory_mb), world-readable files, Unix sockets the uid may open, kernel exploits;
-without root only the first list. A program can misreport its class, but "ok" still needs a
-readable figure, which is all that is scored. Details: docs/img2code.md.
+Isolation is bubblewrap's (`bwrap`, Debian package `bubblewrap`), where it can build namespaces
+(as root; without root where user namespaces are allowed). It gives the launcher a fresh root
+with only what a Python program needs: /usr and its symlinks, a few /etc files (library cache,
+fonts), the interpreter's prefixes and the launcher, all read-only; a size-capped private tmpfs
+at /tmp as the working directory (its path exists inside, so `os.path.abspath` works); new /proc
+and /dev; new mount, PID, network, IPC and UTS namespaces. The launcher joins a fresh session
+keyring. As root the program also runs as a leased unprivileged uid (RLIMIT_NPROC per program,
+every process of the uid killed after the run). Without bubblewrap, or with `isolate: false`,
+only the "always" list holds: own session, rlimits (memory, CPU, file size, open files, no
+core), an environment built from scratch, own cwd. Limit hits (MemoryError, EFBIG, EMFILE,
+EAGAIN from fork, ENOSPC) are `resource_limit`. `SandboxResult.isolation` records, per run,
+which layers held (namespaces compared by inode with the trainer's). A program can misreport
+its class, but "ok" still needs a readable figure, which is all that is scored.
+Details and the table of guarantees: docs/img2code.md.
 """
 
 from __future__ import annotations
@@ -82,14 +86,14 @@ class SandboxConfig:
     cpu_s: float = 0.0  # CPU seconds per process; 0 = timeout_s
     memory_mb: int = 1024  # address space per process (RLIMIT_AS); matplotlib needs ~300
     max_procs: int = 8  # tasks (processes + threads) of the program, where enforceable
-    disk_mb: int = 64  # size of the private tmpfs working directory (root only)
+    disk_mb: int = 64  # size of the private tmpfs working directory (and /dev/shm), with bwrap
     max_file_mb: int = 64  # largest file a program may write (RLIMIT_FSIZE)
     max_open_files: int = 64
     dpi: int = 100  # figure saved at this dpi ...
     max_side: int = 1024  # ... or less, so that its longest side is at most this many pixels
     workers: int = 0  # parallel programs in run_many; 0 = the CPUs this process may use
     network: bool = False  # True: leave the network namespace alone (debugging only)
-    isolate: bool = True  # root: uid drop + namespaces; False: only the "always" list
+    isolate: bool = True  # bwrap view + namespaces (+ uid drop as root); False: only the "always" list
     setup_timeout_s: float = 120.0  # launcher setup (imports) before the program starts
     uid_base: int = 0  # first uid of the lease pool; 0 = near the top of the mapped range
     python: str = sys.executable
