@@ -15,6 +15,10 @@ A reward that raises does not stop the run: a per-sample failure skips that samp
 failure skips the batch; both are counted in `reward/<name>/failed`. The exceptions are the
 user's setup (`ConfigError`, `ModelLoadError`) and a remote service given up (`ServiceError`, see
 `vlmgrpo.http`): those stop the run with their one line.
+
+A spec's `timeout_s` (default: the bound the reward declares, e.g. 10 s for the geometry graders;
+0 = none) runs each call in a worker process that is killed past it (`rewards/deadline.py`): a
+call that runs out of time is a failure like any other (skipped, counted, its sample id logged).
 """
 
 from __future__ import annotations
