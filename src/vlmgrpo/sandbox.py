@@ -358,7 +358,8 @@ def bwrap_works() -> str:
         return "bubblewrap (bwrap) is not installed"
     user = [] if os.geteuid() == 0 else ["--unshare-user"]
     cmd = [exe, "--ro-bind", "/", "/", *user, "--unshare-ipc", "--unshare-pid", "--unshare-net"]
-    cmd += ["--unshare-uts", "--die-with-parent", "--proc", "/proc", "--dev", "/dev", "true"]
+    cmd += ["--unshare-uts", "--die-with-parent", "--proc", "/proc", "--dev", "/dev"]
+    cmd += ["--size", "1048576", "--perms", "1777", "--tmpfs", "/tmp", "true"]  # bwrap >= 0.8
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e:

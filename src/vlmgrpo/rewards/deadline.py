@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import importlib
 import multiprocessing as mp
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any
 MAX_WORKERS = 4  # concurrent calls (callers beyond this wait for a free worker)
 _IN_WORKER = False  # True inside a worker process
 _idle: list[_Worker] = []
+_owner = os.getpid()  # the process the idle workers belong to
 _lock = threading.Lock()
 _slots = threading.BoundedSemaphore(MAX_WORKERS)
 _warmups: list[str] = []  # "module:function" run by each worker before it takes calls
@@ -94,7 +96,11 @@ class _Worker:
 
 
 def _take() -> _Worker:
+    global _owner
     with _lock:
+        if _owner != os.getpid():  # a forked child must not talk to its parent's workers
+            _idle.clear()
+            _owner = os.getpid()
         while _idle:
             w = _idle.pop()
             if w.proc.is_alive():
