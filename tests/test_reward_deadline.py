@@ -84,3 +84,20 @@ def test_exceptions_in_the_worker_keep_their_type():
         deadline.call(divmod, 1, 0, timeout_s=30)
     with pytest.raises(deadline.DeadlineExceeded):
         deadline.call(time.sleep, 30, timeout_s=0.5)
+
+
+def test_a_script_without_a_main_guard_can_use_bounded_rewards(tmp_path):
+    """Regression: multiprocessing's spawn re-imported the caller's __main__, so a plain script
+    calling compute_rewards at top level failed every sample ("bootstrapping phase")."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "score.py"
+    script.write_text(
+        "from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards\n"
+        "rec = RewardRecord('p', '<answer>2\\\\sqrt{3}</answer>', [], {'id': 'x', 'answer': '\\\\sqrt{12}'})\n"
+        "res = compute_rewards([rec], [RewardSpec('geometry_accuracy')], RewardContext())\n"
+        "print('SCORE', res.per_reward['geometry_accuracy'][0], res.failed['geometry_accuracy'])\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert "SCORE 1.0 0" in out.stdout, out.stderr[-2000:]

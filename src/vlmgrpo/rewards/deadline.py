@@ -11,7 +11,8 @@ thread and cannot interrupt C code.
   that runs out of time raises `DeadlineExceeded`, i.e. the sample is skipped and counted in
   `reward/<name>/failed`, and the warning names its sample id.
 
-Workers are spawned (no fork of a process that holds a GPU context), kept and reused; as many run
+Workers are fresh interpreters (no fork of a process that holds a GPU context, no re-import of the
+caller's `__main__`), kept and reused; as many run
 as there are concurrent callers (at most `MAX_WORKERS`). Start-up costs ~0.5-1 s (imports), once
 per worker and again after each kill. Inside a worker, `call` runs inline under a SIGALRM timer
 (the worker's main thread), and the parent's deadline is the hard stop.
@@ -22,11 +23,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import multiprocessing as mp
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 MAX_WORKERS = 4  # concurrent calls (callers beyond this wait for a free worker)
@@ -49,6 +55,26 @@ def warm_up(target: str) -> None:
 
 class DeadlineExceeded(TimeoutError):
     """The call ran past its time bound and was stopped."""
+
+
+# The worker runs `python -c WORKER_MAIN FD WARMUPS`: not multiprocessing's spawn, which re-imports
+# the caller's __main__ (a script without an `if __name__ == "__main__"` guard would recurse)
+WORKER_MAIN = (
+    "import json, os, sys; sys.path[:] = json.loads(os.environ.pop('VLMGRPO_DEADLINE_PATH'));"
+    "from vlmgrpo.rewards.deadline import _worker_main; _worker_main(int(sys.argv[1]), json.loads(sys.argv[2]))"
+)
+
+
+def _worker_main(fd: int, warmups: list[str]) -> None:
+    parent = os.getppid()
+
+    def orphan_watch() -> None:  # the trainer died while a call was running: stop too
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=orphan_watch, daemon=True).start()
+    _serve(Connection(fd), warmups)
 
 
 def _serve(conn: Any, warmups: list[str]) -> None:
@@ -76,21 +102,29 @@ def _serve(conn: Any, warmups: list[str]) -> None:
 
 class _Worker:
     def __init__(self) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_serve, args=(child, list(_warmups)), daemon=True, name="vlmgrpo-deadline"
-        )
-        self.proc.start()
-        child.close()
-        if not self.conn.poll(STARTUP_TIMEOUT_S) or self.conn.recv()[0] != "ready":
+        mine, theirs = socket.socketpair()
+        env = dict(os.environ, VLMGRPO_DEADLINE_PATH=json.dumps(sys.path))  # import what we import
+        cmd = [sys.executable, "-c", WORKER_MAIN, str(theirs.fileno()), json.dumps(_warmups)]
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self.conn = Connection(mine.detach())
+        try:
+            ready = self.conn.poll(STARTUP_TIMEOUT_S) and self.conn.recv()[0] == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
             self.kill()
             raise RuntimeError(f"a deadline worker did not start within {STARTUP_TIMEOUT_S:g} s")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):
             self.proc.kill()
-            self.proc.join(5)
+            self.proc.wait(5)
         with contextlib.suppress(Exception):
             self.conn.close()
 
@@ -103,7 +137,7 @@ def _take() -> _Worker:
             _owner = os.getpid()
         while _idle:
             w = _idle.pop()
-            if w.proc.is_alive():
+            if w.alive():
                 return w
             w.kill()
     return _Worker()
