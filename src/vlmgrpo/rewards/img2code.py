@@ -183,6 +183,12 @@ def img2code_prepare(**kwargs: Any) -> None:
         raise VlmgrpoError(
             f"img2code: the sandbox cannot run a plain matplotlib program ({res.status}: {last})"
         )
+    if res.isolation.get("backend") != "bwrap":
+        log.warning(
+            "img2code sandbox: only rlimits, a timeout and a clean environment hold here (%s); the "
+            "program can read and write what this user can (docs/img2code.md)",
+            res.isolation.get("why_not", "no bubblewrap"),
+        )
     missing = [k for k, v in res.isolation.items() if v is False]
     if missing:
         log.warning(
