@@ -68,6 +68,28 @@ def test_geometry_grader_returns_fast_on_inputs_that_hung_it(name):
     assert elapsed < 4 * SYMBOLIC_TIMEOUT_S + 3, (name, elapsed)
 
 
+def test_symbolic_comparison_is_stopped_at_its_bound():
+    """Past the string guards, sympy itself can be slow ((x+y+z+1)^40 against another power: 5 s
+    in math-verify's main-thread timeout, unbounded in a worker thread before): the deadline worker
+    is killed after SYMBOLIC_TIMEOUT_S and the answer is wrong, not a hung step."""
+    import os
+
+    from vlmgrpo.rewards import deadline
+
+    deadline.call(os.getpid, timeout_s=60)  # a started worker: its start-up is not what is measured
+    out: list = []
+
+    def run():
+        t0 = time.monotonic()
+        out.append((grade("(x+y+z+1)^{40}", "(x+y+z+2)^{40}"), time.monotonic() - t0))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert out and out[0][0] is False
+    assert out[0][1] < SYMBOLIC_TIMEOUT_S + 2, out
+
+
 GEO_SAMPLE = {"id": "g1", "answer": "5", "choices": ["3", "5", "7", "9"]}
 GEO_HOSTILE = [  # (completion, why it earns no accuracy)
     ("<think>t</think><answer>5</answer><answer>7</answer>", "two answer blocks"),
