@@ -215,7 +215,8 @@ GOOD = "<reasoning>\n20 by 20\n</reasoning>\n<answer>400.00</answer>"
         ("400.00", 400.0, -3.0),  # missing tags
         ("<answer>400.00", 400.0, -3.0),  # unclosed
         ("", 400.0, -3.0),
-        ("<answer>400.00</answer><answer>1.00</answer>", 400.0, 3.0),  # the first answer counts
+        ("<answer>400.00</answer><answer>1.00</answer>", 400.0, -3.0),  # two answers: a hedge
+        ("<answer>400.00</answer> so <answer> 400.00 </answer>", 400.0, 3.0),  # the same twice
     ],
 )
 def test_correctness_exact_values(text, gt, score):

@@ -47,12 +47,13 @@ TABLE: list[tuple[str, str, list[str] | None, bool, str]] = [
     ("40/3", "\\frac{40}{3}", None, True, "slash fraction"),
     ("\\dfrac{40}{3}", "\\frac{40}{3}", None, True, "\\dfrac"),
     ("13.3333", "\\frac{40}{3}", None, True, "decimal within rel tol"),
-    ("13.33", "\\frac{40}{3}", None, True, "decimal that rounds to it"),
-    ("13.3", "\\frac{40}{3}", None, True, "3 significant digits"),
+    ("13.33", "\\frac{40}{3}", None, False, "2 decimals of an exact reference: too coarse"),
+    ("13.3", "\\frac{40}{3}", None, False, "3 significant digits of an exact reference"),
     ("13.4", "\\frac{40}{3}", None, False, "decimal that does not round to it"),
     ("13", "\\frac{40}{3}", None, False, "integer part only"),
     ("0.3", "\\frac{1}{3}", None, False, "one significant digit is too coarse"),
-    ("0.33", "\\frac{1}{3}", None, True, "two significant digits"),
+    ("0.33", "\\frac{1}{3}", None, False, "two significant digits of an exact reference"),
+    ("0.33333", "\\frac{1}{3}", None, True, "within the relative tolerance"),
     ("\\frac{3}{40}", "\\frac{40}{3}", None, False, "inverted fraction"),
     ("6\\frac{1}{2}", "6.5", None, True, "mixed number"),
     ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}", None, True, "radical over 2"),
@@ -61,9 +62,9 @@ TABLE: list[tuple[str, str, list[str] | None, bool, str]] = [
     ("2 \\sqrt 3", "2\\sqrt{3}", None, True, "brace-less \\sqrt"),
     ("2√3", "2\\sqrt{3}", None, True, "unicode root"),
     ("\\sqrt{12}", "2\\sqrt{3}", None, True, "unsimplified radical"),
-    ("3.46", "2\\sqrt{3}", None, True, "2 decimals rounding"),
+    ("3.46", "2\\sqrt{3}", None, False, "2 decimals of an exact radical"),
     ("3.464", "2\\sqrt{3}", None, True, "3 decimals rounding"),
-    ("3.5", "2\\sqrt{3}", None, True, "1 decimal, 2 significant digits (3.464 rounds to 3.5)"),
+    ("3.5", "2\\sqrt{3}", None, False, "1 decimal of an exact radical (the old rounding rule paid it)"),
     ("3.4", "2\\sqrt{3}", None, False, "1 decimal that does not round to it"),
     ("3", "2\\sqrt{3}", None, False, "integer near a radical"),
     ("2\\sqrt{2}", "2\\sqrt{3}", None, False, "wrong radicand"),
@@ -71,7 +72,8 @@ TABLE: list[tuple[str, str, list[str] | None, bool, str]] = [
     ("4\\sqrt{3} \\approx 6.93", "4\\sqrt{3}", None, True, "exact and approximate agree"),
     ("4\\sqrt{3} \\approx 7.5", "4\\sqrt{3}", None, False, "approximation contradicts"),
     ("2 \\sqrt { 221 }", "2\\sqrt{221}", None, True, "Geometry3K's spaced LaTeX"),
-    ("29.7", "2 \\sqrt { 221 }", None, True, "decimal of a spaced radical"),
+    ("29.7", "2 \\sqrt { 221 }", None, False, "coarse decimal of a spaced radical"),
+    ("29.7321", "2 \\sqrt { 221 }", None, True, "precise decimal of a spaced radical"),
     # --- pi multiples
     ("12\\pi", "12\\pi", None, True, "identical pi multiple"),
     ("12π", "12\\pi", None, True, "unicode pi"),
@@ -79,7 +81,8 @@ TABLE: list[tuple[str, str, list[str] | None, bool, str]] = [
     ("37.7", "12\\pi", None, True, "pi multiple, 1 decimal"),
     ("38", "12\\pi", None, False, "rounded to an integer"),
     ("6\\pi", "12\\pi", None, False, "half of it"),
-    ("3.14", "\\pi", None, True, "pi to 2 decimals"),
+    ("3.14", "\\pi", None, False, "pi to 2 decimals is not pi"),
+    ("3.14159", "\\pi", None, True, "pi within the relative tolerance"),
     ("\\pi r^2", "12\\pi", None, False, "formula, not a value"),
     # --- decimals with tolerance
     ("6.928", "6.9", None, True, "reference is the rounded value"),
@@ -87,7 +90,16 @@ TABLE: list[tuple[str, str, list[str] | None, bool, str]] = [
     ("7", "6.9", None, False, "integer near a decimal"),
     ("6.90", "6.9", None, True, "trailing zero"),
     ("0.5", "0.52", None, False, "one significant digit"),
-    ("1.7", "\\sqrt{3}", None, True, "2 significant digits"),
+    ("1.7", "\\sqrt{3}", None, False, "2 significant digits of an exact radical"),
+    ("6.9", "6.9", None, True, "reference precision"),
+    ("4\\sqrt{3}", "6.9", None, True, "exact value against a rounded reference"),
+    (
+        "\\approx 6.93",
+        "4\\sqrt{3}",
+        None,
+        False,
+        "an approximation alone is judged at the reference's precision",
+    ),
     ("17.32", "17.3", None, True, "finer than the reference"),
     ("17.36", "17.3", None, False, "finer but rounds elsewhere"),
     # --- choice letters and choice values
@@ -102,7 +114,8 @@ TABLE: list[tuple[str, str, list[str] | None, bool, str]] = [
     ("7", "B", CH_A, False, "wrong value against a letter"),
     ("E", "B", CH_A, False, "letter outside the choices"),
     ("C", "4\\sqrt{3}", CH_RAD, True, "letter for a radical choice"),
-    ("6.93", "C", CH_RAD, True, "decimal of a radical choice"),
+    ("6.93", "C", CH_RAD, False, "coarse decimal of a radical choice"),
+    ("6.9282", "C", CH_RAD, True, "precise decimal of a radical choice"),
     ("6.95", "6.9", CH_DEC, True, "rounds to both 6.9 and 7.0; nearest is 6.9"),
     ("6.96", "6.9", CH_DEC, False, "rounds to both; nearest is 7.0"),
     ("D", "144\\pi", CH_PI, True, "letter for a pi choice"),
@@ -115,6 +128,17 @@ TABLE: list[tuple[str, str, list[str] | None, bool, str]] = [
     ("", "12", None, False, "empty prediction"),
     ("I cannot tell", "12", None, False, "no answer"),
     ("10^{10^{10}}", "12", None, False, "huge power is not evaluated"),
+    # --- written forms
+    ("approximately 24", "24", None, True, "approximately"),
+    ("about 24 square units", "24", None, True, "about, with a unit"),
+    ("~24", "24", None, True, "tilde"),
+    ("1.5e2", "150", None, True, "scientific notation"),
+    ("1.5 \\times 10^{2}", "150", None, True, "scientific notation in LaTeX"),
+    ("1.5e2", "15", None, False, "scientific notation, wrong value"),
+    ("1,234.5", "1234.5", None, True, "thousands separator with decimals"),
+    ("\\boxed{12}", "12", None, True, "boxed inside the answer"),
+    ("\\boxed{3} or \\boxed{5}", "3", None, False, "two boxes hedge"),
+    ("x = \\boxed{4\\sqrt{3}}", "4\\sqrt{3}", None, True, "boxed after a name"),
 ]
 
 
@@ -129,7 +153,7 @@ def test_table_is_large_and_balanced():
 
 
 def test_relative_tolerance_is_configurable():
-    assert grade("100.5", "100", None) is False  # "100.5" has 1 decimal: it must be within 0.05
+    assert grade("100.5", "100", None) is False  # an exact reference: within rel_tol only
     assert grade("100.5", "100", None, rel_tol=1e-2) is True
     assert grade("100.02", "100", None) is False
     assert grade("100.02", "100", None, rel_tol=1e-3) is True
@@ -157,7 +181,8 @@ def test_normalize_and_to_number():
     [
         ("<think>a</think><answer>12</answer>", True, "12"),
         ("<think>a</think><answer> \\boxed{4\\sqrt{3}} </answer>", True, "4\\sqrt{3}"),
-        ("<answer>3</answer> then <answer>5</answer>", True, "3"),
+        ("<answer>3</answer> then <answer>5</answer>", True, None),  # two answers: a hedge
+        ("<answer>3</answer> so <answer> 3 </answer>", True, "3"),  # the same one twice
         ("<think>so x = 7</think><answer>7", True, "7"),
         ("<think>...</think> The answer is \\boxed{\\frac{1}{2}}.", True, "\\frac{1}{2}"),
         ("Therefore the answer is 42.", True, "42"),

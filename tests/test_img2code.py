@@ -196,6 +196,16 @@ def test_prepare_checks_settings_and_probes_the_sandbox_at_start_up():
     prepare(w_exec=0.3, sandbox={"timeout_s": 20})  # runs one plain program
 
 
+def test_prepare_warns_when_the_sandbox_runs_without_isolation(caplog):
+    from vlmgrpo.rewards import resolve_reward
+
+    with caplog.at_level("WARNING", logger="vlmgrpo.rewards.img2code"):
+        resolve_reward("img2code").fn.prepare(sandbox={"timeout_s": 20, "isolate": False})
+    assert any(
+        "only rlimits" in r.getMessage() and "isolate: false" in r.getMessage() for r in caplog.records
+    )
+
+
 def test_summarize_gives_rates_similarity_score_and_code_stats():
     nan = math.nan
     base = dict.fromkeys(CLASSES, 0.0)

@@ -287,6 +287,9 @@ class RewardEntry:
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     label: str = ""  # metric name; default = the function's name
+    timeout_s: float | None = (
+        None  # per-call bound in a worker process; None = the reward's default, 0 = none
+    )
 
 
 @dataclass

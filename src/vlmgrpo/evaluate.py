@@ -315,7 +315,7 @@ def reward_task(model: Any, proc: Any, ctx: TaskContext, summarize: str = "") ->
         for i, (s, p, comps) in enumerate(zip(items, prompts, completions))
         for j, c in enumerate(comps)
     ]
-    specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label) for r in cfg.rewards]
+    specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label, r.timeout_s) for r in cfg.rewards]
     res = compute_rewards(records, specs, RewardContext(step=ctx.step, phase="eval", seed=o.seed))
     metrics = res.metrics("eval")
     out: dict[str, Any] = {"score": metrics.get("eval/reward/mean"), "metrics": metrics}

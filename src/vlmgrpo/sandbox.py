@@ -1,22 +1,26 @@
 """Run untrusted matplotlib programs (policy completions), one process each, and keep the figure.
 
-A launcher per program (`python -I sandbox.py SPEC`, own session) compiles it (syntax errors
-return at once), sets rlimits, imports matplotlib (Agg), isolates itself, forks the program and
-saves its current figure (`plt.gcf()`) through a descriptor opened beforehand. The timeout starts
-after this setup, so import time on a loaded machine is no timeout. Statuses: `STATUSES`
-(`sandbox_error` = the sandbox failed, not the program; the reward skips it). `run_many` runs
-programs on a thread pool sized to the machine, each in its own directory. Linux only.
+A launcher per program (`python -I sandbox.py SPEC`, own session) reads the program through a
+descriptor, compiles it (syntax errors return at once), sets rlimits, imports matplotlib (Agg),
+forks the program and saves its current figure (`plt.gcf()`) through a descriptor opened by the
+parent. The timeout starts after this setup, so import time on a loaded machine is no timeout.
+Statuses: `STATUSES` (`sandbox_error` = the sandbox failed, not the program; the reward skips
+it). `run_many` runs programs on a thread pool sized to the machine. Linux only.
 
-Covered always: own session killed as a group; rlimits (memory, CPU, file size, open files, no
-core); an environment built from scratch (no keys, tokens); own cwd, HOME and TMPDIR. As root
-(`SandboxResult.isolation` says what held per run): a network namespace with no interface up; a
-PID namespace with its own /proc (every process of the program dies with it); a leased
-unprivileged uid with RLIMIT_NPROC (not enforced for root); every mount read-only, a size-capped
-tmpfs cwd also mounted at /tmp, /var/tmp, /dev/shm, /run/lock; the trainer's home hidden;
-no_new_privs. Not covered: cgroup CPU/memory shares (a fork bomb that allocates may use
-max_procs x memory_mb), world-readable files, Unix sockets the uid may open, kernel exploits;
-without root only the first list. A program can misreport its class, but "ok" still needs a
-readable figure, which is all that is scored. Details: docs/img2code.md.
+Isolation is bubblewrap's (`bwrap`, Debian package `bubblewrap`), where it can build namespaces
+(as root; without root where user namespaces are allowed). It gives the launcher a fresh root
+with only what a Python program needs: /usr and its symlinks, a few /etc files (library cache,
+fonts), the interpreter's prefixes and the launcher, all read-only; a size-capped private tmpfs
+at /tmp as the working directory (its path exists inside, so `os.path.abspath` works); new /proc
+and /dev; new mount, PID, network, IPC and UTS namespaces. The launcher joins a fresh session
+keyring. As root the program also runs as a leased unprivileged uid (RLIMIT_NPROC per program,
+every process of the uid killed after the run). Without bubblewrap, or with `isolate: false`,
+only the "always" list holds: own session, rlimits (memory, CPU, file size, open files, no
+core), an environment built from scratch, own cwd. Limit hits (MemoryError, EFBIG, EMFILE,
+EAGAIN from fork, ENOSPC) are `resource_limit`. `SandboxResult.isolation` records, per run,
+which layers held (namespaces compared by inode with the trainer's). A program can misreport
+its class, but "ok" still needs a readable figure, which is all that is scored.
+Details and the table of guarantees: docs/img2code.md.
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from __future__ import annotations
 import builtins
 import contextlib
 import ctypes
+import errno
 import fcntl
+import functools
 import io
 import json
 import linecache
 import os
-import pwd
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,12 +55,26 @@ from PIL import Image
 STATUSES = ("ok", "syntax_error", "runtime_error", "timeout", "resource_limit", "no_figure", "sandbox_error")
 # launcher exit codes (before the setup report: syntax / setup; after it: the program's outcome)
 EXIT_OK, EXIT_SYNTAX, EXIT_RUNTIME, EXIT_NO_FIGURE, EXIT_RESOURCE, EXIT_SETUP = 0, 10, 11, 12, 13, 20
-CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 # soft CPU / file-size limits; SIGKILL not sent by us: the hard CPU limit or the OOM killer
 LIMIT_SIGNALS = (signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL)
+# errors that mean a limit was hit: fork/thread (EAGAIN), memory, file size, open files, tmpfs full
+LIMIT_ERRNOS = {
+    errno.EAGAIN,
+    errno.ENOMEM,
+    errno.EFBIG,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOSPC,
+    errno.EDQUOT,
+}
+NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "user", "cgroup")
+NS_KEYS = {"mnt": "mount_ns", "pid": "pid_ns", "net": "network", "ipc": "ipc_ns", "uts": "uts_ns"}
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
+# paths inside the bwrap view: the launcher, matplotlib's font list (read-only), a writable copy
+SBX_LAUNCHER, SBX_MPL_CACHE, SBX_MPL, SBX_WORK = "/sbx/launcher.py", "/sbx/mpl-cache", "/sbx/mpl", "/tmp"
+# what a Python program may need besides its interpreter: the shared libraries' cache, fonts
+ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/fonts", "/etc/localtime")
 UID_POOL = 1024  # uids leased to concurrent runs: base .. base + UID_POOL - 1
 
 
@@ -66,14 +86,14 @@ class SandboxConfig:
     cpu_s: float = 0.0  # CPU seconds per process; 0 = timeout_s
     memory_mb: int = 1024  # address space per process (RLIMIT_AS); matplotlib needs ~300
     max_procs: int = 8  # tasks (processes + threads) of the program, where enforceable
-    disk_mb: int = 64  # size of the private tmpfs working directory (root only)
+    disk_mb: int = 64  # size of the private tmpfs working directory (and /dev/shm), with bwrap
     max_file_mb: int = 64  # largest file a program may write (RLIMIT_FSIZE)
     max_open_files: int = 64
     dpi: int = 100  # figure saved at this dpi ...
     max_side: int = 1024  # ... or less, so that its longest side is at most this many pixels
     workers: int = 0  # parallel programs in run_many; 0 = the CPUs this process may use
     network: bool = False  # True: leave the network namespace alone (debugging only)
-    isolate: bool = True  # root: uid drop + namespaces; False: only the "always" list
+    isolate: bool = True  # bwrap view + namespaces (+ uid drop as root); False: only the "always" list
     setup_timeout_s: float = 120.0  # launcher setup (imports) before the program starts
     uid_base: int = 0  # first uid of the lease pool; 0 = near the top of the mapped range
     python: str = sys.executable
@@ -95,93 +115,12 @@ class SandboxResult:
 
 # ====================================================================== launcher (child side)
 def _libc() -> Any:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-    return libc
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         raise OSError(ctypes.get_errno(), f"{what}: {os.strerror(ctypes.get_errno())}")
-
-
-def _mount(libc: Any, src: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
-    enc = lambda s: s.encode() if s else None  # noqa: E731
-    _check(libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
-
-
-def _mountinfo() -> list[tuple[str, int]]:
-    """(mount point, flags to keep when remounting) of every mount, octal escapes decoded."""
-    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
-    rows = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return [
-        (r[4].encode().decode("unicode_escape"), sum(keep.get(o, 0) for o in r[5].split(","))) for r in rows
-    ]
-
-
-def _python_dirs(under: str, extra: Sequence[str] = ()) -> list[str]:
-    """This interpreter's directories (and `extra`) below `under`, outermost only: what the dropped
-    uid must still read when `under` (e.g. /root holding a pyenv) is hidden."""
-    cands = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys.path, *extra}
-    dirs = sorted({os.path.realpath(p) for p in cands if p and os.path.isdir(p)})
-    dirs = [d for d in dirs if d.startswith(under.rstrip("/") + "/")]
-    return [d for d in dirs if not any(d.startswith(o + "/") for o in dirs if o != d)]
-
-
-def _isolate_mounts(libc: Any, spec: dict, report: dict) -> None:
-    """Read-only everything, hide the trainer's home, private tmpfs cwd (also at /tmp & co)."""
-    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
-    report["mount_ns"] = True
-    rundir = os.path.dirname(spec["workdir"])
-    hidden = {h: _python_dirs(h, [rundir]) for h in spec["hide"] if os.path.isdir(h)}
-    keep_fds = {d: os.open(d, os.O_RDONLY | os.O_DIRECTORY) for ds in hidden.values() for d in ds}
-    failed = []
-    for point, flags in _mountinfo():
-        try:
-            _mount(libc, None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
-        except OSError as e:
-            failed.append(f"{point}: {e.strerror}")
-    report["readonly_fs"], report["readonly_failures"] = not failed, failed
-    for home, dirs in hidden.items():
-        _mount(libc, "tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, "size=256k,mode=0755")
-        for d in dirs:
-            os.makedirs(d, mode=0o755, exist_ok=True)
-            _mount(libc, f"/proc/self/fd/{keep_fds[d]}", d, None, MS_BIND | MS_REC)
-            _mount(libc, None, d, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-        _mount(libc, None, home, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    for fd in keep_fds.values():
-        os.close(fd)
-    report["home_hidden"] = bool(hidden)
-    owner = spec["uid"] if spec["uid"] is not None else os.getuid()
-    opts = f"size={spec['disk_mb']}m,mode=0700,uid={owner},gid={owner}"
-    _mount(libc, "tmpfs", spec["workdir"], "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    os.chdir(spec["workdir"])
-    wfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
-    private = [
-        d for d in ("/var/tmp", "/dev/shm", "/run/lock", "/tmp") if os.path.isdir(d) and not os.path.islink(d)
-    ]
-    # this interpreter may live below /tmp (a venv in a CI checkout): keep a handle on its
-    # directories, give /tmp its own private tmpfs instead of the workdir (so the program's cwd
-    # stays clean; the cwd keeps the workdir reachable), and mount them back there read-only
-    py_dirs = [q for q in _python_dirs("/tmp") if not q.startswith(rundir + "/")]
-    py_fds = {q: os.open(q, os.O_RDONLY | os.O_DIRECTORY) for q in py_dirs}
-    for d in private:  # /tmp last: the workdir lives in it
-        if d == "/tmp" and py_fds:
-            _mount(libc, "tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, opts.replace("mode=0700", "mode=0777"))
-        else:
-            _mount(libc, f"/proc/self/fd/{wfd}", d, None, MS_BIND)
-    for q, fd in py_fds.items():
-        os.makedirs(q, mode=0o755, exist_ok=True)
-        _mount(libc, f"/proc/self/fd/{fd}", q, None, MS_BIND | MS_REC)
-        _mount(libc, None, q, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-        os.close(fd)
-    os.close(wfd)
-    report["private_tmp"] = True
-
-
-def _world_traversable(path: str) -> bool:
-    p = Path(path).resolve()
-    return all(os.stat(q).st_mode & 0o001 for q in [p, *p.parents])
 
 
 def _set_limits(spec: dict) -> None:
@@ -192,72 +131,91 @@ def _set_limits(spec: dict) -> None:
         resource.setrlimit(lim, (value, value))
 
 
+def _ns_inodes() -> dict[str, int]:
+    """Inode of each namespace this process is in: equal inodes = the same namespace."""
+    out = {}
+    for name in NAMESPACES:
+        with contextlib.suppress(OSError):
+            out[name] = os.stat(f"/proc/self/ns/{name}").st_ino
+    return out
+
+
+def _new_session_keyring(libc: Any) -> bool:
+    """Join a fresh, empty, anonymous session keyring (keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)):
+    keys the trainer's session holds are out of reach."""
+    nr = SYS_KEYCTL.get(os.uname().machine)
+    return nr is not None and libc.syscall(nr, 1, None) > 0
+
+
 def _launcher(spec: dict) -> None:
-    """Runs as `python -I sandbox.py SPEC`: compile, limit, import, isolate, fork, report."""
-    report: dict[str, Any] = dict.fromkeys(("network", "pid_ns", "mount_ns", "private_tmp"), False)
-    report.update(readonly_fs=False, home_hidden=False, proc_private=False, uid=None)
+    """Runs as `python -I sandbox.py SPEC` (inside bwrap where available): read, compile, limit,
+    import matplotlib, fork the program, report."""
+    report: dict[str, Any] = {"backend": spec["backend"], "uid": None}
     try:
         os.umask(0o022)
         _set_limits(spec)
-        src = Path(spec["program"]).read_text(encoding="utf-8", errors="replace")
+        with os.fdopen(spec["program_fd"], "rb") as f:
+            src = f.read().decode("utf-8", errors="replace")
         try:
             code = compile(src, "<program>", "exec", dont_inherit=True)
         except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
             sys.stderr.write("".join(traceback.format_exception_only(*sys.exc_info()[:2])))
             sys.stderr.flush()
             os._exit(EXIT_SYNTAX)
-        # opened before unshare, so it is no writer on the namespace's / (which then can go read-only)
-        fig_fd = os.open(spec["figure"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        # before unshare: a first import may run fc-list, which would become pid 1 of the new PID
-        # namespace and, by exiting, make every later fork there fail (ENOMEM)
+        libc = _libc()
+        if spec["backend"] == "bwrap":
+            # matplotlib's font list, built by the parent, copied to a writable private folder
+            mpl = os.environ["MPLCONFIGDIR"]
+            for name in os.listdir(SBX_MPL_CACHE):
+                if name.endswith(".json"):
+                    Path(mpl, name).write_bytes(Path(SBX_MPL_CACHE, name).read_bytes())
+            ns = _ns_inodes()  # compared with the trainer's: a namespace that is not new fails the test
+            for name, key in NS_KEYS.items():
+                report[key] = name in ns and ns[name] != spec["host_ns"].get(name)
+            report["fs_view"] = not os.path.exists(spec["rundir"])  # the host's run folder is not here
+            report["keyring"] = _new_session_keyring(libc)
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        libc = _libc()
-        if spec["isolate"] and os.geteuid() == 0:
-            net = 0 if spec["network"] else CLONE_NEWNET
-            if libc.unshare(CLONE_NEWNS | CLONE_NEWPID | net) == 0:
-                report.update(mount_ns=True, pid_ns=True, network=bool(net))
-            else:  # e.g. seccomp allows some namespaces only: take what we can get
-                for flag, key in ((net, "network"), (CLONE_NEWPID, "pid_ns"), (CLONE_NEWNS, "mount_ns")):
-                    report[key] = bool(flag) and libc.unshare(flag) == 0
-        if report["mount_ns"]:
-            report["mount_ns"] = False
-            _isolate_mounts(libc, spec, report)
-        else:
-            os.chdir(spec["workdir"])
-        uid = spec["uid"]
-        if uid is not None and not report["home_hidden"] and not _world_traversable(sys.base_prefix):
-            uid = None  # the dropped uid could not import the rest of the stdlib: stay root
+        os.chdir(spec["workdir"])
         pid = os.fork()
     except Exception as e:
         sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
         os._exit(EXIT_SETUP)
     if pid == 0:
-        _program(code, src, spec, report, uid, fig_fd, libc, plt)
+        _program(code, src, spec, report, spec["uid"], spec["figure_fd"], libc, plt)
     # on the parent's timeout, kill and reap the program here: init may never reap an orphan
     signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
     os.close(spec["report_fd"])
-    os.close(fig_fd)
+    os.close(spec["figure_fd"])
     _, status = os.waitpid(pid, 0)
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+
+def _is_resource_error(exc: BaseException | None) -> bool:
+    """A limit hit, anywhere in the exception's chain: memory, file size, open files, processes,
+    the scratch tmpfs full."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in LIMIT_ERRNOS):
+            return True
+        if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _program(
     code: Any, src: str, spec: dict, report: dict, uid: int | None, fig_fd: int, libc: Any, plt: Any
 ) -> None:
-    """The forked child (pid 1 of its namespace when there is one): drop, report, run, save."""
+    """The forked child: drop to the leased uid, report, run, save."""
     try:
-        if report["pid_ns"] and report["mount_ns"]:
-            with contextlib.suppress(OSError):
-                _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
-                report["proc_private"] = True
         if uid is not None:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)  # clears every capability
             report["uid"] = uid
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid: it clears this
@@ -268,8 +226,8 @@ def _program(
     except Exception as e:
         sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
         os._exit(EXIT_SETUP)
-    home = "/tmp" if report["private_tmp"] else os.getcwd()
-    os.environ.update(HOME=home, TMPDIR=home, MPLCONFIGDIR=home)
+    home = spec["workdir"]
+    os.environ.update(HOME=home, TMPDIR=home)
     if "tempfile" in sys.modules:
         sys.modules["tempfile"].tempdir = None
     linecache.cache["<program>"] = (len(src), None, src.splitlines(True), "<program>")
@@ -291,12 +249,9 @@ def _program(
         else:
             print("the program left no open matplotlib figure", file=sys.stderr)
             rc = EXIT_NO_FIGURE
-    except MemoryError:
+    except BaseException as e:
         traceback.print_exc()
-        rc = EXIT_RESOURCE
-    except BaseException:
-        traceback.print_exc()
-        rc = EXIT_RUNTIME
+        rc = EXIT_RESOURCE if _is_resource_error(e) else EXIT_RUNTIME
     with contextlib.suppress(Exception):
         sys.stdout.flush(), sys.stderr.flush()
     os._exit(rc)
@@ -353,20 +308,96 @@ def _user_tasks() -> int:
     return n
 
 
-def _homes() -> list[str]:
-    """$HOME and the passwd home of the trainer's user: where its tokens and credentials live."""
-    homes = {str(Path.home()), pwd.getpwuid(os.geteuid()).pw_dir}
-    return sorted(h for h in homes if h not in ("/", "") and os.path.isdir(h))
-
-
 def _mpl_cache() -> str:
-    """Matplotlib's font cache for the launchers (read before isolation, built once)."""
+    """Matplotlib's font list for the launchers (built once by the trainer, read in the sandbox)."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vlmgrpo" / "matplotlib"
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError:
-        root = Path("/tmp")
+        root = Path(tempfile.mkdtemp(prefix="vlmgrpo-mpl-"))
     return str(root)
+
+
+@functools.lru_cache(maxsize=8)
+def _interpreter(python: str, mpl_cache: str) -> tuple[tuple[str, ...], str]:
+    """(directories the interpreter `python` needs, "" or why it cannot run). Runs it once, as the
+    trainer (trusted code), which also builds matplotlib's font list in `mpl_cache` so that the
+    sandboxed launchers only read it. Only the interpreter's prefixes and the `sys.path` entries
+    inside them (or /usr) are kept: a `.pth` pointing into a checkout does not make it visible."""
+    probe = (
+        "import json, sys, matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot\n"
+        "print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]))"
+    )
+    env = dict(PATH="/usr/local/bin:/usr/bin:/bin", MPLCONFIGDIR=mpl_cache, MPLBACKEND="Agg")
+    try:
+        out = subprocess.run(
+            [python, "-I", "-c", probe], env=env, capture_output=True, timeout=300, check=True, text=True
+        ).stdout
+        found = json.loads(out.splitlines()[-1])
+        prefixes, path = found[:4], found[4:]
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        return (), f"cannot run {python}: {type(e).__name__}: {e}"
+    roots = {p for q in prefixes for p in (os.path.abspath(q), os.path.realpath(q))}
+    keep = set(roots)
+    for q in path:
+        for r in {os.path.abspath(q), os.path.realpath(q)} if q else ():
+            if os.path.isdir(r) and any(
+                r == x or r.startswith(x.rstrip("/") + "/") for x in roots | {"/usr"}
+            ):
+                keep.add(r)
+    keep = {d for d in keep if os.path.isdir(d) and not d.startswith("/usr/")}
+    return tuple(sorted(d for d in keep if not any(d.startswith(o + "/") for o in keep if o != d))), ""
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_works() -> str:
+    """ "" when bubblewrap can build a sandbox here, else why not (the sandbox then runs without
+    namespaces; docs/img2code.md says what still holds)."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return "bubblewrap (bwrap) is not installed"
+    user = [] if os.geteuid() == 0 else ["--unshare-user"]
+    cmd = [exe, "--ro-bind", "/", "/", *user, "--unshare-ipc", "--unshare-pid", "--unshare-net"]
+    cmd += ["--unshare-uts", "--die-with-parent", "--proc", "/proc", "--dev", "/dev"]
+    cmd += ["--size", "1048576", "--perms", "1777", "--tmpfs", "/tmp", "true"]  # bwrap >= 0.8
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"bwrap failed: {e}"
+    return "" if r.returncode == 0 else f"bwrap cannot create namespaces here: {r.stderr.strip()[-300:]}"
+
+
+def _bwrap_args(dirs: Sequence[str], mpl_cache: str, c: SandboxConfig, root: bool) -> list[str]:
+    """bubblewrap's command line: a fresh root with only the OS libraries, the interpreter's
+    directories, fonts and the launcher (all read-only), a size-capped private /tmp as the cwd,
+    new /proc and /dev, and new mount, PID, network (unless `network`), IPC and UTS namespaces."""
+    disk = str(c.disk_mb << 20)
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-uts"]
+    args += ["--unshare-cgroup-try", "--hostname", "sandbox", "--die-with-parent", "--new-session"]
+    args += [] if c.network else ["--unshare-net"]
+    # as root the launcher keeps CAP_SETUID/SETGID to drop the program to its leased uid; without
+    # root bwrap needs a user namespace
+    args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"] if root else ["--unshare-user"]
+    for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for f in ETC_FILES:
+        args += ["--ro-bind-try", f, f]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", disk, "--perms", "1777", "--tmpfs", "/dev/shm"]
+    args += ["--size", disk, "--perms", "1777", "--tmpfs", SBX_WORK]
+    made = {"/", "/usr", "/tmp"}
+    for d in [*dirs, SBX_LAUNCHER]:  # parents bwrap would create 0700 (closed to the leased uid)
+        for parent in reversed(Path(d).parents):
+            if str(parent) not in made:
+                made.add(str(parent))
+                args += ["--perms", "0755", "--dir", str(parent)]
+    for d in dirs:  # after /tmp: an interpreter below /tmp (a CI checkout's venv) is mounted on top
+        args += ["--ro-bind", d, d]
+    args += ["--ro-bind", os.path.abspath(__file__), SBX_LAUNCHER, "--ro-bind", mpl_cache, SBX_MPL_CACHE]
+    args += ["--size", str(16 << 20), "--tmpfs", SBX_MPL, "--chdir", SBX_WORK]
+    return args
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
@@ -421,6 +452,9 @@ class Sandbox:
         self.root = os.geteuid() == 0
         self.uid_base = self.config.uid_base or (_uid_base() if self.root else 0)
         self.mpl_cache = _mpl_cache()
+        # "bwrap" (the full list) or "none" (the "always" list); `why_not` says why not bwrap
+        self.why_not = bwrap_works() if self.config.isolate else "isolate: false"
+        self.backend = "none" if self.why_not else "bwrap"
 
     def run_many(self, codes: Sequence[str]) -> list[SandboxResult]:
         """Run every program, `workers` at a time; results in input order."""
@@ -433,40 +467,51 @@ class Sandbox:
     def run(self, code: str) -> SandboxResult:
         """Run one program; never raises for anything the program does."""
         try:
-            if self.root and self.config.isolate:
+            dirs, why = _interpreter(self.config.python, self.mpl_cache)
+            if why:
+                return SandboxResult("sandbox_error", error=why)
+            if self.root and self.backend == "bwrap":
                 with _uid_lease(self.uid_base) as uid:
-                    return self._run(code, uid)
-            return self._run(code, None)
+                    return self._run(code, uid, dirs)
+            return self._run(code, None, dirs)
         except OSError as e:  # no free uid, cannot start Python, ...
             return SandboxResult("sandbox_error", error=f"{type(e).__name__}: {e}")
 
-    def _run(self, code: str, uid: int | None) -> SandboxResult:
-        c = self.config
+    def _run(self, code: str, uid: int | None, dirs: Sequence[str]) -> SandboxResult:
+        c, bwrap = self.config, self.backend == "bwrap"
         with tempfile.TemporaryDirectory(prefix="vlmgrpo-sbx-", ignore_cleanup_errors=True) as tmp:
             rundir, work = Path(tmp), Path(tmp) / "work"
-            os.chmod(rundir, 0o711)  # the dropped uid may pass through to work/, nothing more
             work.mkdir(mode=0o700)
-            if uid is not None:
-                os.chown(work, uid, uid)
             (rundir / "program.py").write_text(code, encoding="utf-8", errors="replace")
             rfd, wfd = os.pipe()
-            spec = dict(asdict(c), cpu_s=c.cpu_s or c.timeout_s, uid=uid, report_fd=wfd, workdir=str(work))
-            spec.update(program=str(rundir / "program.py"), figure=str(rundir / "figure.png"))
-            spec.update(hide=_homes() if uid is not None else [])
-            spec.update(nproc=c.max_procs if uid is not None else _user_tasks() + c.max_procs)
+            prog_fd = os.open(rundir / "program.py", os.O_RDONLY)
+            fig_fd = os.open(
+                rundir / "figure.png", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600
+            )
+            spec = dict(asdict(c), cpu_s=c.cpu_s or c.timeout_s, uid=uid, backend=self.backend)
+            spec.update(report_fd=wfd, program_fd=prog_fd, figure_fd=fig_fd, rundir=str(rundir))
+            spec.update(workdir=SBX_WORK if bwrap else str(work), host_ns=_ns_inodes())
+            # RLIMIT_NPROC counts every task of the uid: the leased uid has none but the program's;
+            # the trainer's own uid has its current tasks, bwrap's two and the launcher
+            spec.update(nproc=c.max_procs if uid is not None else _user_tasks() + c.max_procs + 3)
             # built from scratch: nothing of the trainer's environment (keys, tokens, proxies)
-            env = dict(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", LC_ALL="C.UTF-8", HOME=str(work))
-            env.update(TMPDIR=str(work), MPLBACKEND="Agg", MPLCONFIGDIR=self.mpl_cache, OMP_NUM_THREADS="1")
-            env.update(OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            home = spec["workdir"]
+            env = dict(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", LC_ALL="C.UTF-8", HOME=home)
+            env.update(TMPDIR=home, MPLBACKEND="Agg", MPLCONFIGDIR=SBX_MPL if bwrap else self.mpl_cache)
+            env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            if bwrap:
+                cmd = [*_bwrap_args(dirs, self.mpl_cache, c, self.root), "--", c.python, "-I", SBX_LAUNCHER]
+            else:
+                cmd = [c.python, "-I", os.path.abspath(__file__)]
             with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
                 try:
-                    cmd = [c.python, "-I", os.path.abspath(__file__), json.dumps(spec)]
                     proc = subprocess.Popen(
-                        cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                        pass_fds=(wfd,), start_new_session=True,
+                        [*cmd, json.dumps(spec)], cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                        stderr=err, pass_fds=(wfd, prog_fd, fig_fd), start_new_session=True,
                     )  # fmt: skip
                 finally:
-                    os.close(wfd)
+                    for fd in (wfd, prog_fd, fig_fd):
+                        os.close(fd)
                 t0, timed_out, report = time.monotonic(), False, None
                 try:
                     report, in_time = _read_report(rfd, c.setup_timeout_s)
@@ -474,8 +519,10 @@ class Sandbox:
                     timed_out = not in_time or not _wait_exit(proc.pid, c.timeout_s if report else 5.0)
                 finally:
                     os.close(rfd)
-                    if timed_out and report is not None:  # the launcher kills and reaps the program
-                        os.kill(proc.pid, signal.SIGTERM)
+                    if timed_out and report is not None:
+                        # no bwrap: the launcher kills and reaps the program; bwrap: killing it
+                        # ends its PID namespace, and with it every process of the program
+                        os.kill(proc.pid, signal.SIGKILL if bwrap else signal.SIGTERM)
                         _wait_exit(proc.pid, 5.0)
                     with contextlib.suppress(OSError):
                         os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the session's group
@@ -483,6 +530,8 @@ class Sandbox:
                 elapsed = time.monotonic() - t0
                 res = SandboxResult("runtime_error", stdout=_tail(out), error=_tail(err, 2000).strip())
             res.elapsed_s, res.isolation = elapsed, report or {}
+            if report is not None and not bwrap:
+                res.isolation["why_not"] = self.why_not
             res.status = self._classify(proc.returncode, report, timed_out)
             if res.status == "sandbox_error" and timed_out and report is None:
                 res.error = f"launcher setup took over {c.setup_timeout_s:.0f} s; {res.error}"

@@ -97,7 +97,7 @@ class Trainer:
         self.eval_set = build_dataset(
             cfg.data.eval_dataset or cfg.data.dataset, eval_kw, "test", cfg.train.seed
         )
-        self.specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label) for r in cfg.rewards]
+        self.specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label, r.timeout_s) for r in cfg.rewards]
         if not self.specs:
             raise ConfigError("rewards: the recipe lists no reward")
         for s in self.specs:

@@ -1,9 +1,10 @@
 """Rewards of the shape-area task (seed D); summed, they range from -3 to 4.
 
 - `correctness_reward` (`area_correctness`): (1 - min(1, |pred - gt| / max(gt, 32))) x 6 - 3, in
-  [-3, 3]. `pred` is the number of the first `<answer>X.XX</answer>` block (digits, a dot, exactly
+  [-3, 3]. `pred` is the number of the `<answer>X.XX</answer>` block (digits, a dot, exactly
   two decimals, optional surrounding whitespace); no such block (missing tags, `12.3`, `-5.00`,
-  `1e3`, words) scores -3. The floor of 32 on the normaliser keeps small shapes (the wide-range
+  `1e3`, words) scores -3, and so do blocks with different values (a hedge: the seed took the
+  first, so a policy could list guesses). The floor of 32 on the normaliser keeps small shapes (the wide-range
   extension draws areas down to ~12) from turning every small error into the minimum.
 - `area_format_reward` (`area_format`): 0.5 when such a two-decimal answer block is present.
 - `xml_format_reward` (`xml_format`): 0.5 when a `<reasoning>...</reasoning>` block is followed
@@ -13,6 +14,10 @@ Both format rewards take `partial: true` (off by default, i.e. the seed's all-or
 which gives graded credit below 0.5 for partly right output, for policies that never produce the
 whole format by chance (the tiny CPU recipe). With it, the all-or-nothing value is still logged as
 the sub-score `strict` (`reward/<label>/strict/mean`), so runs stay comparable with the seed.
+
+Hostile input: only the first `MAX_CHARS` characters of a completion are read (a policy's
+completion is far shorter; the bound keeps every pattern's time linear and small), and the XML
+check finds its tags with `str.find` (a regex with two lazy `.*?` is quadratic on many open tags).
 """
 
 from __future__ import annotations
@@ -25,15 +30,35 @@ from vlmgrpo.rewards.base import RewardContext, RewardRecord
 
 # the seed's patterns
 ANSWER_RE = re.compile(r"<answer>\s*(\d+\.\d{2})\s*</answer>")
-XML_RE = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+XML_RE = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)  # as `has_xml_format`
+MAX_CHARS = 20_000  # characters of a completion that are read
 MIN_SCORE, MAX_SCORE = -3.0, 3.0
 FORMAT_SCORE = 0.5
 
 
 def parse_area(text: str) -> float | None:
-    """The predicted area: the first `<answer>` block holding digits '.' two digits, else None."""
-    m = ANSWER_RE.search(text)
-    return float(m.group(1)) if m else None
+    """The predicted area: the `<answer>` block holding digits '.' two digits, else None (also
+    when several such blocks give different values)."""
+    values = {float(v) for v in ANSWER_RE.findall(text[:MAX_CHARS])}
+    return values.pop() if len(values) == 1 else None
+
+
+def has_xml_format(text: str) -> bool:
+    """`XML_RE.search(text)` in linear time: a `<reasoning>`, a later `</reasoning>` followed
+    (whitespace only) by `<answer>`, and a `</answer>` after that."""
+    text = text[:MAX_CHARS]
+    start = text.find("<reasoning>")
+    if start < 0:
+        return False
+    i = start + len("<reasoning>")
+    while (end := text.find("</reasoning>", i)) >= 0:
+        j = end + len("</reasoning>")
+        rest = text[j:].lstrip()
+        if rest.startswith("<answer>"):
+            k = len(text) - len(rest) + len("<answer>")
+            return text.find("</answer>", k) >= 0
+        i = j
+    return False
 
 
 def correctness(pred: float | None, gt: float, floor: float = 32.0) -> float:
@@ -89,13 +114,21 @@ def format_progress(text: str, pieces: tuple[tuple[str, float], ...]) -> float:
     """Weighted fraction (0..1) of `pieces` that `text` contains in order: 1 = the whole format."""
     total = sum(w for _, w in pieces)
     done = 0.0
+    # a literal followed by ".*?": a match from a later occurrence of the literal is also one from
+    # the first, so only the first is tried (searching from every start is quadratic)
+    anchored = len(pieces) > 1 and pieces[1][0] == "re:.*?" and not pieces[0][0].startswith("re:")
+    first = text.find(pieces[0][0]) if anchored else -1
+
+    def found(rx: re.Pattern) -> bool:
+        return bool(rx.match(text, first) if first >= 0 else rx.search(text))
+
     for i, (piece, weight) in enumerate(pieces):
-        if _prefix_regex(pieces, i + 1, 0).search(text):
+        if found(_prefix_regex(pieces, i + 1, 0)):
             done += weight
             continue
         if not piece.startswith("re:"):  # credit for the longest prefix of this literal
             for k in range(len(piece) - 1, 0, -1):
-                if _prefix_regex(pieces, i, k).search(text):
+                if found(_prefix_regex(pieces, i, k)):
                     done += weight * k / len(piece)
                     break
         break
@@ -105,6 +138,7 @@ def format_progress(text: str, pieces: tuple[tuple[str, float], ...]) -> float:
 def area_format_score(text: str, partial: bool = False) -> float:
     """0.5 for a two-decimal answer block; with `partial`, 0.5 x the fraction of that format that
     is present in order (`<answer>12.3` earns 0.5 x 16/25)."""
+    text = text[:MAX_CHARS]
     if ANSWER_RE.search(text):
         return FORMAT_SCORE
     return FORMAT_SCORE * format_progress(text, AREA_PIECES) if partial else 0.0
@@ -113,9 +147,9 @@ def area_format_score(text: str, partial: bool = False) -> float:
 def xml_format_score(text: str, partial: bool = False) -> float:
     """0.5 for `<reasoning>...</reasoning>` then `<answer>...</answer>`; with `partial`, 0.5 x the
     fraction of that structure present in order (`<reasoning>x</reason` earns 0.5 x 19/40)."""
-    if XML_RE.search(text):
+    if has_xml_format(text):
         return FORMAT_SCORE
-    return FORMAT_SCORE * format_progress(text, XML_PIECES) if partial else 0.0
+    return FORMAT_SCORE * format_progress(text[:MAX_CHARS], XML_PIECES) if partial else 0.0
 
 
 def area_format_reward(
@@ -134,3 +168,8 @@ def xml_format_reward(
     if not partial:
         return xml_format_score(rec.completion)
     return {"score": xml_format_score(rec.completion, True), "strict": xml_format_score(rec.completion)}
+
+
+# Per-call bound (seconds) when the trainer runs these rewards (`rewards[].timeout_s`): each call
+# runs in a deadline worker (`vlmgrpo.rewards.deadline`).
+correctness_reward.timeout_s = area_format_reward.timeout_s = xml_format_reward.timeout_s = 5.0  # type: ignore[attr-defined]

@@ -15,6 +15,10 @@ A reward that raises does not stop the run: a per-sample failure skips that samp
 failure skips the batch; both are counted in `reward/<name>/failed`. The exceptions are the
 user's setup (`ConfigError`, `ModelLoadError`) and a remote service given up (`ServiceError`, see
 `vlmgrpo.http`): those stop the run with their one line.
+
+A spec's `timeout_s` (default: the bound the reward declares, e.g. 10 s for the geometry graders;
+0 = none) runs each call in a worker process that is killed past it (`rewards/deadline.py`): a
+call that runs out of time is a failure like any other (skipped, counted, its sample id logged).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 
 from vlmgrpo.errors import ConfigError, ModelLoadError, ServiceError
 from vlmgrpo.registry import Registry
+from vlmgrpo.rewards import deadline
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -167,6 +172,9 @@ class RewardSpec:
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     label: str = ""  # metric name; defaults to name (a file path's function name)
+    # seconds per call, run in a worker process that is killed past it (rewards/deadline.py);
+    # None = the reward's own default (the pure graders declare one), 0 = in-process, no bound
+    timeout_s: float | None = None
 
     @property
     def key(self) -> str:
@@ -184,11 +192,13 @@ def compute_rewards(
     failed: dict[str, int] = {}
     for spec in specs:
         rf = resolve_reward(spec.name)
+        bound = deadline.default_timeout(rf.fn) if spec.timeout_s is None else spec.timeout_s
+        fn = deadline.bounded_reward(spec.name, rf.batched, bound) if bound > 0 else rf.fn
         values: list[RewardValue] = [None] * n
         n_failed = 0
         if rf.batched:
             try:
-                values = list(_run(rf.fn(list(records), ctx, **spec.kwargs)))
+                values = list(_run(fn(list(records), ctx, **spec.kwargs)))
                 if len(values) != n:
                     raise ValueError(f"returned {len(values)} values for {n} records")
             except (ConfigError, ModelLoadError, ServiceError):
@@ -201,7 +211,7 @@ def compute_rewards(
         else:
             for i, rec in enumerate(records):
                 try:
-                    values[i] = _run(rf.fn(rec, ctx, **spec.kwargs))
+                    values[i] = _run(fn(rec, ctx, **spec.kwargs))
                 except (ConfigError, ModelLoadError, ServiceError):
                     raise
                 except Exception as e:

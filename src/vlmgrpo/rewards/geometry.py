@@ -284,3 +284,9 @@ def blind_pass_reward(
         records[i].extras["blind_correct"] = ok
         out[i] = {"score": correct if ok else wrong, "attempted": 1.0, "success": float(ok)}
     return out
+
+
+# Per-call bound (seconds) when the trainer runs these rewards (`rewards[].timeout_s`): each call
+# runs in a deadline worker (`vlmgrpo.rewards.deadline`). The blind pass uses the policy and runs
+# in-process; its grading is bounded by the grader's own deadline.
+format_reward.timeout_s = accuracy_reward.timeout_s = grounding_reward.timeout_s = 10.0  # type: ignore[attr-defined]

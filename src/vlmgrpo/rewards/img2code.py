@@ -38,8 +38,9 @@ from vlmgrpo.sandbox import STATUSES, Sandbox, SandboxConfig, SandboxResult
 
 log = logging.getLogger(__name__)
 CLASSES = tuple(s for s in STATUSES if s != "sandbox_error")
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-_PLOT_CALL = re.compile(r"\b(?:plt|ax\w*|fig\w*|axes\[[^\]]*\])\.\w+\(")
+# linear in the completion: the info string stops at a backtick, an index at 40 characters
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n`]*\n(.*?)(?:```|\Z)", re.S)
+_PLOT_CALL = re.compile(r"\b(?:plt|ax\w*|fig\w*|axes\[[^\]\n]{0,40}\])\.\w+\(")
 _SANDBOXES: dict[str, Sandbox] = {}
 
 
@@ -181,6 +182,12 @@ def img2code_prepare(**kwargs: Any) -> None:
         last = (res.error.strip().splitlines() or [""])[-1]
         raise VlmgrpoError(
             f"img2code: the sandbox cannot run a plain matplotlib program ({res.status}: {last})"
+        )
+    if res.isolation.get("backend") != "bwrap":
+        log.warning(
+            "img2code sandbox: only rlimits, a timeout and a clean environment hold here (%s); the "
+            "program can read and write what this user can (docs/img2code.md)",
+            res.isolation.get("why_not", "no bubblewrap"),
         )
     missing = [k for k, v in res.isolation.items() if v is False]
     if missing:

@@ -8,24 +8,33 @@ rule that decides wins:
    matches several choices (a rounded "6.95" against "6.9" and "7.0") counts as the nearest one.
 2. Normalised strings equal (LaTeX spacing, `\\left`/`\\right`, `\\dfrac`, `$`, degree signs,
    units such as ft / cm / square units, "x = " in front, thousands separators).
-3. Numbers: both sides evaluated through sympy (radicals, `\\frac`, pi multiples, mixed numbers),
-   equal within `rel_tol` (default 1e-4, as the seed); or a decimal with at least two significant
-   digits matches any value that rounds to it ("6.9" for 4 sqrt 3 = 6.928..., "3.14" for pi),
-   because Geometry3K's choices are rounded decimals. One significant digit is not enough ("0.3"
-   is not 1/3), and an integer never gets this rounding ("7" is not 6.9).
+3. Numbers: both sides evaluated through sympy (radicals, `\\frac`, pi multiples, mixed numbers,
+   scientific notation), equal within `rel_tol` (default 1e-4, as the seed). Rounding is allowed
+   only at the precision the reference itself gives: a decimal reference with at least two
+   significant digits accepts any value that rounds to it ("6.9" accepts 4 sqrt 3 = 6.928... and
+   "6.93"), because Geometry3K's choices are rounded decimals; an exact reference (integer,
+   fraction, radical, pi multiple) needs the prediction within `rel_tol` ("3.14" is not pi, "3.46"
+   is not 2 sqrt 3), so answering with fewer digits earns nothing. A value after `\\approx` next
+   to an exact value ("4\\sqrt{3} \\approx 6.93") must round to it at its own digits.
 4. Symbolic: math-verify's `verify` (sympy) for anything that is not a plain number (expressions
    with variables, sets). Two numbers that failed rule 3 are not retried here: math-verify's own
    rounding would be a second, different tolerance.
 
-Several claimed values ("4\\sqrt{3} \\approx 6.93", "x = 3 = 3.0") must all match: a prediction
-cannot hedge between two answers. LaTeX is parsed by math-verify (latex2sympy2), never by a
-home-made parser. Inputs that could make sympy hang (huge exponents or factorials, very long
-strings) are compared as strings only. math-verify's timeouts use SIGALRM, which only works in
-the main thread; elsewhere the guards above are the protection.
+Several claimed values ("4\\sqrt{3} \\approx 6.93", "x = 3 = 3.0", two `\\boxed{}`) must all
+match: a prediction cannot hedge between two answers. Written forms are recognised: a leading
+"approximately" / "about" / "~", thousands separators, "1.5e2" and "1.5 \\times 10^{2}",
+`\\boxed{}` inside the answer. LaTeX is parsed by math-verify (latex2sympy2), never by a home-made
+parser.
 
-Answer extraction (`extract_answer`) takes the first closed `<answer>...</answer>` block (a
-`\\boxed{}` inside it wins), with lenient fallbacks: an unclosed `<answer>`, the last `\\boxed{}`,
-then a trailing "the answer is ...".
+Untrusted input is bounded: a prediction over `MAX_PRED` characters earns nothing; a value over
+`MAX_LEN` characters, nested deeper than `MAX_DEPTH` braces, or with huge exponents or nested
+factorials is compared as a string only; and every sympy evaluation runs under
+`vlmgrpo.rewards.deadline` (a worker process killed after `SYMBOLIC_TIMEOUT_S`), so no answer can
+hold the caller, in any thread. Every regular expression here is linear in its input.
+
+Answer extraction (`extract_answer`) takes the closed `<answer>...</answer>` block (a `\\boxed{}`
+inside it wins; several blocks that differ give no answer), with lenient fallbacks: an unclosed
+`<answer>`, the last `\\boxed{}`, then a trailing "the answer is ..." (in the last 2,000 characters).
 """
 
 from __future__ import annotations
@@ -39,10 +48,18 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
+from vlmgrpo.rewards import deadline
+
+log = logging.getLogger(__name__)
+
 __all__ = ["extract_answer", "grade", "normalize", "last_boxed", "to_number"]
 
-MAX_LEN = 300  # longer strings are compared as strings only (sympy time is super-linear)
-_UNSAFE = re.compile(r"\^\s*\{?\s*[-+]?\d{3,}|\^\s*\{[^{}]*\^|\d{3,}\s*!|\\binom")
+MAX_LEN = 300  # longer values are compared as strings only (sympy time is super-linear)
+MAX_PRED = 1000  # a longer prediction is no answer (checked before any parsing)
+MAX_DEPTH = 6  # brace nesting beyond this is compared as a string only (nested \\frac)
+SYMBOLIC_TIMEOUT_S = 1.0  # one sympy parse / evaluation / comparison, in a worker process
+# huge exponents (>= 3 digits, or a power of a power), factorials of >= 3 digits or of factorials
+_UNSAFE = re.compile(r"\^\s*\{?\s*[-+]?\d{3,}|\^\s*\{[^{}]*\^|\^[^^]{0,12}\^|\d{3,}\s*!|![\s)}]*!|\\binom")
 
 
 class _QuietTimeoutNotice(logging.Filter):
@@ -55,9 +72,25 @@ for _name in ("math_verify.parser", "math_verify.grader", "math_verify"):
 
 # ------------------------------------------------------------------------------------- extraction
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_OPEN_ANSWER = re.compile(r"<answer>(.*)$", re.S | re.I)
-_ANSWER_IS = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*(.+)$", re.I | re.M)
+_ANSWER_IS = re.compile(
+    r"(?:final answer|the answer|answer)[ \t]{0,8}(?:is|:|=)[ \t]{0,8}:?[ \t]*(.+)$", re.I | re.M
+)
+TAIL = 2000  # "the answer is ..." is looked for in the completion's last characters only
+
+
+def _answer_blocks(text: str) -> tuple[list[str], str | None]:
+    """(contents of the closed <answer> blocks, the text after an unclosed last one); str.find,
+    linear in the text (a regex `<answer>(.*?)</answer>` is quadratic on many unclosed tags)."""
+    low, blocks, i = text.lower(), [], 0
+    while True:
+        start = low.find("<answer>", i)
+        if start < 0:
+            return blocks, None
+        end = low.find("</answer>", start + 8)
+        if end < 0:
+            return blocks, text[start + 8 :]
+        blocks.append(text[start + 8 : end])
+        i = end + 9
 
 
 def last_boxed(text: str) -> str | None:
@@ -75,20 +108,22 @@ def last_boxed(text: str) -> str | None:
 
 def extract_answer(text: str, lenient: bool = True) -> str | None:
     """The answer a completion gives, or None. See the module docstring for the order."""
-    m = _ANSWER.search(text)
-    if m:
-        inner = m.group(1).strip()
+    blocks, unclosed = _answer_blocks(text)
+    answers = {b.strip() for b in blocks}
+    if len(answers) > 1:
+        return None  # two different answers: a hedge, not an answer
+    if answers:
+        inner = answers.pop()
         return (last_boxed(inner) or inner) or None
     if not lenient:
         return None
-    m = _OPEN_ANSWER.search(text)  # cut off by max_new_tokens after the tag opened
-    if m and m.group(1).strip():
-        inner = m.group(1).strip()
+    if unclosed and unclosed.strip():  # cut off by max_new_tokens after the tag opened
+        inner = unclosed.strip()
         return last_boxed(inner) or inner.splitlines()[0].strip()
     boxed = last_boxed(text)
     if boxed:
         return boxed
-    found = _ANSWER_IS.findall(text)
+    found = _ANSWER_IS.findall(text[-TAIL:])
     if found:
         return found[-1].strip().rstrip(".").strip() or None
     return None
@@ -102,7 +137,7 @@ _UNIT = (
     r"|mm|kilomet(?:er|re)s?|km|met(?:er|re)s?|m|degrees?|deg|radians?|rad)\.?"
     r"(?:\s*\^\s*\{?\s*[23]\s*\}?|²|³)?"
 )
-_TRAILING_UNIT = re.compile(r"(?<=[\d\s}).])\s*" + _UNIT + r"\s*$", re.I)
+_TRAILING_UNIT = re.compile(r"(?<=[\d}).])\s?" + _UNIT + r"\s?$", re.I)
 _NAME = re.compile(  # what may stand left of "=": x, AB, m\angle ABC, \angle 1, \overline{AB}, y_1
     r"\s*(?:m\s*)?(?:\\(?:angle|measuredangle)\s*\d{1,2}"
     r"|(?:\\(?:angle|measuredangle|overline|widehat|overarc|arc|triangle|odot)\s*)?"
@@ -110,9 +145,29 @@ _NAME = re.compile(  # what may stand left of "=": x, AB, m\angle ABC, \angle 1,
 )
 
 
+def _unbox(s: str) -> str:
+    """Every `\\boxed{X}` / `\\fbox{X}` replaced by X (nested braces kept)."""
+    for _ in range(8):
+        start = max(s.find("\\boxed{"), s.find("\\fbox{"))
+        if start < 0:
+            break
+        i = s.index("{", start) + 1
+        depth, j = 1, i
+        while j < len(s) and depth:
+            depth += {"{": 1, "}": -1}.get(s[j], 0)
+            j += 1
+        s = s[:start] + " " + s[i : j - 1 if depth == 0 else j] + " " + s[j:]
+    return s
+
+
+_APPROX_WORD = re.compile(r"^(?:approximately|approx\.?|about|around|roughly|nearly|~)\s*", re.I)
+_SCI = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|\*|x|×)\s*10\s*\^\s*\{?\s*([-+]?\d{1,3})\s*\}?")
+
+
 def _light(s: str) -> str:
     """Delimiters, wrappers and unicode out; used before letter detection and normalisation."""
-    s = s.strip().replace("**", "")
+    s = _unbox(s.strip()).strip().replace("**", "")
+    s = _APPROX_WORD.sub("", s)
     s = s.replace("\u2212", "-").replace("\u2013", "-").replace("\u03c0", "\\pi ")
     s = s.replace("\u00d7", "\\times ").replace("\u00b7", "\\cdot ")
     s = re.sub(
@@ -122,16 +177,26 @@ def _light(s: str) -> str:
     )
     s = s.replace("$", "")
     s = re.sub(r"\\[()\[\]]", "", s)
+    s = _SCI.sub(r"\1e\2", s)  # 1.5 \times 10^{2} -> 1.5e2
     s = re.sub(r"\\(?:text|textrm|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}", r" \1 ", s)
     return s.strip()
 
 
+_CLAIM_SEP = re.compile(r"(=|\\approx|\u2248|\\simeq|\\doteq)")
+
+
 def _split_claims(s: str) -> list[str]:
     """The values a string claims: "x = 4\\sqrt{3} \\approx 6.93" -> ["4\\sqrt{3}", "6.93"]."""
-    parts = re.split(r"=|\\approx|\u2248|\\simeq|\\doteq", s)
-    if len(parts) > 1 and _NAME.fullmatch(parts[0]):
+    return [c for c, _ in _split_claims_marked(s)]
+
+
+def _split_claims_marked(s: str) -> list[tuple[str, bool]]:
+    """(value, approximate) per claim: approximate = it follows an approximation sign."""
+    pieces = _CLAIM_SEP.split(s)
+    parts = [(pieces[0], False)] + [(pieces[k + 1], pieces[k] != "=") for k in range(1, len(pieces) - 1, 2)]
+    if len(parts) > 1 and _NAME.fullmatch(parts[0][0]):
         parts = parts[1:]  # "x =", "m\\angle ABC =", "AB =": a name, not a value
-    return [p for p in (p.strip() for p in parts) if p]
+    return [(p.strip(), a) for p, a in parts if p.strip()]
 
 
 def normalize(s: str) -> str:
@@ -142,6 +207,7 @@ def normalize(s: str) -> str:
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|\u00b0|\u00ba", " ", s)
     s = s.strip().rstrip(".").strip()
+    s = re.sub(r"\s+", " ", s)  # before the unit pattern: a run of spaces made it quadratic
     for _ in range(3):  # "5 square units", "12 ft.", "30 degrees"
         s2 = _TRAILING_UNIT.sub("", s).strip()
         if s2 == s or not s2:
@@ -157,20 +223,29 @@ def normalize(s: str) -> str:
 # -------------------------------------------------------------------------------------- numbers
 
 _DECIMAL = re.compile(r"[-+]?(\d*)\.(\d+)")
-_PLAIN = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+_PLAIN = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?", re.I)
 _FRACTION = re.compile(r"([-+]?\d+)/(\d+)")
 
 
 def _timeout() -> int | None:
-    """math-verify's SIGALRM timeouts only work in the main thread."""
+    """math-verify's SIGALRM timeouts only work in the main thread (the deadline covers the rest)."""
     return 5 if threading.current_thread() is threading.main_thread() else None
 
 
-@functools.lru_cache(maxsize=4096)
+def _too_deep(s: str) -> bool:
+    depth = top = 0
+    for ch in s:
+        depth += (ch == "{") - (ch == "}")
+        top = max(top, depth)
+    return top > MAX_DEPTH
+
+
+def _parseable(s: str) -> bool:
+    return len(s) <= MAX_LEN and not _UNSAFE.search(s) and not _too_deep(s)
+
+
 def _parse(s: str) -> tuple[Any, ...]:
-    """math-verify's parse of one normalised value (cached: references repeat every step)."""
-    if len(s) > MAX_LEN or _UNSAFE.search(s):
-        return ()
+    """math-verify's parse of one normalised value (in the deadline worker only)."""
     from math_verify import parse
 
     try:
@@ -179,14 +254,8 @@ def _parse(s: str) -> tuple[Any, ...]:
         return ()
 
 
-def to_number(s: str) -> float | None:
-    """A normalised value as a real number, or None (symbols, sets, text)."""
-    t = s.replace(" ", "")
-    if _PLAIN.fullmatch(t):
-        return float(t)
-    m = _FRACTION.fullmatch(t)
-    if m and int(m.group(2)):
-        return float(Fraction(int(m.group(1)), int(m.group(2))))
+def _symbolic_number(s: str) -> float | None:
+    """Runs in the deadline worker: the value of a closed-form expression, or None."""
     parsed = _parse(s)
     if not parsed:
         return None
@@ -202,34 +271,8 @@ def to_number(s: str) -> float | None:
     return z.real
 
 
-def _rounding_digits(s: str) -> int | None:
-    """Decimal places of a plain decimal with >= 2 significant digits ("6.9" -> 1), else None."""
-    m = _DECIMAL.fullmatch(s.replace(" ", ""))
-    if not m:
-        return None
-    significant = (m.group(1) + m.group(2)).lstrip("0")
-    return len(m.group(2)) if len(significant) >= 2 else None
-
-
-def _numbers_match(p: float, g: float, p_str: str, g_str: str, rel_tol: float) -> bool:
-    if math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-9):
-        return True
-    places = [k for k in (_rounding_digits(p_str), _rounding_digits(g_str)) if k]
-    if not places:
-        return False
-    half_unit = 0.5 * 10.0 ** -min(places)  # the coarser side sets the rounding
-    return abs(p - g) <= half_unit * (1 + 1e-9)
-
-
-def _value_match(p: str, g: str, rel_tol: float) -> bool:
-    """One normalised predicted value against one normalised reference value."""
-    if p == g:
-        return True
-    if not p or not g:
-        return False
-    pn, gn = to_number(p), to_number(g)
-    if pn is not None and gn is not None:
-        return _numbers_match(pn, gn, p, g, rel_tol)
+def _symbolic_equal(p: str, g: str) -> bool:
+    """Runs in the deadline worker: math-verify's verdict on two non-numeric values."""
     pp, gp = _parse(p), _parse(g)
     if not pp or not gp:
         return False
@@ -241,13 +284,85 @@ def _value_match(p: str, g: str, rel_tol: float) -> bool:
         return False
 
 
+def _warm() -> None:
+    """Deadline workers run this at start: math-verify's import and first parse are slow."""
+    _parse("\\frac{1}{2}")
+    _symbolic_equal("x+1", "1+x")
+
+
+deadline.warm_up("vlmgrpo.tasks.geometry_grader:_warm")
+
+
+@functools.lru_cache(maxsize=4096)
+def _bounded(fn: Any, *args: str) -> Any:
+    """`fn(*args)` under the deadline; None past it (cached: references repeat every step)."""
+    from vlmgrpo.rewards.deadline import DeadlineExceeded, call
+
+    try:
+        return call(fn, *args, timeout_s=SYMBOLIC_TIMEOUT_S)
+    except DeadlineExceeded:
+        log.warning("geometry grader: gave up on %r after %g s", args[0][:80], SYMBOLIC_TIMEOUT_S)
+        return None
+
+
+def to_number(s: str) -> float | None:
+    """A normalised value as a real number, or None (symbols, sets, text)."""
+    t = s.replace(" ", "")
+    if _PLAIN.fullmatch(t):
+        v = float(t)
+        return v if math.isfinite(v) else None
+    m = _FRACTION.fullmatch(t)
+    if m and int(m.group(2)):
+        return float(Fraction(int(m.group(1)), int(m.group(2))))
+    if not _parseable(s):
+        return None
+    return _bounded(_symbolic_number, s)
+
+
+def _rounding_digits(s: str) -> int | None:
+    """Decimal places of a plain decimal with >= 2 significant digits ("6.9" -> 1), else None."""
+    m = _DECIMAL.fullmatch(s.replace(" ", ""))
+    if not m:
+        return None
+    significant = (m.group(1) + m.group(2)).lstrip("0")
+    return len(m.group(2)) if len(significant) >= 2 else None
+
+
+def _numbers_match(p: float, g: float, places: int | None, rel_tol: float) -> bool:
+    """Equal within `rel_tol`, or `p` rounds to `g` at `places` decimals (the precision of the
+    side that was given rounded: the reference, or an approximate claim)."""
+    if math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-9):
+        return True
+    if not places:
+        return False
+    return abs(p - g) <= 0.5 * 10.0**-places * (1 + 1e-9)
+
+
+def _value_match(p: str, g: str, rel_tol: float, approximate: bool = False) -> bool:
+    """One normalised predicted value against one normalised reference value. Rounding: at the
+    reference's decimals, or at the prediction's own when it is an approximate claim."""
+    if p == g:
+        return True
+    if not p or not g:
+        return False
+    pn, gn = to_number(p), to_number(g)
+    if pn is not None and gn is not None:
+        places = _rounding_digits(p) if approximate else _rounding_digits(g)
+        return _numbers_match(pn, gn, places, rel_tol)
+    if pn is not None or gn is not None or not (_parseable(p) and _parseable(g)):
+        return False  # a number against a non-number, or input too big to evaluate
+    return bool(_bounded(_symbolic_equal, p, g))
+
+
 def _claims_match(pred: str, gold: str, rel_tol: float) -> bool:
-    """Every value the prediction claims matches one of the reference's."""
-    preds = [normalize(c) for c in _split_claims(_light(pred))]
+    """Every value the prediction claims matches one of the reference's. An approximate claim
+    ("\\approx 6.93") is judged at its own digits only beside an exact claim that matched."""
+    preds = [(normalize(c), a) for c, a in _split_claims_marked(_light(pred))]
     golds = [normalize(c) for c in _split_claims(_light(gold))] or [normalize(gold)]
     if not preds:
         return False
-    return all(any(_value_match(p, g, rel_tol) for g in golds) for p in preds)
+    has_exact = any(not a for _, a in preds)
+    return all(any(_value_match(p, g, rel_tol, a and has_exact) for g in golds) for p, a in preds)
 
 
 def _distance(pred: str, choice: str) -> float:
@@ -284,6 +399,8 @@ def grade(pred: str | None, answer: str, choices: Sequence[str] | None = None, r
     if pred is None or not str(pred).strip() or answer is None or not str(answer).strip():
         return False
     pred, answer = str(pred), str(answer)
+    if len(pred) > MAX_PRED:  # before any parsing: no geometry answer is this long
+        return False
     choices = [str(c) for c in choices] if choices else None
     n = len(choices) if choices else 0
     gold_letter = _letter(answer, n)

@@ -1,0 +1,241 @@
+"""A time bound that really stops the work: the call runs in a worker process, and a call past its
+deadline has its worker killed (SIGKILL) and replaced. Valid from any thread (the trainer's
+`rollout.overlap` worker thread included), unlike SIGALRM timeouts, which only work in the main
+thread and cannot interrupt C code.
+
+- `call(fn, *args, timeout_s=...)`: run a module-level function in a worker; `DeadlineExceeded`
+  past the bound. Used by the geometry grader for symbolic evaluation of untrusted answers.
+- `bounded_reward(name, batched, timeout_s)`: a reward function with the registry signature that
+  runs the reward `name` in a worker (records and context pickled, `ctx.policy` left out; the
+  records' `extras` come back). `compute_rewards` uses it for a spec with a time bound: a call
+  that runs out of time raises `DeadlineExceeded`, i.e. the sample is skipped and counted in
+  `reward/<name>/failed`, and the warning names its sample id.
+
+Workers are fresh interpreters (no fork of a process that holds a GPU context, no re-import of the
+caller's `__main__`), kept and reused; as many run
+as there are concurrent callers (at most `MAX_WORKERS`). Start-up costs ~0.5-1 s (imports), once
+per worker and again after each kill. Inside a worker, `call` runs inline under a SIGALRM timer
+(the worker's main thread), and the parent's deadline is the hard stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+MAX_WORKERS = 4  # concurrent calls (callers beyond this wait for a free worker)
+_IN_WORKER = False  # True inside a worker process
+_idle: list[_Worker] = []
+_owner = os.getpid()  # the process the idle workers belong to
+_lock = threading.Lock()
+_slots = threading.BoundedSemaphore(MAX_WORKERS)
+_warmups: list[str] = []  # "module:function" run by each worker before it takes calls
+_warmed: set[str] = set()  # those run in this process
+STARTUP_TIMEOUT_S = 120.0  # a worker's start-up (imports, warm-ups); not part of any call's bound
+
+
+def warm_up(target: str) -> None:
+    """Run `target` ("module:function", no arguments) in every worker before its first call, so
+    that imports and first-use costs (e.g. a parser's grammar) do not count against a deadline."""
+    if target not in _warmups:
+        _warmups.append(target)
+
+
+class DeadlineExceeded(TimeoutError):
+    """The call ran past its time bound and was stopped."""
+
+
+# The worker runs `python -c WORKER_MAIN FD WARMUPS`: not multiprocessing's spawn, which re-imports
+# the caller's __main__ (a script without an `if __name__ == "__main__"` guard would recurse)
+WORKER_MAIN = (
+    "import json, os, sys; sys.path[:] = json.loads(os.environ.pop('VLMGRPO_DEADLINE_PATH'));"
+    "from vlmgrpo.rewards.deadline import _worker_main; _worker_main(int(sys.argv[1]), json.loads(sys.argv[2]))"
+)
+
+
+def _worker_main(fd: int, warmups: list[str]) -> None:
+    parent = os.getppid()
+
+    def orphan_watch() -> None:  # the trainer died while a call was running: stop too
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=orphan_watch, daemon=True).start()
+    _serve(Connection(fd), warmups)
+
+
+def _serve(conn: Any, warmups: list[str]) -> None:
+    """Worker loop: (fn, args, kwargs) in, ("ok", value) or ("err", exception) out."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    _warmups[:] = warmups
+    _run_warmups()
+    conn.send(("ready", None))
+    while True:
+        try:
+            fn, args, kwargs = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            out: tuple[str, Any] = ("ok", fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
+            out = ("err", e)
+        try:
+            conn.send(out)
+        except Exception as e:  # an unpicklable value or exception
+            conn.send(("err", RuntimeError(f"{type(e).__name__}: {e} (result of {fn!r})")))
+
+
+class _Worker:
+    def __init__(self) -> None:
+        mine, theirs = socket.socketpair()
+        env = dict(os.environ, VLMGRPO_DEADLINE_PATH=json.dumps(sys.path))  # import what we import
+        cmd = [sys.executable, "-c", WORKER_MAIN, str(theirs.fileno()), json.dumps(_warmups)]
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self.conn = Connection(mine.detach())
+        try:
+            ready = self.conn.poll(STARTUP_TIMEOUT_S) and self.conn.recv()[0] == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self.kill()
+            raise RuntimeError(f"a deadline worker did not start within {STARTUP_TIMEOUT_S:g} s")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.kill()
+            self.proc.wait(5)
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def _take() -> _Worker:
+    global _owner
+    with _lock:
+        if _owner != os.getpid():  # a forked child must not talk to its parent's workers
+            _idle.clear()
+            _owner = os.getpid()
+        while _idle:
+            w = _idle.pop()
+            if w.alive():
+                return w
+            w.kill()
+    return _Worker()
+
+
+def _run_warmups() -> None:
+    for target in [t for t in _warmups if t not in _warmed]:
+        _warmed.add(target)
+        with contextlib.suppress(Exception):
+            module, _, name = target.partition(":")
+            getattr(importlib.import_module(module), name)()
+
+
+def _inline(fn: Callable[..., Any], args: tuple, kwargs: dict, timeout_s: float) -> Any:
+    """Inside a worker: a SIGALRM timer (interrupts Python code; the parent kills the rest)."""
+    _run_warmups()  # registered after this worker started (e.g. by a reward module it imported)
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
+
+    def alarm(*_: Any) -> None:
+        raise DeadlineExceeded(f"{getattr(fn, '__name__', fn)} ran past {timeout_s:g} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def call(fn: Callable[..., Any], *args: Any, timeout_s: float, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` in a worker process, stopped after `timeout_s` seconds (wall clock,
+    from when a worker takes it; worker start-up is not counted). `fn` must be importable by name
+    (a module-level function); its exceptions are re-raised here."""
+    if _IN_WORKER:
+        return _inline(fn, args, kwargs, timeout_s)
+    with _slots:
+        worker = _take()
+        try:
+            worker.conn.send((fn, args, kwargs))
+            ready = worker.conn.poll(timeout_s)
+            status, value = worker.conn.recv() if ready else ("timeout", None)
+        except (EOFError, OSError) as e:  # the worker died (OOM killer, a crash in C code)
+            worker.kill()
+            raise RuntimeError(f"{getattr(fn, '__name__', fn)}: its worker process died ({e})") from None
+        except BaseException:
+            worker.kill()
+            raise
+        if status == "timeout":
+            worker.kill()
+            raise DeadlineExceeded(f"ran past its {timeout_s:g} s bound and was stopped")
+        with _lock:
+            _idle.append(worker)
+    if status == "err":
+        raise value
+    return value
+
+
+def shutdown() -> None:
+    """Stop the idle workers (they also end with the trainer: daemonic)."""
+    with _lock:
+        while _idle:
+            _idle.pop().kill()
+
+
+# ----------------------------------------------------------------------------------- rewards
+def _run_reward(name: str, batched: bool, records: Any, ctx: Any, kwargs: dict) -> tuple[Any, Any]:
+    """In the worker: the reward's value(s) and the records' extras (which it may have set)."""
+    from vlmgrpo.rewards.base import _run, resolve_reward
+
+    fn = resolve_reward(name).fn
+    value = _run(fn(records, ctx, **kwargs))
+    extras = [r.extras for r in records] if batched else records.extras
+    if batched:
+        value = list(value)
+    return value, extras
+
+
+def bounded_reward(name: str, batched: bool, timeout_s: float) -> Callable[..., Any]:
+    """A reward function (registry signature) that runs reward `name` in a worker process with a
+    bound of `timeout_s` seconds per call (per sample, or per batch for batched rewards)."""
+
+    def fn(records: Any, ctx: Any, **kwargs: Any) -> Any:
+        light = dataclasses.replace(ctx, policy=None)  # a policy handle does not cross processes
+        value, extras = call(_run_reward, name, batched, records, light, kwargs, timeout_s=timeout_s)
+        if batched:
+            for rec, ex in zip(records, extras):
+                rec.extras.update(ex)
+        else:
+            records.extras.update(extras)
+        return value
+
+    fn.batched = batched  # type: ignore[attr-defined]
+    return fn
+
+
+def default_timeout(reward_fn: Callable[..., Any]) -> float:
+    """The bound a reward declares for itself (`fn.timeout_s`, set on the pure graders), else 0
+    (none: a reward that uses the policy, a GPU model or its own timeouts runs in-process)."""
+    return float(getattr(reward_fn, "timeout_s", 0.0) or 0.0)

@@ -1,0 +1,23 @@
+"""Rewards loaded by path in `test_reward_deadline.py`: one that never returns on a chosen sample
+(stuck in C code, where no signal can interrupt it), one that records extras."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def stuck_on_slow(rec, ctx, **kwargs):
+    """1.0, except for the sample with id "slow": a huge integer power in C, minutes long."""
+    if rec.sample.get("id") == "slow":
+        _ = 7 ** (10**10)  # one C call: SIGALRM would only be handled after it returns
+    rec.extras["worker_pid"] = os.getpid()
+    return 1.0
+
+
+def sleepy_batch(records, ctx, seconds: float = 60.0):
+    time.sleep(seconds)
+    return [1.0] * len(records)
+
+
+sleepy_batch.batched = True
