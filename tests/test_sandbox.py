@@ -90,7 +90,8 @@ def test_infinite_loop_times_out():
     t0 = time.monotonic()
     res = Sandbox(timeout_s=2).run(DRAW + "while True:\n    pass\n")
     assert res.status == "timeout"
-    assert 1.9 <= res.elapsed_s < 4.0
+    # never before its 2 s; the upper bound only rules out "not killed" (a loaded CI box is slow)
+    assert 1.9 <= res.elapsed_s < 20
     assert time.monotonic() - t0 < 30  # setup (imports) excluded from the 2 s, but bounded
 
 
