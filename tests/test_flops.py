@@ -259,3 +259,29 @@ def test_flux_step_matches_flop_counter(tiny_flux) -> None:
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
         got = _count(lambda: model(**kw))
     assert got == F.flux_step_flops(f, img, txt)["total"]
+
+
+def test_recount_reproduces_the_recorded_old_figures(tmp_path, monkeypatch) -> None:
+    """bench/recount.py reads the committed JSON the way the bench wrote it: its old-formula figures
+    equal the recorded ones (MFU to 0.05 points, FLUX TFLOP per image to 0.05), and its output is
+    the committed bench/results/recount.json."""
+    import recount
+
+    monkeypatch.setattr(sys, "argv", ["recount.py", "--out", str(tmp_path)])
+    assert recount.main() == 0
+    r = __import__("json").loads((tmp_path / "recount.json").read_text())
+    n = 0
+    for run in r["step_runs"]:
+        for k, v in run.items():
+            if k.endswith("/train"):
+                assert abs(v["old_mfu"] - v["old_mfu_recorded"]) < 5e-4, (run["run"], k)
+                assert v["new_mfu"] < v["old_mfu"]
+                n += 1
+    assert n == 7
+    for run in r["reward_runs"]:
+        for k, v in run.items():
+            if k.startswith("gen_"):
+                assert abs(v["old_tflop_per_image"] - v["old_tflop_per_image_recorded"]) < 0.05
+                assert abs(v["old_share"] - v["old_share_recorded"]) < 2e-3
+    committed = Path(recount.RESULTS / "recount.json").read_text()
+    assert (tmp_path / "recount.json").read_text() == committed
