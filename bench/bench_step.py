@@ -13,7 +13,8 @@ recorded and the others still run):
                 sampling log-probs vs the training forward (max / mean |diff| over completion tokens)
   rollout_hf    HF generate through rollout/hf.py (the previous backend)
   train         grpo/fastpath.update: token-budget micro-batches, one vision pass per image,
-                fp32 Adam states for bf16 weights (AdamWFP32State); MFU = 6 N tokens / t / 989e12
+                fp32 Adam states for bf16 weights (AdamWFP32State); MFU = bench/flops.py model
+                FLOPs / t / 989e12 (mfu_old: the former 6 x params x tokens)
   step          rollout + rewards (completion length) + advantages + update, end to end
   seed_a        (3b) seed A's full fine-tune: 4 images (224x224) x 8 chains x 512 tokens, AdamW,
                 one update; its peak memory (must fit in 80 GB without offload)
@@ -47,8 +48,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops  # noqa: E402  (bench/flops.py: what each pass runs, in FLOPs)
+
 T0 = time.perf_counter()
-PEAK_FLOPS = 989e12  # H100 SXM dense bf16, the MFU convention of the issue
+PEAK_FLOPS = flops.PEAK_BF16["H100 SXM"]  # dense bf16; the H200's is the same (bench/flops.py)
 
 # Public config.json values of Qwen/Qwen2.5-VL-3B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct.
 _VISION = dict(
@@ -400,7 +404,20 @@ def n_params(model) -> int:
 
 
 def mfu(n: int, tokens: float, seconds: float) -> float:
-    return 6 * n * tokens / seconds / PEAK_FLOPS
+    """The formula before issue #20 (6 x all params x all tokens), kept as `mfu_old` for comparison."""
+    return flops.old_mfu_flops(n, tokens) / seconds / PEAK_FLOPS
+
+
+def train_flops(shape: str, batch, shared_vision: bool, group: int) -> dict:
+    """bench/flops.py's count of one training pass over `batch`: per-row real prompt and completion
+    tokens; the tower on each unique image (`shared_vision`) or on every row's image."""
+    s = SHAPES[shape]
+    fs = flops.QwenVLShape.from_config(s["text"], s["vision"])
+    rows = list(zip(batch.prompt_mask.sum(1).tolist(), batch.completion_mask.sum(1).tolist()))
+    grids = [tuple(int(x) for x in r["image_grid_thw"][0, 1:]) for r in batch.vision_rows]
+    if shared_vision:
+        grids = grids[::group]
+    return flops.qwen_vl_train_flops(fs, rows, grids, shared_vision=shared_vision)
 
 
 def gen_tokens(batch) -> int:
@@ -583,11 +600,19 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                 times.append(sync() - t)
             s = sum(times) / len(times)
             tokens = info["update/tokens"]
+            fl = train_flops(shape, batch, not args.no_share_vision, g)
             r.update(
                 s=round(s, 3),
                 tokens=tokens,
+                prompt_tokens=int(batch.prompt_mask.sum()),
+                completion_tokens=int(batch.completion_mask.sum()),
                 tok_per_s=round(tokens / s, 1),
-                mfu=round(mfu(n, tokens, s), 4),
+                model_flops=fl["model"],  # bench/flops.py: the MFU numerator
+                recompute_flops=fl["recompute"],  # LM-head chunks and SharedVision's no-grad pass
+                mfu=round(fl["model"] / s / PEAK_FLOPS, 4),
+                hfu=round((fl["model"] + fl["recompute"]) / s / PEAK_FLOPS, 4),
+                mfu_old=round(mfu(n, tokens, s), 4),
+                peak_flops=PEAK_FLOPS,
                 micro_batches=info["update/micro_batches"],
                 padded_tokens=info["update/padded_tokens"],
                 token_budget=budget,
@@ -605,6 +630,7 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                 t = sync()
                 opt.step()
                 r["optimizer_step_s"] = round(sync() - t, 3)
+                r["mfu_fwd_bwd"] = round(fl["model"] / (s - r["optimizer_step_s"]) / PEAK_FLOPS, 4)
                 opt.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ full step
@@ -793,12 +819,28 @@ def run_trl(args, rec: Recorder) -> None:
             prompt_len=w["prompt_len"],
             tokens=tokens,
             params=int(w["params_b"] * 1e9),
-            train_mfu=round(mfu(w["params_b"] * 1e9, tokens, d["mean_train_s"]), 4),
+            train_mfu=round(trl_train_flops(d)["model"] / d["mean_train_s"] / PEAK_FLOPS, 4),
+            train_mfu_old=round(mfu(w["params_b"] * 1e9, tokens, d["mean_train_s"]), 4),
+            step_s_each=[x["step_s"] for x in d.get("steps", []) if not x.get("warmup")],
             peak_alloc_gib=d.get("peak_alloc_gib"),
             timed_steps=w["timed_steps"],
             gradient_checkpointing=w["gradient_checkpointing"],
             env=d.get("env"),
         )
+
+
+def trl_train_flops(d: dict) -> dict:
+    """bench/flops.py's count of TRL's training pass from trl_anchor.py's JSON: the tower once per
+    row (TRL's forward runs it for every completion), decoder at prompt + completion tokens, LM head
+    at the completion positions (TRL passes logits_to_keep); gradient checkpointing's recomputed
+    forward is not model FLOPs. Rows get the mean completion length (attention term only)."""
+    w = d["workload"]
+    s = SHAPES["3b"]
+    fs = flops.QwenVLShape.from_config(s["text"], s["vision"])
+    n = w["completions"]
+    grid = flops.image_grid(w["image_px"], w["image_px"], fs)
+    rows = [(w["prompt_len"], d["mean_gen_tokens"] / n)] * n
+    return flops.qwen_vl_train_flops(fs, rows, [grid] * n, shared_vision=False, lm_head_recompute=False)
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -866,7 +908,10 @@ def markdown(data: dict) -> str:
         "**training pass** (fastpath.update): s / tok/s",
         lambda k: f"{g(k, 'train', 's'):.2f} s / {g(k, 'train', 'tok_per_s'):,.0f}",
     )
-    row("  **MFU** (6 N tokens / t / 989 TFLOP/s)", lambda k: f"**{100 * g(k, 'train', 'mfu'):.1f}%**")
+    row(
+        "  **MFU** (bench/flops.py model FLOPs / t / 989 TFLOP/s; old 6 N tokens formula)",
+        lambda k: f"**{100 * g(k, 'train', 'mfu'):.1f}%** (old {100 * g(k, 'train', 'mfu_old'):.1f}%)",
+    )
     row(
         "  optimiser / micro-batches / peak",
         lambda k: (

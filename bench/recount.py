@@ -139,22 +139,13 @@ def recount_step_run(label: str, path: Path, prompt_lens: list[int]) -> dict:
 
 
 def recount_trl(label: str, d: dict, peak: float) -> dict:
-    """TRL's training pass: the tower runs once per row (64 images), decoder at prompt + completion,
-    LM head at the completion positions (TRL passes logits_to_keep); gradient checkpointing's
-    recomputed forward is not model FLOPs."""
+    """TRL's training pass, counted by bench_step.trl_train_flops: the tower once per row (64
+    images), decoder at prompt + completion tokens, LM head at the completion positions."""
+    import bench_step as B
+
     w = d["workload"]
-    s = shape_of("3b")
-    grid = F.image_grid(IMAGE_PX, IMAGE_PX, s)
-    rows = w["completions"]
-    completion = d["mean_gen_tokens"]
-    c = F.qwen_vl_train_flops(
-        s,
-        [(w["prompt_len"], completion / rows)] * rows,
-        [grid] * rows,
-        shared_vision=False,
-        lm_head_recompute=False,
-    )
-    tokens = rows * w["prompt_len"] + completion
+    c = B.trl_train_flops(d)  # the count bench_step.py records for TRL
+    tokens = w["completions"] * w["prompt_len"] + d["mean_gen_tokens"]
     old = F.old_mfu_flops(w["params_b"] * 1e9, tokens)
     steps = [x for x in d["steps"] if not x.get("warmup")]
     return {
