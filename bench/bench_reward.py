@@ -226,6 +226,24 @@ def run_generation(args, rec, gen, device):
                     )
 
             ips_seq, s_seq = images_per_s(per_prompt, n, args.reps)
+            k = args.stock_batch or n
+
+            def stock_batched():  # stock diffusers, batched: one pipeline call per k prompts
+                for i in range(0, n, k):
+                    pipe(
+                        prompt_embeds=emb[i : i + k],
+                        pooled_prompt_embeds=pooled[i : i + k],
+                        generator=[torch.Generator("cpu").manual_seed(j) for j in range(i, min(n, i + k))],
+                        num_inference_steps=4,
+                        guidance_scale=0.0,
+                        height=size,
+                        width=size,
+                        output_type="pil",
+                    )
+
+            ips_stock, _ = (
+                images_per_s(stock_batched, n, args.reps) if args.stock_batch >= 0 else (None, None)
+            )
             gen.generate(prompts[:1], seeds[:1])  # measures one image's memory for the budget
             ips_b, s_b = images_per_s(lambda: gen.generate(prompts, seeds), n, args.reps)
             transformer_flops = _flux_flops(gen, size)
@@ -235,6 +253,12 @@ def run_generation(args, rec, gen, device):
                 per_prompt_images_per_s=round(ips_seq, 3),
                 batched_images_per_s=round(ips_b, 3),
                 speedup=round(ips_b / ips_seq, 2),
+                stock_batched_images_per_s=None if ips_stock is None else round(ips_stock, 3),
+                stock_batch=k,
+                speedup_vs_stock_batched=None if ips_stock is None else round(ips_b / ips_stock, 2),
+                share_of_floor_stock_batched=None
+                if ips_stock is None
+                else round(ips_stock * transformer_flops / H100_BF16_FLOPS, 3),
                 batch=gen.batch_for_budget(),
                 memory_budget_gib=gen.memory_budget_gib,
                 per_image_gib=round(gen.per_image_gib or 0.0, 3),
@@ -472,7 +496,13 @@ def markdown(d: dict) -> str:
     sizes = [512, 1024]
     rows = [
         ("one pipeline call per prompt: images/s", "per_prompt_images_per_s", "{:.2f}"),
+        (
+            "stock diffusers, batched (one call per `stock_batch` prompts): images/s",
+            "stock_batched_images_per_s",
+            "{:.2f}",
+        ),
         ("**vlmgrpo batched**: images/s", "batched_images_per_s", "**{:.2f}**"),
+        ("vlmgrpo vs stock batched", "speedup_vs_stock_batched", "{:.2f}x"),
         ("speed-up", "speedup", "{:.2f}x"),
         ("batch chosen by the memory budget", "batch", "{}"),
         ("activation memory per image (GiB)", "per_image_gib", "{:.2f}"),
@@ -541,6 +571,12 @@ def main() -> int:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--seed-a-new", type=int, default=None)
     ap.add_argument("--seed-a-image", type=int, default=224)
+    ap.add_argument(
+        "--stock-batch",
+        type=int,
+        default=0,
+        help="prompts per call of the stock diffusers batched baseline (0: all; -1: skip it)",
+    )
     ap.add_argument("--sections", default="", help="comma list of sections to run (default all)")
     ap.add_argument("--time-budget", type=float, default=560.0)
     ap.add_argument("--out", default="bench/out-reward")

@@ -34,6 +34,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -623,6 +624,8 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                 gradient_checkpointing=False,
             )
             res["train_mfu"] = r["mfu"]
+            if args.profile:
+                r["profile"] = profile_update(lambda: do_update([batch], [adv]), rec.out, shape)
             if not isinstance(opt, _NoStep):  # the optimiser step alone, on zero gradients
                 for p in params:
                     p.grad = torch.zeros_like(p)
@@ -697,6 +700,23 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def profile_update(fn, out: Path, shape: str) -> str:
+    """One training pass under torch.profiler: the ops by total device time (self), as a table
+    file, so the largest levers of issue #20 item 5 can be read off. Returns the file's name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts, record_shapes=False) as prof:
+        fn()
+        sync()
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    name = f"profile_train_{shape}.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(prof.key_averages().table(sort_by=key, row_limit=60, max_name_column_width=80))
+    return name
 
 
 class _NoStep:
@@ -790,6 +810,8 @@ def run_trl(args, rec: Recorder) -> None:
         ]
         if args.tiny:
             cmd.append("--tiny")
+        cmd += shlex.split(args.trl_args)  # e.g. "--no-gc --micro-bs 16": TRL's best settings that fit
+        r["trl_args"] = args.trl_args
         log("running " + " ".join(cmd))
         env = dict(os.environ)
         if _USER_ALLOC_CONF is None:
@@ -1015,6 +1037,14 @@ def main() -> int:
     )
     ap.add_argument("--trl", default="", help="path to trl_anchor.py (run in a subprocess after 3b)")
     ap.add_argument("--trl-steps", type=int, default=2)
+    ap.add_argument(
+        "--trl-args", default="", help="extra trl_anchor.py arguments, e.g. '--no-gc --micro-bs 16'"
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler over one training pass: OUT/profile_train_<m>.txt",
+    )
     ap.add_argument("--time-budget", type=float, default=540.0)
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
