@@ -286,10 +286,21 @@ def recipe_overrides(recipe: str, policy: Path, data: Path, models: Path, steps:
     return s
 
 
+# `vlmgrpo train`'s own entry point, with checkpoints not written: a 3B full fine-tune's checkpoint
+# (weights + fp32 Adam moments, ~36 GB) would fill the device machine's disk beside the FLUX folder,
+# and writing it is no part of a step's cost. Everything else is the CLI unchanged.
+NO_CKPT_TRAIN = (
+    "import sys; from vlmgrpo import adversarial, trainer; "
+    "trainer.Trainer.save = lambda self: None; adversarial.AdversarialTrainer.save = lambda self: None; "
+    "from vlmgrpo.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 def run_train(recipe: str, overrides: list[str], out: Path, extra: list[str]) -> dict:
-    """`vlmgrpo train` in a subprocess; returns its wall time and exit status (log: out/train.log)."""
+    """`vlmgrpo train` in a subprocess (checkpoints not written, see NO_CKPT_TRAIN); returns its
+    wall time and exit status (log: out/train.log)."""
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "vlmgrpo.cli", "train", "--recipe", recipe, "--output-dir", str(out / "run")]
+    cmd = [sys.executable, "-c", NO_CKPT_TRAIN, "train", "--recipe", recipe, "--output-dir", str(out / "run")]
     for o in overrides + extra:
         cmd += ["--set", o]
     t = time.perf_counter()
@@ -307,10 +318,18 @@ def run_train(recipe: str, overrides: list[str], out: Path, extra: list[str]) ->
     return row
 
 
-def step_costs(run_dir: Path, skip: int = 1) -> dict:
-    """From RUN/metrics.jsonl: steps/s and the mean per-phase seconds (time/<phase>) over the GRPO
-    steps after the first `skip` (compilation, CUDA graph capture, allocator warm-up)."""
+def round_kinds(run_dir: Path) -> list[str | None]:
+    """The adversarial trainer's round kinds (policy / adversary rounds) in RUN, or [None]."""
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return sorted({r["round_kind"] for r in rows if "round_kind" in r}) or [None]
+
+
+def step_costs(run_dir: Path, skip: int = 1, kind: str | None = None) -> dict:
+    """From RUN/metrics.jsonl: steps/s and the mean per-phase seconds (time/<phase>) over the GRPO
+    steps after the first `skip` (compilation, CUDA graph capture, allocator warm-up); `kind`: only
+    the adversarial trainer's rounds of that kind (each kind warms up on its own)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if kind is None or r.get("round_kind") == kind]
     steps = [r for r in rows if r.get("phase", "grpo") == "grpo" and "time/step" in r]
     timed = steps[skip:] or steps
     phases = sorted({k for r in timed for k in r if k.startswith("time/") and k != "time/step"})
@@ -343,13 +362,38 @@ def table(root: Path) -> str:
                 f"| {row['recipe']} | {RECIPES.get(row['recipe'], '?')} | failed: {' '.join(tail)[:120]} | | | |"
             )
             continue
-        c = step_costs(d / "run")
-        ph = ", ".join(f"{k} {v}" for k, v in c["phases_s"].items())
-        lines.append(
-            f"| {row['recipe']} | {RECIPES.get(row['recipe'], '?')} | {c['steps_timed']} | {c['step_s']} "
-            f"({c['step_s_min_max'][0]}-{c['step_s_min_max'][1]}) | {c['steps_per_s']} | {ph} |"
-        )
+        for kind in round_kinds(d / "run"):
+            c = step_costs(d / "run", kind=kind)
+            ph = ", ".join(f"{k} {v}" for k, v in c["phases_s"].items())
+            name = row["recipe"] + (f" ({kind} rounds)" if kind else "")
+            lines.append(
+                f"| {name} | {RECIPES.get(row['recipe'], '?')} | {c['steps_timed']} | {c['step_s']} "
+                f"({c['step_s_min_max'][0]}-{c['step_s_min_max'][1]}) | {c['steps_per_s']} | {ph} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def collect(root: Path, out: Path) -> None:
+    """What comes back from the device machine (few files, two folders deep): `trainer.md` (the
+    table), `trainer.json` (per recipe: exit status, wall, step costs, every metrics row) and
+    `trainer_logs.txt` (the last 30 lines of each log)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trainer.md").write_text(table(root))
+    rows, logs = {}, []
+    for d in sorted(p for p in root.iterdir() if (p / "row.json").is_file()):
+        row = json.loads((d / "row.json").read_text())
+        m = d / "run" / "metrics.jsonl"
+        if m.is_file():
+            row["metrics"] = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
+            if row["metrics"]:
+                row["step_costs"] = {str(k): step_costs(d / "run", kind=k) for k in round_kinds(d / "run")}
+        rows[row["recipe"]] = row
+        lines = (
+            (d / "train.log").read_text(errors="replace").splitlines() if (d / "train.log").exists() else []
+        )
+        logs += [f"==== {row['recipe']}", *lines[-30:]]
+    (out / "trainer.json").write_text(json.dumps(rows, indent=1))
+    (out / "trainer_logs.txt").write_text("\n".join(logs) + "\n")
 
 
 def main() -> int:
@@ -376,6 +420,9 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", default=[], help="further overrides (the tiny check's)")
     sub.add_parser("table").add_argument("root")
+    p = sub.add_parser("collect")
+    p.add_argument("root")
+    p.add_argument("--out", required=True)
     a = ap.parse_args()
     if a.cmd == "ceiling":
         print(json.dumps(ceiling(Path(a.out))))
@@ -396,6 +443,8 @@ def main() -> int:
         return row["returncode"]
     elif a.cmd == "table":
         print(table(Path(a.root)), end="")
+    elif a.cmd == "collect":
+        collect(Path(a.root), Path(a.out))
     return 0
 
 

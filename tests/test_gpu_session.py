@@ -53,9 +53,28 @@ def test_step_costs_and_table_from_metrics(tmp_path: Path) -> None:
     failed.mkdir()
     (failed / "row.json").write_text(json.dumps({"recipe": "area", "returncode": 1}))
     (failed / "train.log").write_text("...\nConfigError: boom\n")
+    adv = tmp_path / "adversarial-charxiv" / "run"
+    adv.mkdir(parents=True)
+    rows = [{"round_kind": k, "time/step": t, "time/round": t} for k, t in
+            [("base", 5.0), ("adversary", 7.0), ("base", 1.0), ("adversary", 3.0)]]  # fmt: skip
+    (adv / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (adv.parent / "row.json").write_text(json.dumps({"recipe": "adversarial-charxiv", "returncode": 0}))
     t = G.table(tmp_path)
     assert "| geometry3k | 3b | 2 | 3.0 (2.0-4.0) | 0.3333 | rollout 2.0, update 1.0 |" in t
     assert "| area | 7b | failed: ConfigError: boom |" in t
+    # each kind of adversarial round warms up on its own and gets its own row
+    assert "| adversarial-charxiv (base rounds) | 3b | 1 | 1.0 (1.0-1.0) | 1.0 | round 1.0 |" in t
+    assert "| adversarial-charxiv (adversary rounds) | 3b | 1 | 3.0 (3.0-3.0) | 0.3333 | round 3.0 |" in t
+    G.collect(tmp_path, tmp_path / "back")
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == [
+        "trainer.json",
+        "trainer.md",
+        "trainer_logs.txt",
+    ]
+    back = json.loads((tmp_path / "back" / "trainer.json").read_text())
+    assert (
+        back["geometry3k"]["step_costs"]["None"]["step_s"] == 3.0 and len(back["geometry3k"]["metrics"]) == 3
+    )
 
 
 @pytest.mark.slow
