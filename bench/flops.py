@@ -26,7 +26,10 @@ recomputation (the LM head's checkpointed chunks, `SharedVision`'s second tower 
 GPU does but not model FLOPs; `qwen_vl_train_flops` reports it separately (`recompute`).
 
 Peak: `PEAK_BF16` = 989e12 FLOP/s, NVIDIA's dense (no sparsity) bf16 tensor-core figure for the
-H100 SXM; the H200 has the same figure (same GH100 compute; more and faster memory only).
+H100 SXM; the H200 has the same figure (same GH100 compute; more and faster memory only). MFU is
+against that data-sheet figure; what a large bf16 matmul actually reaches is lower (about 790e12
+on random data on this workplace's H200, per the device notes), and `gpu_session.py ceiling`
+measures it in the same session as the runs it qualifies.
 """
 
 from __future__ import annotations

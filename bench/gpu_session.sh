@@ -4,7 +4,7 @@
 # by the data sheet, ~790 measured on random data, KINDS.md; `ceiling` re-measures it).
 #
 # 0. Here, on the CPU machine, once (repo root): the wheels the image lacks and the anchors.
-#        bash bench/gpu_session.sh wheels        # ~10 MiB in .whl/ (git-ignored), well under 64 MiB
+#        bash bench/gpu_session.sh wheels        # 8.7 MiB of wheels in .whl/ (git-ignored), under 64 MiB
 # 1. Then one `run` call per step below, in this order, kind nvidia-h200, timeout_s 600,
 #    carry [".whl"], command `bash bench/gpu_session.sh A` (then B, C, D, E). Issue them back to back:
 #    the machine stays warm only ~30 s between calls, and each fresh start costs 1-2 min of the
