@@ -134,6 +134,7 @@ def recount_step_run(label: str, path: Path, prompt_lens: list[int]) -> dict:
                 "seconds": st["s"],
                 "rollout_s": st["rollout_s"],
                 "update_s": st["update_s"],
+                "gen_tokens": st.get("gen_tokens"),
             }
     return out
 
@@ -154,6 +155,7 @@ def recount_trl(label: str, d: dict, peak: float) -> dict:
         "step_s_mean": d["mean_step_s"],
         "step_s_each": [x["step_s"] for x in steps],
         "generate_tok_per_s": d["gen_tok_per_s"],
+        "gen_tokens": d["mean_gen_tokens"],
         "train_s": d["mean_train_s"],
         "gradient_checkpointing": w["gradient_checkpointing"],
         "old_mfu": round(F.share_of_peak(old, d["mean_train_s"], peak), 4),
@@ -213,6 +215,8 @@ def ratios(step_runs: list[dict], trl_runs: list[dict]) -> list[dict]:
                 {
                     "vlmgrpo_run": v["run"],
                     "vlmgrpo_step_s": st["seconds"],
+                    "vlmgrpo_gen_tokens": st.get("gen_tokens"),
+                    "trl_gen_tokens": t["gen_tokens"],
                     "trl_run": t["run"],
                     "trl_step_s": t["step_s_mean"],
                     "same_run": t["run"] == v["run"],
@@ -270,15 +274,15 @@ def markdown(r: dict) -> str:
                 )
     L += ["", "### Full step: vlmgrpo (3B) vs TRL step mean, every pairing", ""]
     L += [
-        "| vlmgrpo run | step | TRL run | TRL step (each timed step) | same run | ratio |",
+        "| vlmgrpo run | step (generated tokens) | TRL run | TRL step (each timed step; generated tokens) | same run | ratio |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     trl_each = {t["run"]: t["step_s_each"] for t in r["trl"]}
     for x in r["ratios"]:
         L.append(
-            f"| {x['vlmgrpo_run']} | {x['vlmgrpo_step_s']} s | {x['trl_run']} | {x['trl_step_s']} s "
-            f"({', '.join(str(s) for s in trl_each[x['trl_run']])}) | {'yes' if x['same_run'] else 'no'} | "
-            f"{x['ratio']}x |"
+            f"| {x['vlmgrpo_run']} | {x['vlmgrpo_step_s']} s ({x['vlmgrpo_gen_tokens']:,.0f}) | {x['trl_run']} | "
+            f"{x['trl_step_s']} s ({', '.join(str(s) for s in trl_each[x['trl_run']])}; {x['trl_gen_tokens']:,.0f}) | "
+            f"{'yes' if x['same_run'] else 'no'} | {x['ratio']}x |"
         )
     L += ["", "TRL generate tok/s (model.generate only): " + ", ".join(
         f"{t['run']} {t['generate_tok_per_s']:,.0f}" for t in r["trl"])]  # fmt: skip
