@@ -167,6 +167,24 @@ def vision_forward(s: QwenVLShape, grids: list[tuple[int, int]]) -> dict[str, fl
     return {"linear": lin, "attention": att, "patches": float(patches), "merged": float(merged)}
 
 
+def qwen_vl_weights(s: QwenVLShape) -> dict[str, float]:
+    """Matmul weights by part (biases, norms and the embedding lookup excluded; with tied embeddings
+    the LM head is the embedding matrix): what `old_mfu_flops` credited at every token."""
+    d, di = s.v_hidden, s.v_intermediate
+    md = d * s.merge**2
+    vision = (
+        s.in_chans * s.temporal_patch * s.patch**2 * d
+        + s.v_depth * (3 * d * d + d * d + 3 * d * di)
+        + md * md
+        + md * s.hidden
+    )
+    return {
+        "vision": float(vision),
+        "decoder": decoder_per_token(s) / 2,
+        "lm_head": lm_head_per_position(s) / 2,
+    }
+
+
 def decoder_per_token(s: QwenVLShape) -> float:
     """Forward FLOPs per token of the decoder layers' matmuls (q, k, v, o, SwiGLU), LM head excluded."""
     q = s.heads * s.hd

@@ -95,6 +95,8 @@ def recount_step_run(label: str, path: Path, prompt_lens: list[int]) -> dict:
             r = {
                 "seconds": t["s"],
                 "optimizer": t.get("optimizer"),
+                "optimizer_step_s": t.get("optimizer_step_s"),
+                "weights_b": {k: round(v / 1e9, 3) for k, v in F.qwen_vl_weights(s).items()},
                 "tokens": t["tokens"],
                 "prompt_tokens": prompt_total,
                 "completion_tokens": completion,
@@ -256,9 +258,11 @@ def markdown(r: dict) -> str:
             f"| TRL ({t['run']}) | 3b (gradient checkpointing) | {t['train_s']} s | - | - | "
             f"{100 * t['old_mfu']:.1f}% | **{100 * t['new_mfu']:.1f}%** | - | - |"
         )
-    parts = r["step_runs"][-1].get("3b/train", {}).get("new_parts_fwd_tflop")
-    if parts:
-        L += ["", f"Forward TFLOP of the 3B pass by part ({r['step_runs'][-1]['run']}): {parts}"]
+    t3 = r["step_runs"][-1].get("3b/train", {})
+    if t3:
+        L += ["", f"3B ({r['step_runs'][-1]['run']}): matmul weights by part (B) {t3['weights_b']}; tokens "
+              f"{t3['tokens']:,.0f} (completion {t3['completion_tokens']:,.0f}), patches {t3['patches']:,.0f}; "
+              f"forward TFLOP by part {t3['new_parts_fwd_tflop']}; optimiser step alone {t3['optimizer_step_s']} s"]  # fmt: skip
     L += ["", "### Rollout: share of the peak (decode is memory-bound; for scale only)", ""]
     L += [
         "| run | model | section | s | tok/s | TFLOP | share of peak |",
@@ -286,6 +290,10 @@ def markdown(r: dict) -> str:
         )
     L += ["", "TRL generate tok/s (model.generate only): " + ", ".join(
         f"{t['run']} {t['generate_tok_per_s']:,.0f}" for t in r["trl"])]  # fmt: skip
+    last = r["step_runs"][-1].get("3b/rollout_fast_compiled")
+    if last:
+        L += [f"{r['step_runs'][-1]['run']}'s compiled rollout ({last['tok_per_s']:,.0f} tok/s) against each: " + ", ".join(
+            f"{t['run']} {last['tok_per_s'] / t['generate_tok_per_s']:.1f}x" for t in r["trl"]) + " (across runs)"]  # fmt: skip
     L += ["", "### FLUX transformer: share of the peak", ""]
     L += [
         "| run | size | TFLOP/image old (recorded) | TFLOP/image new | batched images/s | old share | new share | new share, one call per prompt |",

@@ -138,6 +138,9 @@ def test_training_forward_matches_flop_counter_on_a_tiny_qwen25_vl() -> None:
 
     model = _tiny_qwen25_vl()
     s = F.QwenVLShape.from_config(TEXT, VISION)
+    mats = (torch.nn.Linear, torch.nn.Conv3d)
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, mats))
+    assert sum(F.qwen_vl_weights(s).values()) == weights  # every matmul weight, each counted once
     grid = (8, 6)
     batch = _batch(rows=2, grid=grid, completion=5)
     p_len, c_len = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
