@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import flops  # noqa: E402
 from bench_step import (  # noqa: E402
     Recorder,
     build_model,
@@ -74,7 +75,7 @@ DINOV2_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=
 TINY_DINO = dict(
     DINOV2_LARGE, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
 )
-H100_BF16_FLOPS = 989e12
+H100_BF16_FLOPS = flops.PEAK_BF16["H100 SXM"]  # dense bf16; the H200 has the same figure
 
 
 def _build(cls, kwargs, device, dtype):
@@ -225,34 +226,68 @@ def run_generation(args, rec, gen, device):
                     )
 
             ips_seq, s_seq = images_per_s(per_prompt, n, args.reps)
+            k = args.stock_batch or n
+
+            def stock_batched():  # stock diffusers, batched: one pipeline call per k prompts
+                for i in range(0, n, k):
+                    pipe(
+                        prompt_embeds=emb[i : i + k],
+                        pooled_prompt_embeds=pooled[i : i + k],
+                        generator=[torch.Generator("cpu").manual_seed(j) for j in range(i, min(n, i + k))],
+                        num_inference_steps=4,
+                        guidance_scale=0.0,
+                        height=size,
+                        width=size,
+                        output_type="pil",
+                    )
+
+            ips_stock, _ = (
+                images_per_s(stock_batched, n, args.reps) if args.stock_batch >= 0 else (None, None)
+            )
             gen.generate(prompts[:1], seeds[:1])  # measures one image's memory for the budget
             ips_b, s_b = images_per_s(lambda: gen.generate(prompts, seeds), n, args.reps)
             transformer_flops = _flux_flops(gen, size)
+            old_flops = _flux_flops_old(gen, size)
             r.update(
                 images=n,
                 per_prompt_images_per_s=round(ips_seq, 3),
                 batched_images_per_s=round(ips_b, 3),
                 speedup=round(ips_b / ips_seq, 2),
+                stock_batched_images_per_s=None if ips_stock is None else round(ips_stock, 3),
+                stock_batch=k,
+                speedup_vs_stock_batched=None if ips_stock is None else round(ips_b / ips_stock, 2),
+                share_of_floor_stock_batched=None
+                if ips_stock is None
+                else round(ips_stock * transformer_flops / H100_BF16_FLOPS, 3),
                 batch=gen.batch_for_budget(),
                 memory_budget_gib=gen.memory_budget_gib,
                 per_image_gib=round(gen.per_image_gib or 0.0, 3),
                 transformer_tflop_per_image=round(transformer_flops / 1e12, 2),
                 floor_images_per_s=round(H100_BF16_FLOPS / transformer_flops, 2),
                 share_of_floor=round(ips_b * transformer_flops / H100_BF16_FLOPS, 3),
+                share_of_floor_per_prompt=round(ips_seq * transformer_flops / H100_BF16_FLOPS, 3),
+                old_transformer_tflop_per_image=round(old_flops / 1e12, 2),  # before issue #20
+                old_share_of_floor=round(ips_b * old_flops / H100_BF16_FLOPS, 3),
                 embed_cache_hits=gen.embed_hits,
             )
 
 
 def _flux_flops(gen, size: int) -> float:
-    """Matmul FLOPs of the transformer for one image, 4 steps: 2 x params x tokens plus attention."""
+    """Matmul FLOPs of the transformer for one image over all steps (bench/flops.py): per-token
+    weights at image + text tokens, modulation and timestep/pooled embedders once per image,
+    joint attention over all tokens."""
+    f = flops.FluxShape.from_config(dict(gen.pipe.transformer.config))
+    n = flops.flux_image_tokens(size, size)
+    return gen.num_inference_steps * flops.flux_step_flops(f, n, gen.max_sequence_length)["total"]
+
+
+def _flux_flops_old(gen, size: int) -> float:
+    """The count before issue #20: 2 x all parameters x (image + text tokens) plus attention."""
     tr = gen.pipe.transformer
-    n = sum(p.numel() for p in tr.parameters())
-    img_tokens = (size // 16) ** 2
-    tokens = img_tokens + gen.max_sequence_length
-    heads, dim = tr.config.num_attention_heads, tr.config.attention_head_dim
-    blocks = tr.config.num_layers + tr.config.num_single_layers
-    attn = 4 * tokens * tokens * heads * dim * blocks
-    return gen.num_inference_steps * (2 * n * tokens + attn)
+    f = flops.FluxShape.from_config(dict(tr.config))
+    total = sum(p.numel() for p in tr.parameters())
+    n = flops.flux_image_tokens(size, size)
+    return gen.num_inference_steps * flops.flux_old_step_flops(f, total, n, gen.max_sequence_length)
 
 
 def run_fast_paths(args, rec, gen):
@@ -461,12 +496,20 @@ def markdown(d: dict) -> str:
     sizes = [512, 1024]
     rows = [
         ("one pipeline call per prompt: images/s", "per_prompt_images_per_s", "{:.2f}"),
+        (
+            "stock diffusers, batched (one call per `stock_batch` prompts): images/s",
+            "stock_batched_images_per_s",
+            "{:.2f}",
+        ),
         ("**vlmgrpo batched**: images/s", "batched_images_per_s", "**{:.2f}**"),
+        ("vlmgrpo vs stock batched", "speedup_vs_stock_batched", "{:.2f}x"),
         ("speed-up", "speedup", "{:.2f}x"),
         ("batch chosen by the memory budget", "batch", "{}"),
         ("activation memory per image (GiB)", "per_image_gib", "{:.2f}"),
         ("transformer FLOP floor (images/s at 989 TFLOP/s)", "floor_images_per_s", "{:.2f}"),
-        ("share of the FLOP floor", "share_of_floor", "{:.0%}"),
+        ("share of the FLOP floor (bench/flops.py count)", "share_of_floor", "{:.0%}"),
+        ("  same, one call per prompt", "share_of_floor_per_prompt", "{:.0%}"),
+        ("  old count (2 x all params x tokens)", "old_share_of_floor", "{:.0%}"),
     ]
     for label, k, fmt in rows:
         lines.append(f"| {label} | " + " | ".join(g(f"gen_{z}", k, fmt) for z in sizes) + " |")
@@ -528,6 +571,12 @@ def main() -> int:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--seed-a-new", type=int, default=None)
     ap.add_argument("--seed-a-image", type=int, default=224)
+    ap.add_argument(
+        "--stock-batch",
+        type=int,
+        default=0,
+        help="prompts per call of the stock diffusers batched baseline (0: all; -1: skip it)",
+    )
     ap.add_argument("--sections", default="", help="comma list of sections to run (default all)")
     ap.add_argument("--time-budget", type=float, default=560.0)
     ap.add_argument("--out", default="bench/out-reward")

@@ -13,7 +13,8 @@ recorded and the others still run):
                 sampling log-probs vs the training forward (max / mean |diff| over completion tokens)
   rollout_hf    HF generate through rollout/hf.py (the previous backend)
   train         grpo/fastpath.update: token-budget micro-batches, one vision pass per image,
-                fp32 Adam states for bf16 weights (AdamWFP32State); MFU = 6 N tokens / t / 989e12
+                fp32 Adam states for bf16 weights (AdamWFP32State); MFU = bench/flops.py model
+                FLOPs / t / 989e12 (mfu_old: the former 6 x params x tokens)
   step          rollout + rewards (completion length) + advantages + update, end to end
   seed_a        (3b) seed A's full fine-tune: 4 images (224x224) x 8 chains x 512 tokens, AdamW,
                 one update; its peak memory (must fit in 80 GB without offload)
@@ -33,6 +34,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -47,8 +49,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops  # noqa: E402  (bench/flops.py: what each pass runs, in FLOPs)
+
 T0 = time.perf_counter()
-PEAK_FLOPS = 989e12  # H100 SXM dense bf16, the MFU convention of the issue
+PEAK_FLOPS = flops.PEAK_BF16["H100 SXM"]  # dense bf16; the H200's is the same (bench/flops.py)
 
 # Public config.json values of Qwen/Qwen2.5-VL-3B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct.
 _VISION = dict(
@@ -400,7 +405,20 @@ def n_params(model) -> int:
 
 
 def mfu(n: int, tokens: float, seconds: float) -> float:
-    return 6 * n * tokens / seconds / PEAK_FLOPS
+    """The formula before issue #20 (6 x all params x all tokens), kept as `mfu_old` for comparison."""
+    return flops.old_mfu_flops(n, tokens) / seconds / PEAK_FLOPS
+
+
+def train_flops(shape: str, batch, shared_vision: bool, group: int) -> dict:
+    """bench/flops.py's count of one training pass over `batch`: per-row real prompt and completion
+    tokens; the tower on each unique image (`shared_vision`) or on every row's image."""
+    s = SHAPES[shape]
+    fs = flops.QwenVLShape.from_config(s["text"], s["vision"])
+    rows = list(zip(batch.prompt_mask.sum(1).tolist(), batch.completion_mask.sum(1).tolist()))
+    grids = [tuple(int(x) for x in r["image_grid_thw"][0, 1:]) for r in batch.vision_rows]
+    if shared_vision:
+        grids = grids[::group]
+    return flops.qwen_vl_train_flops(fs, rows, grids, shared_vision=shared_vision)
 
 
 def gen_tokens(batch) -> int:
@@ -425,6 +443,8 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
 
     key = shape
     res: dict = rec.data.setdefault("models", {}).setdefault(key, {})
+    if args.liger:  # issue #20 item 5: Liger's Triton RMSNorm / RoPE / SwiGLU in the HF modules
+        res["liger"] = apply_liger()
     t = time.perf_counter()
     model = build_model(shape, proc, device, dtype)
     model.train()
@@ -583,11 +603,19 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                 times.append(sync() - t)
             s = sum(times) / len(times)
             tokens = info["update/tokens"]
+            fl = train_flops(shape, batch, not args.no_share_vision, g)
             r.update(
                 s=round(s, 3),
                 tokens=tokens,
+                prompt_tokens=int(batch.prompt_mask.sum()),
+                completion_tokens=int(batch.completion_mask.sum()),
                 tok_per_s=round(tokens / s, 1),
-                mfu=round(mfu(n, tokens, s), 4),
+                model_flops=fl["model"],  # bench/flops.py: the MFU numerator
+                recompute_flops=fl["recompute"],  # LM-head chunks and SharedVision's no-grad pass
+                mfu=round(fl["model"] / s / PEAK_FLOPS, 4),
+                hfu=round((fl["model"] + fl["recompute"]) / s / PEAK_FLOPS, 4),
+                mfu_old=round(mfu(n, tokens, s), 4),
+                peak_flops=PEAK_FLOPS,
                 micro_batches=info["update/micro_batches"],
                 padded_tokens=info["update/padded_tokens"],
                 token_budget=budget,
@@ -598,6 +626,8 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                 gradient_checkpointing=False,
             )
             res["train_mfu"] = r["mfu"]
+            if args.profile:
+                r["profile"] = profile_update(lambda: do_update([batch], [adv]), rec.out, shape)
             if not isinstance(opt, _NoStep):  # the optimiser step alone, on zero gradients
                 for p in params:
                     p.grad = torch.zeros_like(p)
@@ -605,6 +635,7 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                 t = sync()
                 opt.step()
                 r["optimizer_step_s"] = round(sync() - t, 3)
+                r["mfu_fwd_bwd"] = round(fl["model"] / (s - r["optimizer_step_s"]) / PEAK_FLOPS, 4)
                 opt.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ full step
@@ -671,6 +702,38 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def apply_liger() -> str:
+    """Patch Qwen2.5-VL's HF modules with Liger's kernels before the model is built (classes are
+    replaced, so models built afterwards use them); the LM head / loss stay vlmgrpo's chunked
+    log-probs. Returns "applied" or the error (Liger needs Triton and a GPU)."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_qwen2_5_vl
+
+        apply_liger_kernel_to_qwen2_5_vl(
+            rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+        )
+        return "applied"
+    except Exception as e:  # noqa: BLE001 - recorded in the JSON, the bench goes on without it
+        return f"error: {type(e).__name__}: {str(e)[:200]}"
+
+
+def profile_update(fn, out: Path, shape: str) -> str:
+    """One training pass under torch.profiler: the ops by total device time (self), as a table
+    file, so the largest levers of issue #20 item 5 can be read off. Returns the file's name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts, record_shapes=False) as prof:
+        fn()
+        sync()
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    name = f"profile_train_{shape}.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(prof.key_averages().table(sort_by=key, row_limit=60, max_name_column_width=80))
+    return name
 
 
 class _NoStep:
@@ -764,6 +827,8 @@ def run_trl(args, rec: Recorder) -> None:
         ]
         if args.tiny:
             cmd.append("--tiny")
+        cmd += shlex.split(args.trl_args)  # e.g. "--no-gc --micro-bs 16": TRL's best settings that fit
+        r["trl_args"] = args.trl_args
         log("running " + " ".join(cmd))
         env = dict(os.environ)
         if _USER_ALLOC_CONF is None:
@@ -793,12 +858,30 @@ def run_trl(args, rec: Recorder) -> None:
             prompt_len=w["prompt_len"],
             tokens=tokens,
             params=int(w["params_b"] * 1e9),
-            train_mfu=round(mfu(w["params_b"] * 1e9, tokens, d["mean_train_s"]), 4),
+            train_mfu=None  # the count is of the 3B shape; the tiny anchor's model is another one
+            if d.get("tiny")
+            else round(trl_train_flops(d)["model"] / d["mean_train_s"] / PEAK_FLOPS, 4),
+            train_mfu_old=round(mfu(w["params_b"] * 1e9, tokens, d["mean_train_s"]), 4),
+            step_s_each=[x["step_s"] for x in d.get("steps", []) if not x.get("warmup")],
             peak_alloc_gib=d.get("peak_alloc_gib"),
             timed_steps=w["timed_steps"],
             gradient_checkpointing=w["gradient_checkpointing"],
             env=d.get("env"),
         )
+
+
+def trl_train_flops(d: dict) -> dict:
+    """bench/flops.py's count of TRL's training pass from trl_anchor.py's JSON: the tower once per
+    row (TRL's forward runs it for every completion), decoder at prompt + completion tokens, LM head
+    at the completion positions (TRL passes logits_to_keep); gradient checkpointing's recomputed
+    forward is not model FLOPs. Rows get the mean completion length (attention term only)."""
+    w = d["workload"]
+    s = SHAPES["3b"]
+    fs = flops.QwenVLShape.from_config(s["text"], s["vision"])
+    n = w["completions"]
+    grid = flops.image_grid(w["image_px"], w["image_px"], fs)
+    rows = [(w["prompt_len"], d["mean_gen_tokens"] / n)] * n
+    return flops.qwen_vl_train_flops(fs, rows, [grid] * n, shared_vision=False, lm_head_recompute=False)
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -866,7 +949,10 @@ def markdown(data: dict) -> str:
         "**training pass** (fastpath.update): s / tok/s",
         lambda k: f"{g(k, 'train', 's'):.2f} s / {g(k, 'train', 'tok_per_s'):,.0f}",
     )
-    row("  **MFU** (6 N tokens / t / 989 TFLOP/s)", lambda k: f"**{100 * g(k, 'train', 'mfu'):.1f}%**")
+    row(
+        "  **MFU** (bench/flops.py model FLOPs / t / 989 TFLOP/s; old 6 N tokens formula)",
+        lambda k: f"**{100 * g(k, 'train', 'mfu'):.1f}%** (old {100 * g(k, 'train', 'mfu_old'):.1f}%)",
+    )
     row(
         "  optimiser / micro-batches / peak",
         lambda k: (
@@ -885,7 +971,7 @@ def markdown(data: dict) -> str:
         lines.append(
             f"| TRL 1.13 GRPOTrainer step (same run, 3B) | {trl['step_s']:.1f} s "
             f"(generate {trl['gen_s']:.1f} s at {trl['gen_tok_per_s']:,.0f} tok/s + train "
-            f"{trl['train_s']:.1f} s, MFU {100 * trl['train_mfu']:.1f}%, peak {trl.get('peak_alloc_gib')} GiB)"
+            f"{trl['train_s']:.1f} s, MFU {100 * (trl['train_mfu'] or 0):.1f}%, peak {trl.get('peak_alloc_gib')} GiB)"
             + " | -" * (len(models) - 1)
             + " |"
         )
@@ -970,6 +1056,17 @@ def main() -> int:
     )
     ap.add_argument("--trl", default="", help="path to trl_anchor.py (run in a subprocess after 3b)")
     ap.add_argument("--trl-steps", type=int, default=2)
+    ap.add_argument(
+        "--trl-args",
+        default="",
+        help="extra trl_anchor.py arguments, e.g. --trl-args='--no-gc --micro-bs 16'",
+    )
+    ap.add_argument("--liger", action="store_true", help="Liger kernels (RMSNorm, RoPE, SwiGLU) in the model")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler over one training pass: OUT/profile_train_<m>.txt",
+    )
     ap.add_argument("--time-budget", type=float, default=540.0)
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
