@@ -664,6 +664,9 @@ class Trainer:
             cut = self.runlog.truncate_after(self.step)
             if self.dist.is_main:
                 moved = f"; the rows past step {self.step} moved to {cut.name}" if cut else ""
+                later = self._set_aside_later_checkpoints()
+                if later:
+                    moved += f"; later checkpoints moved to {later.relative_to(self.out)}/"
                 print(f"resuming from {self.resume_from.name} (step {self.step}){moved}", flush=True)
         elif cfg.warmup.steps > 0:
             from vlmgrpo.warmup import warm_start
@@ -744,6 +747,20 @@ class Trainer:
                 "started from; see the warnings above and reward/*/failed in metrics.jsonl"
             )
         return self.out
+
+    def _set_aside_later_checkpoints(self) -> Path | None:
+        """`--resume-from ckpt-N` with newer checkpoints in the folder: they belong to the timeline
+        being replaced. Left in place, the new run would overwrite some and a later `--resume`
+        would pick an old one; they move to `ckpts/cut-N/` (returned), never deleted."""
+        root = self.out / "ckpts"
+        later = [c for c in ckpt.list_checkpoints(root) if ckpt.checkpoint_step(c) > self.step]
+        if not later:
+            return None
+        dest = runlog.numbered(root / f"cut-{self.step}")
+        dest.mkdir(parents=True)
+        for c in later:
+            c.replace(dest / c.name)
+        return dest
 
     def _warn_if_flat(self, metrics: dict[str, float]) -> None:
         """Once per run: a step whose rewards are all the same has all advantages zero, so the
