@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+HELP = "Show this help message and exit."  # argparse's own line ends without a full stop
+
+
 def _quiet_libraries(verbose: bool) -> None:
     """transformers' and matplotlib's own chatter (load reports, generation-config notes, font
     cache lines) buries the one line a user needs; -v brings it back."""
@@ -48,12 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     from vlmgrpo import __version__
 
     parser = argparse.ArgumentParser(
-        prog="vlmgrpo", description="GRPO post-training for vision-language models."
+        prog="vlmgrpo", description="GRPO post-training for vision-language models.", add_help=False
     )
+    parser.add_argument("-h", "--help", action="help", help=HELP)
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="Debug logging, transformers' own messages included."
     )
-    parser.add_argument("--version", action="version", version=f"vlmgrpo {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"vlmgrpo {__version__}", help="Print the version and exit."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         try:
@@ -63,8 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a command not built yet in this checkout
             raise
         p = sub.add_parser(
-            name, help=help_text, description=(mod.__doc__ or help_text).strip().splitlines()[0]
+            name,
+            help=help_text,
+            description=(mod.__doc__ or help_text).strip().splitlines()[0],
+            add_help=False,
         )
+        p.add_argument("-h", "--help", action="help", help=HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
