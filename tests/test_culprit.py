@@ -164,9 +164,13 @@ def test_negative_or_zero_counts_are_config_errors_naming_the_key(override):
         load_config("area-tiny", [override])
 
 
+def test_zero_steps_is_a_warm_start_only_run():
+    assert load_config("demo", ["train.steps=0"]).train.steps == 0  # the demo warms up first
+
+
 def test_negative_steps_from_the_cli_is_one_line(capsys):
     assert main(["train", "--recipe", "area-tiny", "--set", "train.steps=-5"]) == 2
-    assert _error_line(capsys) == "error: train.steps: must be at least 1, got -5"
+    assert _error_line(capsys).startswith("error: train.steps: must be at least 1, got -5")
 
 
 @pytest.mark.parametrize("word", ["no", "yes", "on", "off", "No", "OFF"])
@@ -302,8 +306,11 @@ def test_an_offline_recipe_builds_its_missing_tiny_model_once(tmp_path):
     assert line.startswith(f"built a tiny random qwen2_5_vl model in {model} (model.name_or_path was missing")
     assert (model / "config.json").is_file()
     assert ensure_inputs(cfg, said.append) == [] and len(said) == 1  # there now: left alone
-    # a Hub id given with --model is the loader's business, never built
+    # a Hub id is the loader's business, never built; nor is a path the user gave (--model, --set)
     assert ensure_inputs(load_config("area-tiny", ["model.name_or_path=org/name"]), said.append) == []
+    given = load_config("area-tiny", [f"model.name_or_path={tmp_path / 'mine'}"])
+    assert ensure_inputs(given, said.append, recipe=load_config("area-tiny")) == []
+    assert not (tmp_path / "mine").exists()
 
 
 @pytest.mark.slow

@@ -200,7 +200,7 @@ class WarmupConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # optimizer updates
+    steps: int = 1000  # optimizer updates (0: a warm-start-only run, with warmup.steps > 0)
     seed: int = 7111994
     output_dir: str = "runs/run"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -531,7 +531,6 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None) -
 
 # counts that must be >= 1, and counts where 0 means "off" / "never" / "default" but < 0 means nothing
 POSITIVE = (
-    "train.steps",
     "train.max_nonfinite",
     "rollout.group_size",
     "rollout.prompts_per_step",
@@ -575,6 +574,11 @@ def _get(cfg: Any, key: str) -> Any:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
+    if cfg.train.steps < 1 and not (cfg.train.steps == 0 and cfg.warmup.steps > 0):
+        raise ConfigError(
+            f"train.steps: must be at least 1, got {cfg.train.steps} (0 only for a warm-start-only "
+            "run, with warmup.steps > 0)"
+        )
     for key in POSITIVE:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key}: must be at least 1, got {_get(cfg, key)}")

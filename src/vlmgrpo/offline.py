@@ -9,8 +9,9 @@ A recipe lists them under `build:` as config key -> builder:
       extra.adversary.model.name_or_path: tiny:qwen2
       model.name_or_path: demo                   # the demo's tiny Qwen3-VL (commands/demo.py)
 
-Only a local path is built (a Hugging Face id such as `org/name`, given with `--model`, is left to
-the loader), and only when nothing is there yet: an existing folder is never touched.
+Only the recipe's own path is built, when nothing is there yet: a path given with `--model` or
+`--set` is the user's (a missing one stays the loader's one-line error, never a random model), a
+Hugging Face id is never built, and an existing folder is never touched.
 """
 
 from __future__ import annotations
@@ -81,14 +82,16 @@ def check_builders(build: dict[str, str]) -> None:
             raise ConfigError(f"build.{key}: unknown builder '{spec}'; known: {', '.join(BUILDERS)}")
 
 
-def ensure_inputs(cfg: Any, echo: Callable[[str], None] = print) -> list[Path]:
-    """Build each missing input the recipe's `build:` names; returns the paths built."""
+def ensure_inputs(cfg: Any, echo: Callable[[str], None] = print, recipe: Any = None) -> list[Path]:
+    """Build each missing input the recipe's `build:` names; returns the paths built. `recipe`: the
+    recipe's config before overrides; a value that differs from it was given by the user: not built."""
     check_builders(cfg.build)
     data = cfg.to_dict()
+    own = recipe.to_dict() if recipe is not None else data
     built = []
     for key, spec in cfg.build.items():
         value = _lookup(data, key)
-        if not isinstance(value, str) or not value or not is_local_path(value):
+        if not isinstance(value, str) or not value or not is_local_path(value) or value != _lookup(own, key):
             continue
         path = Path(value).expanduser()
         if path.exists():

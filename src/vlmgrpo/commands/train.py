@@ -52,7 +52,7 @@ def _walk_strings(value) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-def prepare(cfg, resume: bool, overwrite: bool) -> None:
+def prepare(cfg, resume: bool, overwrite: bool, recipe=None) -> None:
     """Before any model loads: the run folder is usable (not a file), another run's files in it are
     neither mixed in nor lost, and an offline recipe's missing inputs are built."""
     from pathlib import Path
@@ -64,7 +64,7 @@ def prepare(cfg, resume: bool, overwrite: bool) -> None:
     moved = runlog.prepare_run_dir(out, resume=resume, overwrite=overwrite, inputs=inputs)
     if moved is not None:
         print(f"--overwrite: the earlier run's files moved to {moved}", flush=True)
-    offline.ensure_inputs(cfg)
+    offline.ensure_inputs(cfg, recipe=recipe)  # `recipe`: only its own paths are built, not --model's
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +85,13 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     resume = args.resume_from or ("latest" if args.resume else None)
-    prepare(cfg, resume=bool(resume), overwrite=args.overwrite)
+    if cfg.build:
+        from vlmgrpo.config import load_config
+
+        recipe = load_config(args.recipe)
+    else:
+        recipe = None
+    prepare(cfg, resume=bool(resume), overwrite=args.overwrite, recipe=recipe)
     if "adversary" in cfg.extra:  # seed B: policy + adversary (vlmgrpo.adversarial)
         from vlmgrpo.adversarial import train_adversarial as train
     else:
