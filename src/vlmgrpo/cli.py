@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,6 +44,11 @@ def _quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in ("transformers", "matplotlib", "PIL", "huggingface_hub", "urllib3", "httpx", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # their deprecation notes (FutureWarning etc.) are for this package's maintainers, not its users
+    for lib in ("transformers", "peft", "matplotlib", "huggingface_hub"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{lib}(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{lib}(\.|$)")
+        warnings.filterwarnings("ignore", category=UserWarning, module=rf"{lib}(\.|$)")
     if "transformers" in sys.modules:  # imported already: its verbosity was read at import
         sys.modules["transformers"].logging.set_verbosity_error()
 
