@@ -329,3 +329,14 @@ def test_offline_recipes_train_from_nothing(tmp_path, tiny_qwen3_vl_dir):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "built 12 sample img2code figures in runs/img2code-tiny/data" in r.stdout
+    assert "Warning" not in r.stderr, r.stderr[-3000:]  # transformers' deprecation notes quieted
+
+
+def test_the_warm_start_has_a_progress_bar(tiny_vlm_dir, tmp_path, capsys):
+    args = ["train", "--recipe", "demo", "--model", str(tiny_vlm_dir), "--output-dir", str(tmp_path / "run"),
+            "--set", "train.steps=1", "--set", "warmup.steps=2", "--set", "warmup.eval_every=0",
+            "--set", "warmup.batch_size=2", "--set", "data.kwargs={n: 16, size: 56}",
+            "--set", "data.eval_kwargs={n: 2, size: 56}", "--set", "rollout.group_size=2", *TINY]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "warm start: 100%" in err and "2/2" in err and "nan" not in err
