@@ -340,3 +340,18 @@ def test_the_warm_start_has_a_progress_bar(tiny_vlm_dir, tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "warm start: 100%" in err and "2/2" in err and "nan" not in err
+
+
+def test_an_interrupted_build_leaves_nothing_a_later_run_would_take_for_a_model(tmp_path, monkeypatch):
+    from vlmgrpo import offline
+
+    def half_build(arg: str, path: Path) -> str:
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")  # the first file of a model, then the crash
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(offline.BUILDERS, "tiny", half_build)
+    model = tmp_path / "runs" / "m" / "model"
+    with pytest.raises(KeyboardInterrupt):
+        offline.ensure_inputs(load_config("area-tiny", [f"model.name_or_path={model}"]), print)
+    assert list((tmp_path / "runs" / "m").iterdir()) == []

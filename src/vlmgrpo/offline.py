@@ -11,11 +11,15 @@ A recipe lists them under `build:` as config key -> builder:
 
 Only the recipe's own path is built, when nothing is there yet: a path given with `--model` or
 `--set` is the user's (a missing one stays the loader's one-line error, never a random model), a
-Hugging Face id is never built, and an existing folder is never touched.
+Hugging Face id is never built, and an existing folder is never touched. A build goes to a
+temporary folder renamed into place when done, so an interrupted one leaves no half-built model
+that a later run would take as complete; under torchrun rank 0 builds and the other ranks wait.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,9 +100,26 @@ def ensure_inputs(cfg: Any, echo: Callable[[str], None] = print, recipe: Any = N
         path = Path(value).expanduser()
         if path.exists():
             continue
+        if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 builds it
+            _wait_for(path)
+            continue
         name, _, arg = spec.partition(":")
         t0 = time.perf_counter()
-        what = BUILDERS[name](arg, path)
+        tmp = path.with_name(f".{path.name}.building-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            what = BUILDERS[name](arg, tmp)
+            tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         echo(f"built {what} in {path} ({key} was missing; {time.perf_counter() - t0:.0f} s, offline)")
         built.append(path)
     return built
+
+
+def _wait_for(path: Path, timeout_s: float = 1800.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{path}: rank 0 did not build it within {timeout_s:.0f} s")
+        time.sleep(0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -60,6 +61,10 @@ def prepare(cfg, resume: bool, overwrite: bool, recipe=None) -> None:
     from vlmgrpo import offline, runlog
 
     out = Path(cfg.train.output_dir)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 checks and moves; the others must
+        runlog.check_output_dir(out)  # not race it (they would see the files it is moving)
+        offline.ensure_inputs(cfg, recipe=recipe)  # waits for rank 0's builds
+        return
     inputs = runlog.inputs_inside(out, _walk_strings(cfg.to_dict()))
     moved = runlog.prepare_run_dir(out, resume=resume, overwrite=overwrite, inputs=inputs)
     if moved is not None:
