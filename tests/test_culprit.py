@@ -337,9 +337,19 @@ def test_the_warm_start_has_a_progress_bar(tiny_vlm_dir, tmp_path, capsys):
             "--set", "train.steps=1", "--set", "warmup.steps=2", "--set", "warmup.eval_every=0",
             "--set", "warmup.batch_size=2", "--set", "data.kwargs={n: 16, size: 56}",
             "--set", "data.eval_kwargs={n: 2, size: 56}", "--set", "rollout.group_size=2", *TINY]  # fmt: skip
-    assert main(args) == 0
+    assert main([*args, "--set", "train.tensorboard=true"]) == 0
     err = capsys.readouterr().err
     assert "warm start: 100%" in err and "2/2" in err and "nan" not in err
+    # TensorBoard: the warm start is a run of its own (its steps count from 1 like GRPO's)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {}
+    for sub in ("", "warmup"):
+        acc = EventAccumulator(str(tmp_path / "run" / "tb" / sub))
+        acc.Reload()
+        tags[sub] = acc.Tags()["scalars"]
+    assert "warmup/loss" in tags["warmup"] and "warmup/loss" not in tags[""]
+    assert "reward/mean" in tags[""]
 
 
 def test_an_interrupted_build_leaves_nothing_a_later_run_would_take_for_a_model(tmp_path, monkeypatch):

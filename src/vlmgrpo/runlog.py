@@ -136,24 +136,25 @@ class RunLog:
         self.root.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.root / "metrics.jsonl"
         self.tensorboard = tensorboard
-        self._tb: dict[str, Any] = {}  # phase -> SummaryWriter (None: tensorboard unavailable)
+        self._tb: dict[str, Any] = {}  # sub-folder of tb/ -> SummaryWriter (None: no tensorboard)
         self._purge_step: int | None = None
 
     def _writer(self, phase: str) -> Any:
         if not self.tensorboard:
             return None
-        if phase not in self._tb:
+        # one writer per folder: a second writer's purge marker would hide the first one's events
+        sub = "warmup" if phase == "warmup" else ""
+        if sub not in self._tb:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                sub = self.root / "tb" / ("warmup" if phase == "warmup" else "")
                 # purge_step: TensorBoard hides this run's events at or past the resumed step (a
                 # killed run logged steps its checkpoint does not have; they are logged again)
-                purge = self._purge_step if phase != "warmup" else None
-                self._tb[phase] = SummaryWriter(str(sub), purge_step=purge)
+                purge = self._purge_step if sub != "warmup" else None
+                self._tb[sub] = SummaryWriter(str(self.root / "tb" / sub), purge_step=purge)
             except Exception:  # tensorboard not installed: the JSONL is the record
-                self._tb[phase] = None
-        return self._tb[phase]
+                self._tb[sub] = None
+        return self._tb[sub]
 
     def truncate_after(self, step: int) -> Path | None:
         """On resume: drop rows past the checkpoint's step, so no step is duplicated. The cut rows
