@@ -53,6 +53,9 @@ def mostly_none(rec, ctx):
 
 def constant(rec, ctx):
     return 1.0
+
+def slow(rec, ctx):
+    raise TimeoutError("ran past its 1 s bound")
 """
 
 
@@ -107,6 +110,13 @@ def test_a_misspelled_reward_kwarg_names_the_reward_and_the_kwarg(
     assert main(_train(tiny_vlm_dir, tmp_path / "run", f"{{name: '{spec}', kwargs: {{targt: 5}}}}")) == 2
     line = _error_line(capsys)
     assert f"rewards[0] ({spec})" in line and "unexpected keyword argument 'targt'" in line
+
+
+def test_time_outs_on_every_sample_are_skipped_not_a_stop(tiny_vlm_dir, tmp_path, rewards_file, capsys):
+    """A reward past its time bound is slow, not broken: skipped and counted, never the bug stop
+    (here every update is then skipped, so the run ends with that line instead)."""
+    assert main(_train(tiny_vlm_dir, tmp_path / "run", f"{{name: '{rewards_file}:slow'}}", steps=1)) == 2
+    assert "every update of this run was skipped (1 of 1 steps" in _error_line(capsys)
 
 
 def test_per_sample_failures_are_one_warning_per_step(tiny_vlm_dir, tmp_path, rewards_file, caplog):

@@ -16,7 +16,8 @@ skipped, counted in `reward/<name>/failed`, and summarised in one warning per st
 exception. A reward that fails on every sample of a batch, or returns something that is not a
 number, a dict of numbers or None, is a bug (a misspelled kwarg, a wrong return type): the run stops
 with one line naming the reward (`rewards[i]` and its function) and the first bad value or
-exception. So do the user's setup (`ConfigError`, `ModelLoadError`) and a remote service given up
+exception. Time-outs (`TimeoutError`, e.g. a call past its time bound) are not bugs: even on every
+sample they are skipped and counted, never a stop. So do the user's setup (`ConfigError`, `ModelLoadError`) and a remote service given up
 (`ServiceError`, see `vlmgrpo.http`).
 """
 
@@ -267,6 +268,7 @@ def compute_rewards(
         raw: list[Any] = [None] * n
         ok = [True] * n
         first_error = ""
+        timeouts = 0  # failures that were time-outs: slow, not broken
         if rf.batched:
             try:
                 raw = list(_run(rf.fn(list(records), ctx, **spec.kwargs)))
@@ -276,6 +278,7 @@ def compute_rewards(
                 raise
             except Exception as e:  # counted below: the whole batch failed
                 raw, ok, first_error = [None] * n, [False] * n, _first_line(e)
+                timeouts = n if isinstance(e, TimeoutError) else 0
             if len(raw) != n:
                 raise RewardError(f"{_who(spec, index)}: returned {len(raw)} values for {n} records")
         else:
@@ -286,6 +289,7 @@ def compute_rewards(
                     raise
                 except Exception as e:
                     ok[i] = False
+                    timeouts += isinstance(e, TimeoutError)
                     first_error = first_error or f"{_first_line(e)} on {_sample_name(rec, i)}"
         values: list[RewardValue] = [None] * n
         for i, v in enumerate(raw):
@@ -303,7 +307,7 @@ def compute_rewards(
                 ok[i], values[i] = False, None
                 first_error = first_error or f"returned nan on {_sample_name(records[i], i)}"
         n_failed = ok.count(False)
-        if n and n_failed == n:
+        if n and n_failed == n and not timeouts:
             raise RewardError(
                 f"{_who(spec, index)} failed on all {n} samples of step {ctx.step} ({ctx.phase}); "
                 f"first: {first_error}"
