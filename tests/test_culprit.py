@@ -249,15 +249,21 @@ def test_train_without_a_recipe_lists_them_and_fails(capsys):
     assert "[offline]" in line and "shape-area" in line
 
 
-def test_recipes_have_descriptions_and_offline_marks(capsys):
+def test_recipes_have_descriptions_and_offline_marks(capsys, tmp_path):
     from vlmgrpo.config import list_recipes
 
     assert main(["recipes"]) == 0
-    lines = dict(x.split(None, 1) for x in capsys.readouterr().out.splitlines())
+    lines = {x.split(" ", 1)[0]: x.split(" ", 1)[-1].strip() for x in capsys.readouterr().out.splitlines()}
     assert set(lines) == set(list_recipes())
     assert all(len(text) > 20 and text.endswith(".") for text in lines.values()), lines
     offline = {n for n, text in lines.items() if text.startswith("[offline]")}
     assert offline == {"adversarial", "area-tiny", "demo", "img2code-tiny"}
+    # a recipe without `description:` is listed with the first sentence of its leading comment
+    from vlmgrpo.config import recipe_description
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("# My own area run. Two lines of\n# notes.\nbase: area-tiny\n")
+    assert recipe_description(str(mine)) == "[offline] My own area run."
 
 
 def test_help_texts_end_their_sentences():

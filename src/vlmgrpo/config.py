@@ -394,7 +394,20 @@ def recipe_description(name: str) -> str:
     except ConfigError as e:
         return f"(does not load: {e})"
     offline = "[offline] " if data.get("build") else ""
-    return f"{offline}{data.get('description') or ''}".strip()
+    return f"{offline}{data.get('description') or _first_sentence(recipe_path(name))}".strip()
+
+
+def _first_sentence(path: Path) -> str:
+    """A recipe without `description:`: the first sentence of its leading comment ("" if none)."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(x for x in lines if x)
+    m = re.search(r"\.\s+(?=[A-Z`])", text)  # a full stop before a capital ("et al. 2025" is not)
+    text = text[: m.start() + 1] if m else text
+    return text if len(text) <= 140 else text[:137].rsplit(" ", 1)[0] + "..."
 
 
 def recipe_path(name_or_path: str) -> Path:
