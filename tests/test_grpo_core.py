@@ -441,7 +441,14 @@ def test_grpo_loss_ppo_dapo_matches_composition():
     want = aggregate_loss(per_token + 0.1 * kl_k3(logp, ref), mask, "dapo", num_items_in_batch=20)
     torch.testing.assert_close(loss, want)
     assert stats["clip_frac"] == pytest.approx(float(st["clip_frac"]))
-    assert set(stats) == {"kl", "clip_frac", "clip_low_frac", "clip_high_frac", "clip_delta_frac", "ratio_mean"}
+    assert set(stats) == {
+        "kl",
+        "clip_frac",
+        "clip_low_frac",
+        "clip_high_frac",
+        "clip_delta_frac",
+        "ratio_mean",
+    }
 
 
 # ------------------------------------------------------------------------------- completion mask

@@ -210,10 +210,13 @@ def _cli(*args, cwd=None):
     [
         (["train", "--recipe", "nope"], "error: unknown recipe 'nope'"),
         (
-            ["train", "--set", "optim.lrr=1"],
+            ["train", "--recipe", "demo", "--set", "optim.lrr=1"],
             "error: unknown config key 'optim.lrr'; did you mean 'optim.lr'?",
         ),
-        (["train", "--model", "/does/not/exist"], "error: /does/not/exist: model folder does not exist"),
+        (
+            ["train", "--recipe", "demo", "--model", "/does/not/exist"],
+            "error: /does/not/exist: model folder does not exist",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_without_traceback(args, message, tmp_path):

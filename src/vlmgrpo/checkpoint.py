@@ -128,20 +128,78 @@ def list_checkpoints(ckpt_root: Path, warn: bool = False) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot load (None: its header parses and its data is all there).
+    Layout: 8-byte little-endian header length, JSON header with each tensor's data_offsets, data."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return f"{path.name}: truncated ({size} bytes; its header alone claims {n})"
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return f"{path.name}: not a safetensors file (its header does not parse)"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        return f"{path.name}: truncated ({size} bytes of {8 + n + end})"
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint `path` cannot be resumed from (None: it looks intact). Cheap: reads the
+    safetensors headers and the trainer state's zip directory, not the tensors."""
+    import zipfile
+
+    for f in sorted(path.rglob("*.safetensors")):
+        why = _safetensors_problem(f)
+        if why:
+            return str(f.relative_to(path).parent / why) if f.parent != path else why
+    state = path / "trainer_state.pt"
+    if not state.is_file():
+        return "trainer_state.pt is missing"
+    try:
+        with zipfile.ZipFile(state) as z:  # torch.save writes a zip; a cut one has no directory
+            z.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"trainer_state.pt is damaged ({e})"
+    return None
+
+
+def _intact_or_fail(p: Path, ckpt_root: Path) -> Path:
+    """`p` if it looks intact, else one line naming it and the newest intact checkpoint before it."""
+    why = checkpoint_problem(p)
+    if why is None:
+        return p
+    older = [c for c in list_checkpoints(ckpt_root) if checkpoint_step(c) < checkpoint_step(p)]
+    good = next((c for c in reversed(older) if checkpoint_problem(c) is None), None)
+    hint = (
+        f"resume from the newest intact one with --resume-from {good.name}"
+        if good
+        else "no intact checkpoint precedes it; start over with --overwrite"
+    )
+    raise VlmgrpoError(f"{p}: checkpoint is damaged ({why}); {hint}")
+
+
 def resolve_resume(ckpt_root: Path, resume: str | None) -> Path | None:
     """The checkpoint `--resume` names: None (no resume), "latest" (the newest complete one under
-    `ckpt_root`, None with a warning if there is none), a folder path, or a name under `ckpt_root`."""
+    `ckpt_root`, None with a warning if there is none), a folder path, or a name under `ckpt_root`.
+    A damaged one (a file cut short after its COMPLETE marker: a disk full, a copy) is one line
+    naming it and the newest intact checkpoint to resume from instead."""
     if not resume:
         return None
     if resume == "latest":
         found = list_checkpoints(ckpt_root, warn=True)
         if not found:
             log.warning("--resume: no complete checkpoint in %s; starting from step 0", ckpt_root)
-        return found[-1] if found else None
+        return _intact_or_fail(found[-1], ckpt_root) if found else None
     p = Path(resume) if Path(resume).exists() else ckpt_root / resume
     if not (p / MARKER).is_file():
         raise VlmgrpoError(f"{p}: not a complete checkpoint (no {MARKER} marker)")
-    return p
+    return _intact_or_fail(p, p.parent)
 
 
 def checkpoint_step(path: Path) -> int:

@@ -12,29 +12,60 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("vlmgrpo.commands.train", "run GRPO training from a recipe"),
-    "demo": ("vlmgrpo.commands.demo", "the embedded offline cycle-consistency demo, end to end"),
-    "recipes": ("vlmgrpo.commands.recipes", "list or show the packaged recipes"),
-    "tiny-model": ("vlmgrpo.commands.tiny", "build a tiny random-init model of a real architecture"),
-    "eval": ("vlmgrpo.commands.eval", "evaluate the base model and every checkpoint of a run"),
-    "plot": ("vlmgrpo.commands.plot", "plot a run's curves (and compare runs)"),
-    "report": ("vlmgrpo.commands.report", "write a self-contained HTML report of a run"),
-    "data": ("vlmgrpo.commands.data", "build datasets (charxiv, img2code, ...)"),
+    "train": ("vlmgrpo.commands.train", "Run GRPO training from a recipe."),
+    "demo": ("vlmgrpo.commands.demo", "Run the embedded offline cycle-consistency demo, end to end."),
+    "recipes": ("vlmgrpo.commands.recipes", "List or show the packaged recipes."),
+    "tiny-model": ("vlmgrpo.commands.tiny", "Build a tiny random-init model of a real architecture."),
+    "eval": ("vlmgrpo.commands.eval", "Evaluate the base model and every checkpoint of a run."),
+    "plot": ("vlmgrpo.commands.plot", "Plot a run's curves (and compare runs)."),
+    "report": ("vlmgrpo.commands.report", "Write a self-contained HTML report of a run."),
+    "data": ("vlmgrpo.commands.data", "Build datasets (charxiv, img2code, ...)."),
     "serve-generator": (
         "vlmgrpo.commands.serve",
-        "serve a local text-to-image generator to all ranks over HTTP",
+        "Serve a local text-to-image generator to all ranks over HTTP.",
     ),
 }
 
 
+HELP = "Show this help message and exit."  # argparse's own line ends without a full stop
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """transformers' and matplotlib's own chatter (load reports, generation-config notes, font
+    cache lines) buries the one line a user needs; -v brings it back."""
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("transformers", "matplotlib", "PIL", "huggingface_hub", "urllib3", "httpx", "filelock"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # their deprecation notes (FutureWarning etc.) are for this package's maintainers, not its users
+    for lib in ("transformers", "peft", "matplotlib", "huggingface_hub"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{lib}(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{lib}(\.|$)")
+        warnings.filterwarnings("ignore", category=UserWarning, module=rf"{lib}(\.|$)")
+    if "transformers" in sys.modules:  # imported already: its verbosity was read at import
+        sys.modules["transformers"].logging.set_verbosity_error()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from vlmgrpo import __version__
+
     parser = argparse.ArgumentParser(
-        prog="vlmgrpo", description="GRPO post-training for vision-language models"
+        prog="vlmgrpo", description="GRPO post-training for vision-language models.", add_help=False
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-h", "--help", action="help", help=HELP)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="Debug logging, transformers' own messages included."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"vlmgrpo {__version__}", help="Print the version and exit."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         try:
@@ -44,8 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a command not built yet in this checkout
             raise
         p = sub.add_parser(
-            name, help=help_text, description=(mod.__doc__ or help_text).strip().splitlines()[0]
+            name,
+            help=help_text,
+            description=(mod.__doc__ or help_text).strip().splitlines()[0],
+            add_help=False,
         )
+        p.add_argument("-h", "--help", action="help", help=HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -58,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    _quiet_libraries(args.verbose)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,14 +24,58 @@ from vlmgrpo.errors import ConfigError
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
+class YamlWord(str):
+    """A YAML 1.1 boolean word (yes/no/on/off) as written. PyYAML reads `prefill: no`
+    as False; the schema decides instead: a string field keeps the word, a boolean field (or an
+    untyped value, such as a dataset kwarg) gets the boolean it means."""
+
+    @property
+    def as_bool(self) -> bool:
+        return self.lower() in ("yes", "y", "on", "true")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose booleans are only true/false; YAML 1.1's other words stay `YamlWord`s."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
+    _resolvers[:] = [(tag, rx) for tag, rx in _resolvers if tag != "tag:yaml.org,2002:bool"]
+_BOOL_WORDS = "yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF"  # PyYAML's 1.1 set, less true/false
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+_Loader.add_implicit_resolver("!yamlword", re.compile(f"^(?:{_BOOL_WORDS})$"), list("yYnNoO"))
+_Loader.add_constructor("!yamlword", lambda loader, node: YamlWord(loader.construct_scalar(node)))
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, except that yes/no/on/off come back as `YamlWord`s (see there)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _plain(value: Any) -> Any:
+    """`value` with every `YamlWord` turned into the boolean it means (untyped values)."""
+    if isinstance(value, YamlWord):
+        return value.as_bool
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 @dataclass
 class LoraConfig:
     enabled: bool = False  # train LoRA adapters instead of all weights
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    # q_proj/v_proj touch only the language model of Qwen-VL (the vision blocks use a fused qkv)
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # q_proj/v_proj touch only the language model of Qwen-VL (the vision blocks use a fused qkv);
+    # a string is peft's own form: "all-linear" (every linear layer but the output head) or a regex
+    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
 @dataclass
@@ -221,7 +266,7 @@ class WarmupConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # optimizer updates
+    steps: int = 1000  # optimizer updates (0: a warm-start-only run, with warmup.steps > 0)
     seed: int = 7111994
     output_dir: str = "runs/run"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -295,6 +340,10 @@ class RewardEntry:
 @dataclass
 class Config:
     recipe: str = ""  # which recipe this came from (informational)
+    description: str = ""  # one line for `vlmgrpo recipes` (a recipe's own; never its base's)
+    # offline recipes: inputs built when missing, config key -> builder (vlmgrpo/offline.py), e.g.
+    # {model.name_or_path: "tiny:qwen2_5_vl"}; a recipe with any is marked offline in `vlmgrpo recipes`
+    build: dict[str, str] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -319,8 +368,13 @@ class Config:
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     """Validate (and lightly coerce: int -> float) `value` against the annotation `tp`."""
     origin = typing.get_origin(tp)
+    if isinstance(value, YamlWord):  # yes/no/on/off: the word for a string field, else a boolean
+        wants_str = tp is str or (origin is Literal and str(value) in typing.get_args(tp))
+        if origin in (typing.Union, types.UnionType):
+            wants_str = str in typing.get_args(tp) and bool not in typing.get_args(tp)
+        value = str(value) if wants_str else value.as_bool
     if tp is Any:
-        return value
+        return _plain(value)
     if origin is Literal:
         if value not in typing.get_args(tp):
             choices = ", ".join(repr(a) for a in typing.get_args(tp))
@@ -341,7 +395,10 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
+        args = typing.get_args(tp)
+        if args and args[1] is not Any:
+            return {k: _check_type(v, args[1], f"{where}.{k}") for k, v in value.items()}
+        return _plain(dict(value))
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, where)
     if tp is type(None):
@@ -399,6 +456,29 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
+def recipe_description(name: str) -> str:
+    """A recipe's one line for listings: its `description`, "(offline)" when it builds its inputs."""
+    try:
+        data = load_recipe_dict(name)
+    except ConfigError as e:
+        return f"(does not load: {e})"
+    offline = "[offline] " if data.get("build") else ""
+    return f"{offline}{data.get('description') or _first_sentence(recipe_path(name))}".strip()
+
+
+def _first_sentence(path: Path) -> str:
+    """A recipe without `description:`: the first sentence of its leading comment ("" if none)."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(x for x in lines if x)
+    m = re.search(r"\.\s+(?=[A-Z`])", text)  # a full stop before a capital ("et al. 2025" is not)
+    text = text[: m.start() + 1] if m else text
+    return text if len(text) <= 140 else text[:137].rsplit(" ", 1)[0] + "..."
+
+
 def recipe_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.is_file():
@@ -419,7 +499,7 @@ def load_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str
     if str(path) in _seen:
         raise ConfigError(f"{path}: recipe 'base' chain loops back on itself")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""
@@ -435,10 +515,37 @@ def load_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str
         _from_dict(Config, data, "")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    _paths_from_recipe(data, path.parent)
+    own_description = data.get("description", "")
     if base:
         data = _deep_merge(load_recipe_dict(base, (*_seen, str(path))), data)
     data["recipe"] = path.stem  # this recipe's name, not its base's
+    data["description"] = own_description  # a base's line describes the base
     return data
+
+
+def _beside(spec: Any, folder: Path) -> Any:
+    """A "file.py:fn" spec whose file is not found from the working directory but is beside the
+    recipe: that file, as an absolute path (so the resolved config.yaml finds it too)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        return spec
+    target, _, attr = spec.rpartition(":")
+    p = Path(target)
+    if not target.endswith(".py") or p.is_absolute() or p.is_file() or not (folder / p).is_file():
+        return spec
+    return f"{(folder / p).resolve()}:{attr}"
+
+
+def _paths_from_recipe(data: dict[str, Any], folder: Path) -> None:
+    """User code named in a recipe (rewards, datasets) is looked up beside the recipe file too."""
+    for r in data.get("rewards") or []:
+        if isinstance(r, dict):
+            r["name"] = _beside(r.get("name"), folder)
+    d = data.get("data")
+    if isinstance(d, dict):
+        for key in ("dataset", "eval_dataset"):
+            if key in d:
+                d[key] = _beside(d[key], folder)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -447,7 +554,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     # YAML reads 1e-5 as a string (no dot): accept it as a float
@@ -504,15 +611,65 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None) -
     return cfg
 
 
+# counts that must be >= 1, and counts where 0 means "off" / "never" / "default" but < 0 means nothing
+POSITIVE = (
+    "train.max_nonfinite",
+    "rollout.group_size",
+    "rollout.prompts_per_step",
+    "rollout.max_new_tokens",
+    "optim.grad_accum",
+    "eval.num_items",
+    "eval.num_chains",
+    "warmup.batch_size",
+    "model.lora.r",
+)
+NON_NEGATIVE = (
+    "train.eval_every",
+    "train.save_every",
+    "train.keep_last",
+    "train.log_samples_every",
+    "train.max_time_s",
+    "train.threads",
+    "data.image_max_side",
+    "rollout.top_k",
+    "optim.micro_batch_seqs",
+    "optim.token_budget",
+    "optim.warmup_steps",
+    "optim.lr",
+    "optim.max_grad_norm",
+    "rollout.temperature",
+    "eval.temperature",
+    "eval.max_new_tokens",
+    "warmup.steps",
+    "warmup.eval_every",
+    "warmup.min_distinct",
+    "grpo.beta",
+    "grpo.ref.refresh_every",
+)
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
-    if cfg.rollout.group_size < 1:
-        raise ConfigError("rollout.group_size: must be at least 1")
-    if cfg.optim.grad_accum < 1:
-        raise ConfigError("optim.grad_accum: must be at least 1")
-    for key in ("micro_batch_seqs", "token_budget"):
-        if getattr(cfg.optim, key) < 0:
-            raise ConfigError(f"optim.{key}: must be >= 0 (0 = off), got {getattr(cfg.optim, key)}")
+    if cfg.train.steps < 1 and not (cfg.train.steps == 0 and cfg.warmup.steps > 0):
+        raise ConfigError(
+            f"train.steps: must be at least 1, got {cfg.train.steps} (0 only for a warm-start-only "
+            "run, with warmup.steps > 0)"
+        )
+    for key in POSITIVE:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {_get(cfg, key)}")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0 (0 = off or the default), got {_get(cfg, key)}")
+    from vlmgrpo.offline import check_builders
+
+    check_builders(cfg.build)
     if cfg.grpo.beta > 0 and cfg.grpo.ref.kind == "none":
         raise ConfigError("grpo.beta > 0 needs a reference: set grpo.ref.kind to 'copy' or 'adapter'")
     if cfg.grpo.ref.kind == "adapter" and cfg.grpo.ref.refresh_every:
@@ -538,7 +695,7 @@ def save_config(cfg: Config, path: Path) -> None:
 def config_from_file(path: Path) -> Config:
     """Read back a resolved `config.yaml` from a run folder."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read the run's config: {e}") from None
     return _from_dict(Config, data, "")

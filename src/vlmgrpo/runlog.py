@@ -4,10 +4,17 @@
     RUN/metrics.jsonl          one JSON object per line: step, phase, flat slash-separated metrics
     RUN/samples/step-N/        per-step samples: input images, completions, scores, reward artifacts
     RUN/ckpts/ckpt-N/          checkpoints (see checkpoint.py)
-    RUN/tb/                    TensorBoard events, when tensorboard is installed
+    RUN/tb/                    TensorBoard events, when tensorboard is installed (GRPO steps);
+                               RUN/tb/warmup/ the warm start's (its own run: its steps restart at 1)
+    RUN/metrics.cut-N.jsonl    rows a `--resume-from` cut off (past the checkpoint's step)
+    RUN/metrics.prev-N.jsonl   an earlier attempt's rows, moved aside when a run starts over
+    RUN/overwritten/<UTC time>/  an earlier run's files, moved aside by `--overwrite`
 
 Metrics rows are appended and flushed line by line, so a killed run loses at most the line being
-written; `read_metrics` skips a torn last line.
+written; `read_metrics` skips a torn last line. A run folder is never silently reused:
+`prepare_run_dir` refuses one that holds another run's files unless told to resume or overwrite,
+and nothing is ever deleted (cut or earlier rows go to numbered files, an overwritten run to a
+timestamped folder).
 """
 
 from __future__ import annotations
@@ -15,12 +22,18 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmgrpo.errors import DataError
+from vlmgrpo.errors import ConfigError, DataError, VlmgrpoError
+
+# what a training run writes: a folder holding any of these (a non-empty one for folders) holds a run
+RUN_FILES = ("config.yaml", "metrics.jsonl", "ckpts", "tb", "samples")
+OVERWRITTEN = "overwritten"  # --overwrite moves an earlier run's files under RUN/overwritten/<time>/
 
 
 def _clean(v: Any) -> Any:
@@ -31,37 +44,146 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def numbered(path: Path) -> Path:
+    """`path` if free, else the first free `stem-2.suffix`, `stem-3.suffix`, ...: a backup never
+    replaces an earlier one."""
+    if not path.exists():
+        return path
+    stem, suffix = (path.name[: -len(path.suffix)], path.suffix) if path.suffix else (path.name, "")
+    n = 2
+    while (path.parent / f"{stem}-{n}{suffix}").exists():
+        n += 1
+    return path.parent / f"{stem}-{n}{suffix}"
+
+
+def check_output_dir(out: Path, what: str = "train.output_dir") -> None:
+    """A run folder must be a folder or not exist yet (its parents likewise): checked before any
+    model loads, so a wrong path costs nothing."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            where = "" if p == out else f" ({p} is a file)"
+            raise ConfigError(f"{what}: {out} cannot be a folder{where}: choose another path")
+
+
+def prior_run_files(out: Path, inputs: Iterable[str] = ()) -> list[str]:
+    """Names in `out` that an earlier run wrote (`RUN_FILES`; a folder only when non-empty), other
+    than `inputs` (the run's own inputs kept there, such as an offline recipe's model folder)."""
+    out = Path(out)
+    found = []
+    for name in RUN_FILES:
+        p = out / name
+        if name in inputs or not p.exists():
+            continue
+        if p.is_dir() and not any(p.iterdir()):
+            continue
+        found.append(name)
+    return found
+
+
+def inputs_inside(out: Path, values: Iterable[Any]) -> set[str]:
+    """The top-level names in `out` that any of `values` (config strings: model folders, data
+    paths, `file.py:fn` rewards) points into: a run's inputs, never moved aside."""
+    root = Path(out).resolve()
+    names = set()
+    for v in values:
+        if not isinstance(v, str) or not v or "\n" in v or len(v) > 1000:
+            continue
+        text = v.rpartition(":")[0] if v.rpartition(":")[0].endswith(".py") else v
+        try:
+            rel = Path(text).expanduser().resolve().relative_to(root)
+        except (ValueError, OSError, RuntimeError):
+            continue
+        if rel.parts:
+            names.add(rel.parts[0])
+    return names
+
+
+def prepare_run_dir(
+    out: Path, *, resume: bool = False, overwrite: bool = False, inputs: Iterable[str] = ()
+) -> Path | None:
+    """Check the run folder before anything loads. Another run's files there (`prior_run_files`)
+    stop the run with one line unless `resume` (continue it) or `overwrite`: then everything in the
+    folder but `inputs` moves to `out/overwritten/<UTC time>/`, which is returned. Nothing is deleted."""
+    out = Path(out)
+    check_output_dir(out)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: choose one (continue the run, or move it aside)")
+    inputs = set(inputs) | {OVERWRITTEN}
+    found = prior_run_files(out, inputs)
+    if not found or resume:
+        return None
+    if not overwrite:
+        raise VlmgrpoError(
+            f"{out}: holds another run's files ({', '.join(found)}); add --resume to continue it, "
+            f"--overwrite to move them aside (to {out / OVERWRITTEN}/), or choose another --output-dir"
+        )
+    dest = numbered(out / OVERWRITTEN / time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime()))
+    dest.mkdir(parents=True)
+    for p in sorted(out.iterdir()):
+        if p.name not in inputs:
+            shutil.move(str(p), str(dest / p.name))
+    return dest
+
+
 class RunLog:
+    """Rows to `metrics.jsonl`, scalars to TensorBoard (GRPO steps in `tb/`, the warm start's in
+    `tb/warmup/`, a run of its own because its steps count from 1 again). The writers open on first
+    use, so that a resume can first say from which step TensorBoard must forget what it holds."""
+
     def __init__(self, root: Path, tensorboard: bool = True) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.root / "metrics.jsonl"
-        self._tb = None
-        if tensorboard:
+        self.tensorboard = tensorboard
+        self._tb: dict[str, Any] = {}  # sub-folder of tb/ -> SummaryWriter (None: no tensorboard)
+        self._purge_step: int | None = None
+
+    def _writer(self, phase: str) -> Any:
+        if not self.tensorboard:
+            return None
+        # one writer per folder: a second writer's purge marker would hide the first one's events
+        sub = "warmup" if phase == "warmup" else ""
+        if sub not in self._tb:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.root / "tb"))
+                # purge_step: TensorBoard hides this run's events at or past the resumed step (a
+                # killed run logged steps its checkpoint does not have; they are logged again)
+                purge = self._purge_step if sub != "warmup" else None
+                self._tb[sub] = SummaryWriter(str(self.root / "tb" / sub), purge_step=purge)
             except Exception:  # tensorboard not installed: the JSONL is the record
-                self._tb = None
+                self._tb[sub] = None
+        return self._tb[sub]
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop rows past the checkpoint's step, so no step is duplicated."""
+    def truncate_after(self, step: int) -> Path | None:
+        """On resume: drop rows past the checkpoint's step, so no step is duplicated. The cut rows
+        go to `metrics.cut-<step>.jsonl` (returned; None when nothing was cut), and TensorBoard is
+        told to forget its events from step `step + 1` on."""
+        self._purge_step = step + 1
         rows = read_metrics(self.metrics_path) if self.metrics_path.exists() else []
-        keep = [r for r in rows if r.get("phase") == "warmup" or r.get("step", 0) <= step]
+        kept = [r.get("phase") == "warmup" or r.get("step", 0) <= step for r in rows]
+        keep = [r for r, k in zip(rows, kept) if k]
+        cut = [r for r, k in zip(rows, kept) if not k]
+        backup = None
+        if cut:
+            backup = numbered(self.root / f"metrics.cut-{step}.jsonl")
+            backup.write_text("".join(json.dumps(r) + "\n" for r in cut))
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         tmp.replace(self.metrics_path)
+        return backup
 
     def log(self, step: int, phase: str, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {"step": step, "phase": phase, "time": round(time.time(), 3)}
         row.update({k: _clean(v) for k, v in metrics.items()})
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
+        tb = self._writer(phase)
+        if tb is not None:
             for k, v in row.items():
                 if isinstance(v, int | float) and k not in ("step", "time"):
-                    self._tb.add_scalar(k, v, step)
+                    tb.add_scalar(k, v, step)
         return row
 
     def sample_dir(self, step: int) -> Path:
@@ -70,8 +192,9 @@ class RunLog:
         return d
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tb in self._tb.values():
+            if tb is not None:
+                tb.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -157,7 +280,7 @@ class NullLog:
         return {}
 
     def truncate_after(self, step: int) -> None:
-        pass
+        return None
 
     def close(self) -> None:
         pass

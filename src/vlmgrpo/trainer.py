@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vlmgrpo import checkpoint as ckpt
-from vlmgrpo import dist
+from vlmgrpo import dist, runlog
 from vlmgrpo.config import Config, save_config
 from vlmgrpo.data import build_dataset
 from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
@@ -52,6 +52,7 @@ from vlmgrpo.rewards import (
     compute_rewards,
     resolve_reward,
 )
+from vlmgrpo.rewards.base import log_failures
 from vlmgrpo.rollout import Prompt, RolloutBatch
 from vlmgrpo.rollout import fast as fast_rollout
 from vlmgrpo.rollout import hf as hf_rollout
@@ -405,8 +406,10 @@ class Trainer:
         with self.reward_models_loaded():
             for batch, (samples, prompts), ctx in zip(batches, parts, ctxs):
                 recs = self.records(samples, prompts, batch)
-                results.append(compute_rewards(recs, self.specs, ctx))
+                results.append(compute_rewards(recs, self.specs, ctx, warn=False))
                 records.append(recs)
+        if results:  # one summary of the step's reward failures, not one per micro-batch
+            log_failures(RewardResult.concat(results), self.specs, ctxs[0])
         return results, records
 
     # ------------------------------------------------------------------ GRPO variants (docs/algorithms.md)
@@ -833,13 +836,23 @@ class Trainer:
         self.runlog = RunLog(self.out, cfg.train.tensorboard) if self.dist.is_main else NullLog()
         if self.resume_from is None and self.dist.is_main and self.runlog.metrics_path.exists():
             # a fresh start (or --resume before any checkpoint): an earlier attempt's rows would
-            # repeat steps, so they move aside
-            self.runlog.metrics_path.replace(self.out / "metrics.prev.jsonl")
-            log.warning("starting from step 0: the earlier metrics moved to metrics.prev.jsonl")
+            # repeat steps, so they move aside, numbered (a later start never replaces them), and
+            # its TensorBoard events with them
+            prev = runlog.numbered(self.out / "metrics.prev.jsonl")
+            self.runlog.metrics_path.replace(prev)
+            tb = self.out / "tb"
+            if tb.is_dir():
+                tb.replace(self.out / prev.name.replace("metrics.", "tb.").removesuffix(".jsonl"))
+            log.warning("starting from step 0: the earlier metrics moved to %s", prev.name)
         if self.resume_from is not None:
             self._restore()
-            self.runlog.truncate_after(self.step)
-            log.info("resumed from %s at step %d", self.resume_from, self.step)
+            cut = self.runlog.truncate_after(self.step)
+            if self.dist.is_main:
+                moved = f"; the rows past step {self.step} moved to {cut.name}" if cut else ""
+                later = self._set_aside_later_checkpoints()
+                if later:
+                    moved += f"; later checkpoints moved to {later.relative_to(self.out)}/"
+                print(f"resuming from {self.resume_from.name} (step {self.step}){moved}", flush=True)
         elif cfg.warmup.steps > 0:
             from vlmgrpo.warmup import warm_start
 
@@ -863,6 +876,8 @@ class Trainer:
             dynamic_ncols=True,
             disable=not self.dist.is_main,
         )
+        steps_run, skipped, last_eval = 0, 0, None
+        self._warned_flat = False
         try:
             while self.step < cfg.train.steps and not self._should_stop():
                 before = {"rng": ckpt.rng_state(), "sampler": self.sampler_state()}
@@ -871,14 +886,20 @@ class Trainer:
                 except ServiceError as e:  # raised by the rewards, so before this step's update
                     self._abandon_step(before, e)
                 self.step += 1
+                steps_run += 1
+                skipped += int(_skipped(metrics))
+                self._warn_if_flat(metrics)
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     metrics.update(self.evaluate())
                 self.runlog.log(self.step, "grpo", metrics)
                 bar.update(1)
-                bar.set_postfix(
-                    reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
-                    eval=f"{metrics.get('eval/reward/mean', float('nan')):.3f}",
-                )
+                last_eval = _finite(metrics.get("eval/reward/mean"), last_eval)
+                reward = _finite(metrics.get("reward/mean"), None)
+                # no "nan" on the bar: a step with no reward says "-", the last evaluation stays shown
+                post = {"reward": "-" if reward is None else f"{reward:.3f}"}
+                if last_eval is not None:
+                    post["eval"] = f"{last_eval:.3f}"
+                bar.set_postfix(post)
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0:
                     self.save()
                 if cfg.train.max_time_s and time.time() - t_start > cfg.train.max_time_s:
@@ -902,7 +923,44 @@ class Trainer:
             self._dump_params(Path(os.environ["VLMGRPO_DUMP_PARAMS"]))
         dist.shutdown(self.dist, self.update_model)
         self._restore_signal_handlers()  # fit() in a notebook or a test leaves Ctrl-C working
+        if steps_run and skipped == steps_run:
+            # the checkpoint equals the starting model: a run that looks finished must not pass as
+            # trained (scripts chain train -> eval on the exit status), so this is an error
+            raise VlmgrpoError(
+                f"every update of this run was skipped ({skipped} of {steps_run} steps: too few samples "
+                "got a reward, or the loss was not finite), so its last checkpoint holds the weights it "
+                "started from; see the warnings above and reward/*/failed in metrics.jsonl"
+            )
         return self.out
+
+    def _set_aside_later_checkpoints(self) -> Path | None:
+        """`--resume-from ckpt-N` with newer checkpoints in the folder: they belong to the timeline
+        being replaced. Left in place, the new run would overwrite some and a later `--resume`
+        would pick an old one; they move to `ckpts/cut-N/` (returned), never deleted."""
+        root = self.out / "ckpts"
+        later = [c for c in ckpt.list_checkpoints(root) if ckpt.checkpoint_step(c) > self.step]
+        if not later:
+            return None
+        dest = runlog.numbered(root / f"cut-{self.step}")
+        dest.mkdir(parents=True)
+        for c in later:
+            c.replace(dest / c.name)
+        return dest
+
+    def _warn_if_flat(self, metrics: dict[str, float]) -> None:
+        """Once per run: a step whose rewards are all the same has all advantages zero, so the
+        update learns nothing (a reward that cannot tell the samples apart, or one stuck at a value)."""
+        std, n_skip = metrics.get("reward/std"), metrics.get("reward/skipped", 0.0)
+        if self._warned_flat or std is None or not math.isfinite(std) or std > 0 or _skipped(metrics):
+            return
+        self._warned_flat = True
+        log.warning(
+            "step %d: every sample got the same reward (%.4g%s): no learning signal (all advantages "
+            "are 0). Check that the rewards can tell completions apart (warned once)",
+            self.step,
+            metrics.get("reward/mean", math.nan),
+            f"; {n_skip:.0f} skipped" if n_skip else "",
+        )
 
     def _dump_params(self, folder: Path) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -976,6 +1034,15 @@ def _select_result(res: RewardResult, rows: list[int]) -> RewardResult:
         sub_scores={k: v[rows] for k, v in res.sub_scores.items()},
         failed=dict.fromkeys(res.failed, 0),
     )
+
+
+def _skipped(metrics: dict[str, Any]) -> bool:
+    """Whether this step's update was skipped (too few rewards, or a non-finite loss)."""
+    return bool(metrics.get("update/skipped_rewards") or metrics.get("update/skipped_nonfinite"))
+
+
+def _finite(value: Any, default: float | None) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else default
 
 
 class _PeerServiceError(ServiceError):

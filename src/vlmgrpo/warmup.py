@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from vlmgrpo.rollout import RolloutBatch
 from vlmgrpo.rollout.hf import encode_prompts, tokenizer_of
 
 if TYPE_CHECKING:
+    from vlmgrpo.config import WarmupConfig
     from vlmgrpo.trainer import Trainer
 
 
@@ -93,6 +94,27 @@ def warm_start(tr: Trainer) -> None:
     rng = np.random.default_rng(tr.cfg.train.seed + 7)
     stages = parse_stages(w.target_field, w.steps)
     t0 = time.perf_counter()
+    from tqdm import tqdm
+
+    # its own bar: the warm start can take as long as GRPO (the demo: up to 800 steps)
+    bar = tqdm(total=w.steps, desc="warm start", dynamic_ncols=True, disable=not tr.dist.is_main)
+    try:
+        _warm_steps(tr, w, params, opt, rng, stages, t0, bar)
+    finally:
+        bar.close()
+
+
+def _warm_steps(
+    tr: Trainer,
+    w: WarmupConfig,
+    params: list[torch.Tensor],
+    opt: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    stages: list[tuple[str, int]],
+    t0: float,
+    bar: Any,
+) -> None:
+    last_eval = None
     for step in range(1, w.steps + 1):
         field = next(name for name, end in stages if step <= end)
         if hasattr(tr.train_set, "sample"):  # streaming (e.g. the area task): a fresh image each time
@@ -125,5 +147,12 @@ def warm_start(tr: Trainer) -> None:
             )
             done = done or reached
         tr.runlog.log(step, "warmup", metrics)
+        bar.update(1)
+        if np.isfinite(metrics.get("eval/reward/mean", np.nan)):
+            last_eval = metrics["eval/reward/mean"]
+        post = {"loss": f"{metrics['warmup/loss']:.3f}"}
+        if last_eval is not None:  # the last held-out check stays shown; never "nan"
+            post["eval"] = f"{last_eval:.3f}"
+        bar.set_postfix(post)
         if done:
             break

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default="demo", help="packaged recipe name or path to a YAML file")
+    p.add_argument(
+        "--recipe", help="Packaged recipe name or path to a YAML file (`vlmgrpo recipes` lists them)."
+    )
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.lr=1e-5 (repeatable)",
+        help="Override a config value, e.g. --set optim.lr=1e-5 (repeatable).",
     )
-    p.add_argument("--output-dir", help="run folder (= --set train.output_dir=...)")
-    p.add_argument("--model", help="policy id or folder (= --set model.name_or_path=...)")
-    p.add_argument("--resume", action="store_true", help="resume from the latest complete checkpoint")
-    p.add_argument("--resume-from", metavar="CKPT", help="resume from ckpt-N (name or path)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--output-dir", help="Run folder (the same as --set train.output_dir=...).")
+    p.add_argument("--model", help="Policy id or folder (the same as --set model.name_or_path=...).")
+    p.add_argument(
+        "--resume", action="store_true", help="Resume from the latest complete checkpoint of the run folder."
+    )
+    p.add_argument("--resume-from", metavar="CKPT", help="Resume from ckpt-N (a name or a path).")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Start over in a run folder that holds another run: its files move to "
+        "RUN/overwritten/<time>/ (nothing is deleted).",
+    )
+    p.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
 
 
 def resolve(args: argparse.Namespace):
@@ -35,19 +47,63 @@ def resolve(args: argparse.Namespace):
     return load_config(args.recipe, overrides)
 
 
+def _walk_strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _walk_strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _walk_strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def prepare(cfg, resume: bool, overwrite: bool, recipe=None) -> None:
+    """Before any model loads: the run folder is usable (not a file), another run's files in it are
+    neither mixed in nor lost, and an offline recipe's missing inputs are built."""
+    from pathlib import Path
+
+    from vlmgrpo import offline, runlog
+
+    out = Path(cfg.train.output_dir)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 checks and moves; the others must
+        runlog.check_output_dir(out)  # not race it (they would see the files it is moving)
+        offline.ensure_inputs(cfg, recipe=recipe)  # waits for rank 0's builds
+        return
+    inputs = runlog.inputs_inside(out, _walk_strings(cfg.to_dict()))
+    moved = runlog.prepare_run_dir(out, resume=resume, overwrite=overwrite, inputs=inputs)
+    if moved is not None:
+        print(f"--overwrite: the earlier run's files moved to {moved}", flush=True)
+    offline.ensure_inputs(cfg, recipe=recipe)  # `recipe`: only its own paths are built, not --model's
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from vlmgrpo.config import list_recipes, recipe_description
+
+    if not args.recipe:
+        lines = [f"  {name:<26} {recipe_description(name)}" for name in list_recipes()]
+        sys.stderr.write(
+            "error: train needs --recipe NAME (a packaged recipe below) or --recipe path/to/recipe.yaml\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+        return 2
     cfg = resolve(args)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    resume = args.resume_from or ("latest" if args.resume else None)
+    if cfg.build:
+        from vlmgrpo.config import load_config
+
+        recipe = load_config(args.recipe)
+    else:
+        recipe = None
+    prepare(cfg, resume=bool(resume), overwrite=args.overwrite, recipe=recipe)
     if "adversary" in cfg.extra:  # seed B: policy + adversary (vlmgrpo.adversarial)
         from vlmgrpo.adversarial import train_adversarial as train
     else:
         from vlmgrpo.trainer import train
 
-    resume = args.resume_from or ("latest" if args.resume else None)
     out = train(cfg, resume)
     print(f"run folder: {out}")
     return 0

@@ -7,6 +7,7 @@ demo use the same path on tiny models saved by `vlmgrpo.models.tiny`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +30,69 @@ def _check_source(name: str) -> None:
         raise ModelLoadError(f"{name}: model folder does not exist")
 
 
+def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached (None: a TCP connection to it, or to the HTTPS
+    proxy, opens within `timeout_s`). HF_HUB_OFFLINE=1 counts as unreachable. Without this check
+    a missing network costs huggingface_hub's retries on every file: minutes and a page of log."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"{'the proxy ' if proxy else ''}{host}:{port} cannot be reached ({e.strerror or e})"
+    return None
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def hub_files_only(name: str) -> bool:
+    """For a Hugging Face id: True to load from the local cache only (no network, but cached);
+    one ModelLoadError line when it is neither reachable nor cached. Local folders: False."""
+    if Path(name).expanduser().exists():
+        return False
+    why = _hub_unreachable()
+    if why is None:
+        return False
+    if not _in_hub_cache(name):
+        raise ModelLoadError(
+            f"{name}: not in the local Hugging Face cache, and the Hub is out of reach ({why}); "
+            f"download it where there is network (huggingface-cli download {name}) or give a local folder"
+        )
+    return True
+
+
 def load_policy(cfg: ModelConfig, device: Any = "cpu") -> tuple[Any, Any]:
     """(model, processor_or_tokenizer) on `device`, LoRA-wrapped when `cfg.lora.enabled`."""
     import torch
     import transformers
 
     _check_source(cfg.name_or_path)
+    local_only = hub_files_only(cfg.name_or_path)
     dtype = getattr(torch, DTYPES[cfg.dtype])
     try:
         if cfg.text_only:
-            proc = transformers.AutoTokenizer.from_pretrained(cfg.name_or_path)
+            proc = transformers.AutoTokenizer.from_pretrained(cfg.name_or_path, local_files_only=local_only)
             auto = transformers.AutoModelForCausalLM
         else:
-            proc = transformers.AutoProcessor.from_pretrained(cfg.name_or_path)
+            proc = transformers.AutoProcessor.from_pretrained(cfg.name_or_path, local_files_only=local_only)
             auto = transformers.AutoModelForImageTextToText
         model = auto.from_pretrained(
-            cfg.name_or_path, dtype=dtype, attn_implementation=cfg.attn_implementation
+            cfg.name_or_path,
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
+            local_files_only=local_only,
         )
     except OSError as e:  # missing files, no hub access
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -11,14 +11,19 @@ is present, else the sum), or `None` to skip the sample. Three shapes are accept
   holds whole groups in order (`record.group`, `record.index`), so group-aware rewards are batched ones.
 - async:       either shape as `async def`; awaited, so remote calls can run concurrently.
 
-A reward that raises does not stop the run: a per-sample failure skips that sample, a batched
-failure skips the batch; both are counted in `reward/<name>/failed`. The exceptions are the
-user's setup (`ConfigError`, `ModelLoadError`) and a remote service given up (`ServiceError`, see
-`vlmgrpo.http`): those stop the run with their one line.
-
 A spec's `timeout_s` (default: the bound the reward declares, e.g. 10 s for the geometry graders;
 0 = none) runs each call in a worker process that is killed past it (`rewards/deadline.py`): a
 call that runs out of time is a failure like any other (skipped, counted, its sample id logged).
+
+A reward that raises (or returns NaN) on some samples does not stop the run: those samples are
+skipped, counted in `reward/<name>/failed`, and summarised in one warning per step with the first
+exception. A reward that fails on every sample of a batch, or returns something that is not a
+number, a dict of numbers or None, is a bug (a misspelled kwarg, a wrong return type): the run stops
+with one line naming the reward (`rewards[i]` and its function) and the first bad value or
+exception. Time-outs (`TimeoutError`, e.g. a call past its time bound) are not bugs: even on every
+sample they are skipped and counted, never a stop. The user's setup (`ConfigError`,
+`ModelLoadError`) and a remote service given up (`ServiceError`, see `vlmgrpo.http`) stop the run
+with their own one line.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import asyncio
 import inspect
 import logging
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vlmgrpo.errors import ConfigError, ModelLoadError, ServiceError
+from vlmgrpo.errors import ConfigError, ModelLoadError, ServiceError, VlmgrpoError
 from vlmgrpo.registry import Registry
 from vlmgrpo.rewards import deadline
 
@@ -115,6 +121,52 @@ async def _await(x: Any) -> Any:
     return await x
 
 
+class RewardError(VlmgrpoError):
+    """A reward function is broken (wrong return type, or it fails on every sample)."""
+
+
+def _number(v: Any) -> float | None:
+    """`v` as a float if it is a real number (Python, numpy, or a one-element tensor), else None."""
+    if isinstance(v, numbers.Real):
+        return float(v)
+    item = getattr(v, "item", None)
+    if callable(item):  # a numpy or torch scalar; a larger array raises
+        try:
+            x = item()
+        except (ValueError, RuntimeError, TypeError):
+            return None
+        return float(x) if isinstance(x, numbers.Real) else None
+    return None
+
+
+def _checked(value: Any) -> RewardValue:
+    """A reward's return value as a float / dict of floats / None; TypeError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            x = _number(v)
+            if x is None:
+                raise TypeError(f"returned a dict whose {k!r} is {type(v).__name__} {_short(v)}")
+            out[str(k)] = x
+        return out
+    x = _number(value)
+    if x is None:
+        raise TypeError(f"returned {type(value).__name__} {_short(value)}")
+    return x
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg[:200]}" if msg else type(e).__name__
+
+
 def _total(value: RewardValue) -> float | None:
     if value is None:
         return None
@@ -131,7 +183,8 @@ class RewardResult:
     total: np.ndarray  # [N] weighted sum over rewards, NaN = skip
     per_reward: dict[str, np.ndarray]  # name -> [N] unweighted value, NaN = skipped/failed
     sub_scores: dict[str, np.ndarray]  # "name/sub" -> [N]
-    failed: dict[str, int]  # name -> samples whose reward raised
+    failed: dict[str, int]  # name -> samples whose reward raised or returned NaN
+    errors: dict[str, str] = field(default_factory=dict)  # name -> the first failure, in words
 
     @classmethod
     def concat(cls, results: list[RewardResult]) -> RewardResult:
@@ -147,6 +200,7 @@ class RewardResult:
                 for k in sorted({k for r in results for k in r.sub_scores})
             },
             failed={k: sum(r.failed[k] for r in results) for k in results[0].failed},
+            errors={k: v for r in reversed(results) for k, v in r.errors.items()},
         )
 
     def metrics(self, prefix: str = "reward") -> dict[str, float]:
@@ -181,42 +235,96 @@ class RewardSpec:
         return self.label or self.name.rpartition(":")[2]
 
 
+def _who(spec: RewardSpec, index: int) -> str:
+    """How a failure names the reward: its place in the recipe and its function."""
+    label = f", logged as {spec.key}" if spec.key != spec.name.rpartition(":")[2] else ""
+    return f"reward rewards[{index}] ({spec.name}{label})"
+
+
+def _sample_name(rec: RewardRecord, i: int) -> str:
+    sid = rec.sample.get("id") if isinstance(rec.sample, dict) else None
+    return f"sample {i}" + (f" (id {sid})" if sid not in (None, "") else "")
+
+
+def log_failures(result: RewardResult, specs: Sequence[RewardSpec], ctx: RewardContext) -> None:
+    """One warning per reward that failed on some samples: how many, and the first failure."""
+    n = len(result.total)
+    for index, spec in enumerate(specs):
+        k = result.failed.get(spec.key, 0)
+        if k:
+            log.warning(
+                "step %d (%s): %s failed on %d of %d samples, skipped; first: %s",
+                ctx.step, ctx.phase, _who(spec, index), k, n, result.errors.get(spec.key, "?"),
+            )  # fmt: skip
+
+
 def compute_rewards(
-    records: Sequence[RewardRecord], specs: Sequence[RewardSpec], ctx: RewardContext
+    records: Sequence[RewardRecord],
+    specs: Sequence[RewardSpec],
+    ctx: RewardContext,
+    warn: bool = True,
 ) -> RewardResult:
-    """Score every record with every reward; see the module docstring for the contract."""
+    """Score every record with every reward; see the module docstring for the contract. `warn`:
+    log the failures summary here (False: the caller logs it once for several calls)."""
     n = len(records)
     total = np.zeros(n)
     per_reward: dict[str, np.ndarray] = {}
     sub_scores: dict[str, np.ndarray] = {}
     failed: dict[str, int] = {}
-    for spec in specs:
+    errors: dict[str, str] = {}
+    for index, spec in enumerate(specs):
         rf = resolve_reward(spec.name)
         bound = deadline.default_timeout(rf.fn) if spec.timeout_s is None else spec.timeout_s
         fn = deadline.bounded_reward(spec.name, rf.batched, bound) if bound > 0 else rf.fn
-        values: list[RewardValue] = [None] * n
-        n_failed = 0
+        raw: list[Any] = [None] * n
+        ok = [True] * n
+        first_error = ""
+        timeouts = 0  # failures that were time-outs: slow, not broken
         if rf.batched:
             try:
-                values = list(_run(fn(list(records), ctx, **spec.kwargs)))
-                if len(values) != n:
-                    raise ValueError(f"returned {len(values)} values for {n} records")
+                raw = list(_run(fn(list(records), ctx, **spec.kwargs)))
             except (ConfigError, ModelLoadError, ServiceError):
                 # the user's setup is wrong (missing token, weights) or a service is given up
                 # (down past its max_down_s): say so and stop, do not skip step after step
                 raise
-            except Exception as e:  # a reward bug or a dead service must not kill the run
-                log.warning("reward %s failed on a batch of %d: %s", spec.key, n, e)
-                values, n_failed = [None] * n, n
+            except Exception as e:  # counted below: the whole batch failed
+                raw, ok, first_error = [None] * n, [False] * n, _first_line(e)
+                timeouts = n if isinstance(e, TimeoutError) else 0
+            if len(raw) != n:
+                raise RewardError(f"{_who(spec, index)}: returned {len(raw)} values for {n} records")
         else:
             for i, rec in enumerate(records):
                 try:
-                    values[i] = _run(fn(rec, ctx, **spec.kwargs))
+                    raw[i] = _run(fn(rec, ctx, **spec.kwargs))
                 except (ConfigError, ModelLoadError, ServiceError):
                     raise
                 except Exception as e:
-                    log.warning("reward %s failed on sample %s: %s", spec.key, rec.sample.get("id", i), e)
-                    n_failed += 1
+                    ok[i] = False
+                    timeouts += isinstance(e, TimeoutError)
+                    first_error = first_error or f"{_first_line(e)} on {_sample_name(rec, i)}"
+        values: list[RewardValue] = [None] * n
+        for i, v in enumerate(raw):
+            if not ok[i]:
+                continue
+            try:
+                values[i] = _checked(v)
+            except TypeError as e:  # a bug in the reward, the same on every step: stop now
+                raise RewardError(
+                    f"{_who(spec, index)}: {e} for {_sample_name(records[i], i)}; a reward returns a "
+                    "number, a dict of numbers or None (skip)"
+                ) from None
+            t = _total(values[i])
+            if t is not None and math.isnan(t):
+                ok[i], values[i] = False, None
+                first_error = first_error or f"returned nan on {_sample_name(records[i], i)}"
+        n_failed = ok.count(False)
+        if n and n_failed == n and not timeouts:
+            raise RewardError(
+                f"{_who(spec, index)} failed on all {n} samples of step {ctx.step} ({ctx.phase}); "
+                f"first: {first_error}"
+            )
+        if n_failed:
+            errors[spec.key] = first_error
         vals = np.array([_total(v) if _total(v) is not None else np.nan for v in values], dtype=float)
         for i, v in enumerate(values):
             if isinstance(v, dict):
@@ -228,4 +336,7 @@ def compute_rewards(
         per_reward[spec.key] = vals
         failed[spec.key] = n_failed
         total = total + spec.weight * vals  # NaN propagates: a skipped sample stays skipped
-    return RewardResult(total, per_reward, sub_scores, failed)
+    result = RewardResult(total, per_reward, sub_scores, failed, errors)
+    if warn:
+        log_failures(result, specs, ctx)
+    return result
