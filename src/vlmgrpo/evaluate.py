@@ -67,18 +67,55 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+# QA benchmarks (charts, charxiv) are not the run's own task: their defaults are seed A's checkpoint
+# eval. Every other task grades the run's own task with the run's `eval` and `prompt` settings.
+BENCHMARK_TASKS = ("charts", "charxiv")
+BENCHMARK_DEFAULTS = {"num_items": 10, "num_samples": 10, "temperature": 0.7, "max_new_tokens": 512}
+DEFAULT_KS = (1, 5, 10)
+
+# what each task's headline number (`pass@1`, else `score`) measures, for plots and the report
+METRIC_NAMES = {
+    "charts": "pass@1, offline charts benchmark",
+    "charxiv": "pass@1, CharXiv reasoning questions",
+    "geometry": "accuracy (greedy), Geometry3K",
+    "area": "total reward (seed's strict area rewards, -3..4)",
+    "img2code": "img2code reward (execution + image similarity)",
+    "rewards": "mean total reward of the run's rewards",
+}
+
+
+def grader_name(task: str, cfg: Any, judge: Any) -> str:
+    """Who grades: the judge of a QA task, else the grader or the run's rewards."""
+    if judge is not None:
+        return f"{getattr(judge, 'name', type(judge).__name__)} judge"
+    if task == "area":
+        return "seed's strict area rewards"
+    if task == "geometry":
+        return "geometry grader"
+    return "rewards: " + ", ".join(r.label or r.name for r in cfg.rewards)
+
+
+def metric_name(task: str, cfg: Any = None) -> str:
+    """The name of `task`'s headline number; for `rewards`, the run's reward labels."""
+    if task == "rewards" and cfg is not None and cfg.rewards:
+        labels = [r.label or r.name for r in cfg.rewards if r.weight]
+        return "held-out reward: " + " + ".join(labels)
+    return METRIC_NAMES.get(task, f"{task} score")
+
+
 @dataclass
 class EvalOptions:
-    """Settings of one `vlmgrpo eval` (defaults: seed A's checkpoint evaluation)."""
+    """Settings of one `vlmgrpo eval`. None = the run's own setting (its config.yaml's `eval` and
+    `prompt` sections) for its own task, or seed A's checkpoint-eval default for a QA benchmark."""
 
     task: str = ""  # EVAL_TASKS name; "" = from --data or the run's eval dataset
     data: str = ""  # a CharXiv-style test_set.json instead of the run's eval dataset
-    num_items: int = 10  # first N items
-    num_samples: int = 10  # completions per item (n)
-    ks: tuple[int, ...] = (1, 5, 10)  # pass@k reported for these k (those <= n)
-    temperature: float = 0.7
-    max_new_tokens: int = 512
-    system: str = SYSTEM_PROMPT
+    num_items: int | None = None  # first N items (run: eval.num_items; benchmark: 10)
+    num_samples: int | None = None  # completions per item, n (run: eval.num_chains; benchmark: 10)
+    ks: tuple[int, ...] | None = None  # pass@k reported for these k <= n (None: 1, 5, 10)
+    temperature: float | None = None  # run: eval.temperature; benchmark: 0.7
+    max_new_tokens: int | None = None  # run: eval.max_new_tokens or rollout's; benchmark: 512
+    system: str | None = None  # run: prompt.system; benchmark: seed A's chart assistant
     prompt_suffix: str = ""  # appended to each question (e.g. an answer-format instruction)
     judge: str = ""  # judges registry name; "" = the task's default
     judge_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +127,35 @@ class EvalOptions:
     batch_rows: int = 64  # sequences per generate call
     image_max_side: int = 0  # 0 = the run's data.image_max_side
     results_dir: str = ""  # default RUN/ckpt_tests
+
+
+def resolve_options(opts: EvalOptions, cfg: Any, task: str) -> tuple[EvalOptions, Any]:
+    """(options with every None filled, the run config with its `eval`/`prompt` set to them).
+
+    A benchmark task takes seed A's defaults; the run's own task takes its config's eval settings,
+    so `vlmgrpo eval` grades what training evaluated. The returned config is a copy: task functions
+    that read `cfg.eval` / `cfg.prompt.system` (geometry, area, rewards) see the overrides too."""
+    import dataclasses
+
+    cfg = copy.deepcopy(cfg)
+    if task in BENCHMARK_TASKS:
+        run_own = dict(BENCHMARK_DEFAULTS, system=SYSTEM_PROMPT)
+    else:
+        run_own = {
+            "num_items": cfg.eval.num_items,
+            "num_samples": cfg.eval.num_chains,
+            "temperature": cfg.eval.temperature,
+            "max_new_tokens": cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+            "system": cfg.prompt.system,
+        }
+    filled = {k: v if (v := getattr(opts, k)) is not None else run_own[k] for k in run_own}
+    ks = tuple(k for k in opts.ks or DEFAULT_KS if k <= filled["num_samples"]) or (1,)
+    out = dataclasses.replace(opts, ks=ks, **filled)
+    if task not in BENCHMARK_TASKS:
+        cfg.eval.num_items, cfg.eval.num_chains = out.num_items, out.num_samples
+        cfg.eval.temperature, cfg.eval.max_new_tokens = out.temperature, out.max_new_tokens
+        cfg.prompt.system = out.system
+    return out, cfg
 
 
 @dataclass
@@ -302,7 +368,8 @@ def summarize_items(per_item: list[dict[str, Any]], ks: Sequence[int]) -> dict[s
 
 def reward_task(model: Any, proc: Any, ctx: TaskContext, summarize: str = "") -> dict[str, Any]:
     """The run's own rewards on its eval set with the eval settings; `score` = mean total reward.
-    `summarize` ("module:function", `fn(records, result) -> dict`) adds task-specific numbers."""
+    `summarize` ("module:function", `fn(records, result: RewardResult) -> dict`) adds task-specific
+    numbers."""
     from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards
     from vlmgrpo.sampling import build_prompt
 
@@ -317,7 +384,7 @@ def reward_task(model: Any, proc: Any, ctx: TaskContext, summarize: str = "") ->
     ]
     specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label) for r in cfg.rewards]
     res = compute_rewards(records, specs, RewardContext(step=ctx.step, phase="eval", seed=o.seed))
-    metrics = res.metrics("eval")
+    metrics = {k: _num(v) for k, v in res.metrics("eval").items()}
     out: dict[str, Any] = {"score": metrics.get("eval/reward/mean"), "metrics": metrics}
     if summarize:
         out.update(import_from_path(summarize)(records, res))
@@ -328,13 +395,38 @@ def reward_task(model: Any, proc: Any, ctx: TaskContext, summarize: str = "") ->
     return out
 
 
+def img2code_summary(records: Sequence[Any], res: Any) -> dict[str, Any]:
+    """`vlmgrpo.rewards.img2code.summarize` (execution rate, similarity, error classes) over the
+    img2code reward's per-sample dicts, rebuilt from the reward result (None = the sample failed)."""
+    from vlmgrpo.rewards.img2code import summarize
+
+    label = next((k for k in res.per_reward if k == "img2code"), next(iter(res.per_reward), None))
+    if label is None:
+        return {}
+    subs = {k.split("/", 1)[1]: v for k, v in res.sub_scores.items() if k.startswith(f"{label}/")}
+    rows: list[dict[str, float] | None] = []
+    for k in range(len(records)):
+        score = float(res.per_reward[label][k])
+        if math.isnan(score):
+            rows.append(None)
+            continue
+        rows.append({"score": score} | {name: float(v[k]) for name, v in subs.items()})
+    summary = summarize(rows)
+    summary.pop("score", None)  # `score` stays the mean total reward, as in every reward task
+    return {k: _num(v) for k, v in summary.items()}
+
+
 def img2code_task(model: Any, proc: Any, ctx: TaskContext) -> dict[str, Any]:
-    """img2code: the run's rewards plus `vlmgrpo.rewards.img2code:summarize` (execution rate, ...)."""
-    return reward_task(model, proc, ctx, summarize="vlmgrpo.rewards.img2code:summarize")
+    """img2code: the run's rewards plus the img2code summary (execution rate, similarity, ...)."""
+    return reward_task(model, proc, ctx, summarize="vlmgrpo.evaluate:img2code_summary")
 
 
 def _num(x: Any) -> float | None:
-    x = float(x)
+    """A finite float, or None (NaN and infinities do not belong in strict JSON)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
     return x if math.isfinite(x) else None
 
 
@@ -404,10 +496,21 @@ def regrade(result: dict[str, Any], judge: Any, ks: Sequence[int]) -> dict[str, 
     return result | summarize_items(result.get("items", []), ks)
 
 
+def _strict(obj: Any) -> Any:
+    """NaN and infinities -> None, recursively, so result files are strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(json.dumps(_strict(obj), indent=1, allow_nan=False))
     tmp.replace(path)
 
 
@@ -427,18 +530,32 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
     cfg = config_from_file(run / "config.yaml")
     task = resolve_task(opts, cfg)
     fn = EVAL_TASKS.get(task)
+    requested_ks = opts.ks
+    opts, cfg = resolve_options(opts, cfg, task)
     out_dir = Path(opts.results_dir) if opts.results_dir else run / RESULTS_DIR
     device = torch.device(resolve_device(opts.device))
-    uses_judge = task in ("charxiv", "charts") or bool(opts.judge)
+    uses_judge = task in BENCHMARK_TASKS or bool(opts.judge)
     judge = build_eval_judge(opts, task, cfg, run) if uses_judge else None
     items: list[dict[str, Any]] | None = None
     summaries = []
     models = list_models(run, opts.include_base)
     if not any(p for _, _, p in models):
         echo(f"note: {run / 'ckpts'} has no complete checkpoint; evaluating the base model only")
+    dropped = [k for k in requested_ks or () if k not in opts.ks]
+    if dropped:
+        echo(f"note: pass@{','.join(map(str, dropped))} needs more than {opts.num_samples} samples; skipped")
+    echo(
+        f"task {task} ({metric_name(task, cfg)}): {opts.num_items} items x {opts.num_samples} samples, "
+        f"temperature {opts.temperature}, {opts.max_new_tokens} new tokens"
+    )
     for name, step, path in models:
         dest = out_dir / f"{name}.json"
         prev = _read_json(dest) if not opts.force else None
+        if prev is not None and prev.get("task", task) != task:
+            raise ConfigError(
+                f"{dest}: holds a {prev.get('task')!r} evaluation, this is {task!r}; give --results-dir "
+                "another folder for it (or --force to replace it)"
+            )
         if prev is not None:
             if opts.regrade and prev.get("ungraded") and judge is not None:
                 prev = regrade(prev, judge, opts.ks)
@@ -464,7 +581,9 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
             "step": step,
             "path": str(path) if path else cfg.model.name_or_path,
             "task": task,
+            "metric": metric_name(task, cfg),
             "judge": getattr(judge, "name", None),
+            "grader": grader_name(task, cfg, judge),
             "data": opts.data or None,
             "num_items": len(items or []),
             "samples_per_item": opts.num_samples,

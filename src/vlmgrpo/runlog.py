@@ -61,7 +61,9 @@ class RunLog:
         if self._tb is not None:
             for k, v in row.items():
                 if isinstance(v, int | float) and k not in ("step", "time"):
-                    self._tb.add_scalar(k, v, step)
+                    # warm-start evals get their own tag: on GRPO's eval/* they jump back in step
+                    tag = f"warmup/{k}" if phase == "warmup" and not k.startswith("warmup/") else k
+                    self._tb.add_scalar(tag, v, step)
         return row
 
     def sample_dir(self, step: int) -> Path:
