@@ -23,7 +23,7 @@ from vlmgrpo.report.plots import load_run, make_figures, moving_average, plot_ru
 from vlmgrpo.rewards import RewardRecord
 from vlmgrpo.runlog import RunLog, write_samples
 
-FIGURES = {"training", "eval", "pass_at_1", "components", "warmup"}
+FIGURES = {"training", "eval", "checkpoints", "components", "warmup"}
 
 
 def make_run(root: Path, steps: int = 30, offset: float = 0.0) -> Path:
@@ -87,10 +87,10 @@ def test_plot_draws_every_figure_in_both_formats_and_themes(run_dir, tmp_path, c
     assert "missing" not in capsys.readouterr().out
     written = {p.name for p in (run_dir / "plots").iterdir()}
     assert written == {f"{n}.{ext}" for n in FIGURES for ext in ("png", "pdf")}
-    png = Image.open(run_dir / "plots" / "pass_at_1.png")
+    png = Image.open(run_dir / "plots" / "checkpoints.png")
     assert png.size[0] > 400
     assert (run_dir / "plots" / "training.pdf").read_bytes().startswith(b"%PDF")
-    files, notes = plot_run(run_dir, theme="plain", out_dir=tmp_path / "plain", formats=("png",))
+    files, notes = plot_run(run_dir, theme="festive", out_dir=tmp_path / "festive", formats=("png",))
     assert {f.stem for f in files} == FIGURES and notes == []
 
 
@@ -101,18 +101,29 @@ def test_grpo_and_warmup_rows_are_separate(run_dir):
     assert list(steps) == [5, 10, 15, 20, 25, 30]
     figs, _ = make_figures(run_dir, window=3)
     labels = figs["training"].axes[0].get_legend_handles_labels()[1]
-    assert sorted(labels) == ["similarity", "total reward"]  # sub-scores go to the components figure
+    # one reward: the total is that reward, drawn once; sub-scores go to the components figure
+    assert labels == ["total reward = similarity (avg 3)"]
     comp_titles = {ax.get_title() for ax in figs["components"].axes}
     assert {"similarity", "similarity/raw"} <= comp_titles
 
 
-def test_compare_overlays_pass_at_1_and_eval(run_dir, tmp_path):
+def test_compare_draws_every_figure_for_every_run_in_its_own_colour(run_dir, tmp_path):
+    """Bug: --compare ignored the second run in the training figure and drew only its eval total,
+    in the main run's colour."""
     other = make_run(tmp_path / "other", offset=0.1)
     figs, notes = make_figures(run_dir, compare=[other], window=3)
-    labels = figs["pass_at_1"].axes[0].get_legend_handles_labels()[1]
-    assert labels == ["run pass@1", "other pass@1"]
-    assert any(lab.startswith("other:") for lab in figs["eval"].axes[0].get_legend_handles_labels()[1])
     assert notes == []
+    for name in FIGURES:
+        colours: dict[str, set[str]] = {"run": set(), "other": set()}
+        for ax in figs[name].axes:
+            for line in ax.get_lines():
+                run = line.get_label().partition(":")[0]
+                if run in colours:
+                    colours[run].add(line.get_color())
+        assert colours["run"] and colours["other"], f"{name}: not both runs, by name in the legend"
+        assert not colours["run"] & colours["other"], f"{name}: the runs share a colour"
+    labels = figs["checkpoints"].axes[0].get_legend_handles_labels()[1]
+    assert {"run: pass@1", "other: pass@1", "run: pass@2", "other: pass@2"} <= set(labels)
 
 
 def test_missing_metrics_draws_what_exists(tmp_path, capsys):
@@ -121,7 +132,7 @@ def test_missing_metrics_draws_what_exists(tmp_path, capsys):
     assert main(["plot", "--output-dir", str(run)]) == 0
     out = capsys.readouterr().out
     assert "missing:" in out and "metrics.jsonl: not found" in out
-    assert {p.stem for p in (run / "plots").glob("*.png")} == {"pass_at_1"}
+    assert {p.stem for p in (run / "plots").glob("*.png")} == {"checkpoints"}
 
 
 def test_partial_metrics_file_is_reported(tmp_path, capsys):
@@ -135,7 +146,7 @@ def test_partial_metrics_file_is_reported(tmp_path, capsys):
     assert main(["plot", "--output-dir", str(run)]) == 0
     out = capsys.readouterr().out
     assert "1 unreadable line(s) skipped" in out
-    assert "no eval/*/mean metrics" in out and "no pass@1 results" in out
+    assert "no eval/*/mean metrics" in out and "no checkpoint evaluation" in out
     assert {p.stem for p in (run / "plots").glob("*.png")} == {"training", "components", "warmup"}
 
 
@@ -185,7 +196,7 @@ def _chromium_args(binary: str, profile: Path) -> list[str]:
 @pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tmp_path):
     run = make_run(tmp_path / "run")
-    path, _ = write_report(run, window=3)
+    path, _ = write_report(run, window=3, theme="festive")
     url = path.resolve().as_uri()
     binary = _chromium()
     dom = subprocess.run(
