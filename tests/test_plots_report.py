@@ -269,6 +269,8 @@ def test_titles_name_the_tasks_metric_and_score_results_are_plotted(tmp_path, ca
         assert "area_correctness + area_format + xml_format" in titles[name]
     assert "area rewards" in titles["checkpoints"] and "chart" not in titles["checkpoints"]
     assert not any("similarity" in t for t in titles.values())
+    eval_labels = figs["eval"].axes[0].get_legend_handles_labels()[1]
+    assert eval_labels[0] == "total reward" and "area_correctness" in eval_labels  # the total first
     assert not any("pass@1" in n or "checkpoint evaluation" in n for n in notes)
     (line,) = [ln for ln in figs["checkpoints"].axes[0].get_lines() if ln.get_label() == "score"]
     assert list(line.get_ydata()) == [-3.0, -2.5, -2.0]
@@ -441,3 +443,18 @@ def test_plain_theme_is_the_default_and_festive_keeps_snow_off_the_data(run_dir)
     festive, _ = make_figures(run_dir, theme="festive", window=3)
     assert "\u2744" in festive["training"].get_suptitle()
     assert not any("\u2744" in t.get_text() for f in festive.values() for ax in f.axes for t in ax.texts)
+
+
+def test_adversary_control_terms_equal_up_to_float32_are_drawn_once(tmp_path):
+    """Bug: in the adversary plot, discount = solvability were drawn on top of each other (the logged
+    values differ in float32's last bits)."""
+    rows = []
+    for s in range(1, 9):
+        solv = [0.625, 0.5, 0.75, 0.875][s % 4]
+        rows.append((s, "grpo", {"round_kind": "adversary", "adversary/reward/mean": 0.5 + 0.1 * s,
+                                 "adversary/discount/mean": solv, "adversary/solvability/mean": solv - 2.2e-8,
+                                 "adversary/realism/mean": 0.1 * (s % 3)}))  # fmt: skip
+    figs, _ = make_figures(write_run(tmp_path / "adv", "adversarial", rows), window=3)
+    labels = figs["adversary"].axes[0].get_legend_handles_labels()[1]
+    assert labels == ["total reward", "discount = solvability", "realism"]
+    assert figs["adversary"].axes[0].get_xlabel() == "round"

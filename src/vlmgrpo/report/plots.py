@@ -256,7 +256,8 @@ def adversary_figure(ctx: PlotContext) -> Any:
 
 
 def _eval_keys(run: RunData, rows: list[dict[str, Any]] | None = None) -> list[str]:
-    return [k for k in run.keys(r"eval/.+/mean", rows) if not k.startswith("adversary/")]
+    found = [k for k in run.keys(r"eval/.+/mean", rows) if not k.startswith("adversary/")]
+    return sorted(found, key=lambda k: k != "eval/reward/mean")  # the total first, as in training
 
 
 def _draw_controls(ctx: PlotContext, ax: Any, rows_of=None) -> None:
@@ -372,7 +373,7 @@ def components_figure(ctx: PlotContext) -> Any:
     for n, (ax, (title, drawn)) in enumerate(zip(axes, panels)):
         for i, ln in drawn:
             color, ls = ctx.style(i, 0) if ctx.compare else ctx.style(0, n)
-            draw_curve(ax, ln.x, ln.y, color, ctx.runs[i].name, ctx.window, ls)
+            draw_curve(ax, ln.x, ln.y, color, ctx.label(ctx.runs[i], ln.label), ctx.window, ls)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(ctx.main.step_name())
         ctx.grpo_xlim(ax)
@@ -392,7 +393,7 @@ def _merge_identical_panels(
     for title, drawn in panels:
         for n, (t2, d2) in enumerate(out):
             if len(d2) == len(drawn) and all(
-                i == j and np.array_equal(a.x, b.x) and np.allclose(a.y, b.y, rtol=0, atol=1e-9)
+                i == j and np.array_equal(a.x, b.x) and np.allclose(a.y, b.y, rtol=1e-6, atol=1e-6)
                 for (i, a), (j, b) in zip(drawn, d2)
             ):
                 out[n] = (f"{t2} = {title}", d2)

@@ -188,8 +188,9 @@ def distinct_series(
     """(the series worth drawing, "label = value" of the constant ones left out).
 
     Empty series (no finite point) are dropped; a series equal to an earlier one (same steps, values
-    within 1e-9) is merged into it, so it is drawn once under both names; a series of two or more
-    points that never changes is left out and reported, except the first `always` ones (a figure's
+    within 1e-6: float32 sums of the same values differ in the last bits) is merged into it, so it
+    is drawn once under both names; a series of two or more points that never changes is left out
+    and reported, except the first `always` ones (a figure's
     headline, e.g. the total reward, is drawn even when flat: that is the result). A single point is
     kept: it is not known to be constant."""
     lines: list[Line] = []
@@ -201,7 +202,9 @@ def distinct_series(
             (
                 ln
                 for ln in lines
-                if len(ln.x) == len(x) and np.array_equal(ln.x, x) and np.allclose(ln.y, y, rtol=0, atol=1e-9)
+                if len(ln.x) == len(x)
+                and np.array_equal(ln.x, x)
+                and np.allclose(ln.y, y, rtol=1e-6, atol=1e-6)
             ),
             None,
         )
