@@ -141,9 +141,17 @@ def new_figure(ctx: PlotContext, title: str, ncols: int = 1, nrows: int = 1, siz
 
 
 def draw_curve(
-    ax: Any, x: np.ndarray, y: np.ndarray, color: str, label: str, window: int, ls: str = "-"
+    ax: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    color: str,
+    label: str,
+    window: int,
+    ls: str = "-",
+    breaks: Sequence[float] = (),
 ) -> None:
-    """Raw values always; a moving average over them only when the series is long enough."""
+    """Raw values always; a moving average over them only when the series is long enough. The average
+    restarts after each step in `breaks` (a phase boundary), so a jump there is not smeared."""
     n = len(x)
     if n == 0:
         return
@@ -155,9 +163,11 @@ def draw_curve(
         return
     if window > 1 and n >= SMOOTH_MIN_WINDOWS * window:
         ax.plot(x, y, color=color, alpha=0.35, lw=0.9, ls=ls, zorder=2)
+        seg = np.searchsorted(np.asarray(sorted(breaks), float), x, side="left")  # segment of each point
+        avg = np.concatenate([moving_average(y[seg == k], window) for k in np.unique(seg)])
         ax.plot(
             x,
-            moving_average(y, window),
+            avg,
             color=color,
             lw=2.2,
             ls=ls,
@@ -191,10 +201,15 @@ def footnote(fig: Any, constant: Sequence[str], limit: int = 12) -> None:
 
 
 def draw_runs(
-    ctx: PlotContext, ax: Any, keys_of: Callable[[RunData], list[str]], rows_of=None, always: int = 1
+    ctx: PlotContext,
+    ax: Any,
+    keys_of: Callable[[RunData], list[str]],
+    rows_of=None,
+    always: int = 1,
+    breaks_of: Callable[[RunData], Sequence[float]] | None = None,
 ) -> list[str]:
     """Every run's distinct series of `keys_of(run)` on `ax` (the first `always` drawn even when
-    constant); returns the constants left out."""
+    constant; moving averages restarting at `breaks_of(run)`); returns the constants left out."""
     constant: list[str] = []
     for i, run in enumerate(ctx.runs):
         rows = rows_of(run) if rows_of else None
@@ -203,7 +218,8 @@ def draw_runs(
         constant += [ctx.label(run, c) for c in const]
         for j, ln in enumerate(lines):
             color, ls = ctx.style(i, j)
-            draw_curve(ax, ln.x, ln.y, color, ctx.label(run, ln.label), ctx.window, ls)
+            breaks = breaks_of(run) if breaks_of else ()
+            draw_curve(ax, ln.x, ln.y, color, ctx.label(run, ln.label), ctx.window, ls, breaks)
     return constant
 
 
@@ -420,7 +436,11 @@ def warmup_figure(ctx: PlotContext) -> Any:
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax = axes[0]
-    footnote(fig, draw_runs(ctx, ax, loss_keys, lambda r: r.warmup))
+
+    def stage_ends(run: RunData) -> list[int]:
+        return [end for _, end in warmup_stages(run)[:-1]]
+
+    footnote(fig, draw_runs(ctx, ax, loss_keys, lambda r: r.warmup, breaks_of=stage_ends))
     _mark_stages(ax, ctx.main)
     ax.set_title("loss (mean token NLL of the targets)", fontsize=10)
     finish(ax, "warm-start step", "loss")
@@ -429,6 +449,7 @@ def warmup_figure(ctx: PlotContext) -> Any:
         draw_runs(ctx, ax, lambda r: _eval_keys(r, r.warmup), lambda r: r.warmup)
         _draw_controls(ctx, ax, lambda r: r.warmup)
         _mark_stages(ax, ctx.main)
+        ax.set_xlim(axes[0].get_xlim())  # the same steps as the loss, so the stage lines align
         ax.set_title("held-out evaluation during the warm start", fontsize=10)
         finish(ax, "warm-start step", "mean over the held-out samples")
     return fig
@@ -441,7 +462,7 @@ def _mark_stages(ax: Any, run: RunData) -> None:
     for (_, end), (nxt, _) in zip(stages, stages[1:]):
         if end < last:
             ax.axvline(end, color="#888888", ls=":", lw=1.2, zorder=1)
-            ax.annotate(f"targets -> {nxt}", (end, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+            ax.annotate(f"targets -> {nxt}", (end, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4),
                         textcoords="offset points", fontsize=8, color="#555555")  # fmt: skip
 
 
