@@ -393,6 +393,9 @@ def test_warm_start_stages_and_evals_are_marked_apart_from_grpo(tmp_path):
     loss_ax, eval_ax = figs["warmup"].axes
     marks = [ln for ln in loss_ax.get_lines() if list(ln.get_xdata()) == [60, 60]]
     assert marks and any("targets -> description" in t.get_text() for t in loss_ax.texts)
+    (avg,) = [ln for ln in loss_ax.get_lines() if "(avg" in ln.get_label()]
+    x, y = avg.get_xdata(), avg.get_ydata()
+    assert y[list(x).index(61)] == pytest.approx(3.0 - 61 / 60 + 1.5)  # restarts: the jump is not smeared
     assert eval_ax.get_title() == "held-out evaluation during the warm start"
     assert list(_lines(figs["warmup"], "total reward")[0].get_xdata()) == [80, 100, 120]
     (grpo_eval,) = _lines(figs["eval"], "total reward")
