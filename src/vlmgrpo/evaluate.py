@@ -171,6 +171,12 @@ class TaskContext:
     judge: Any = None
     _items: list[dict[str, Any]] | None = None
 
+    def __post_init__(self) -> None:
+        # options left to the run (None) are filled as `vlmgrpo eval` fills them, so a task called
+        # directly with a fresh EvalOptions samples with the run's settings, never with None
+        if any(getattr(self.opts, k) is None for k in (*BENCHMARK_DEFAULTS, "system", "ks")):
+            self.opts, self.cfg = resolve_options(self.opts, self.cfg, self.task)
+
     def samples(self) -> list[dict[str, Any]]:
         """The first `num_items` items of the task's data (the same for every model)."""
         if self._items is None:
