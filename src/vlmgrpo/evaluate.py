@@ -5,14 +5,18 @@ full weights load with `from_pretrained(ckpt)`, a LoRA checkpoint (adapter_confi
 then `PeftModel.from_pretrained`), a task runs and its result goes to `RUN/ckpt_tests/<name>.json`.
 Models already evaluated are skipped unless `force` (`regrade` re-judges their ungraded answers).
 
+Which task and which settings: the run's own task (by its eval dataset: `area`, `geometry`,
+`img2code`, else `rewards`-style grading where chosen) runs with the run's own eval settings
+(config.yaml's `eval` and `prompt.system`); a QA benchmark (`charts`, `charxiv`; the default for runs
+whose data have no questions, such as the demo's scenes) with seed A's (10 items x 10 samples,
+temperature 0.7, 512 tokens, the chart assistant prompt). Command-line options win (`resolve_options`).
+
 Tasks plug in through the `EVAL_TASKS` registry ("module:function", imported when selected) with the
 contract `fn(model, proc, ctx: TaskContext) -> dict` holding at least `pass@1` (or `score`); `ctx`
 gives the options, the run's config, the items (`ctx.samples()`), a seeded `ctx.generate` and the judge.
-Built in: `charxiv` / `charts` (`qa_task`, seed A's checkpoint eval: N fixed chart questions, n
-completions each at temperature 0.7, judged by `llm` for CharXiv or `rules` for the offline charts
-benchmark; per item every completion, its score and the extracted answer, pass@1 = c/n; overall =
-mean over items; pass@k by the unbiased estimator; ungraded completions (score -1) are excluded from
-n and counted) and `rewards` (the run's own rewards on its eval set, `score` = mean total reward).
+Built in: `charxiv` / `charts` (`tasks/qa_eval.py`, seed A's judged pass@k), `rewards` and
+`img2code` (`tasks/reward_eval.py`, the run's own rewards), `geometry` and `area` (`tasks/`).
+Each result records what its headline measures (`metric`) and who graded it (`judge` / `grader`).
 
 Non-goals: multi-GPU evaluation; the geometry/area/img2code graders live in their own modules.
 """
@@ -23,23 +27,24 @@ import copy
 import json
 import math
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlmgrpo.errors import ConfigError, DataError
-from vlmgrpo.registry import Registry, import_from_path
+from vlmgrpo.registry import Registry
+from vlmgrpo.tasks.qa_eval import item_stats, pass_at_k, qa_task, regrade, summarize_items  # noqa: F401
+from vlmgrpo.tasks.reward_eval import img2code_task, reward_task  # noqa: F401
 
 SYSTEM_PROMPT = "You are a helpful assistant that answers questions about charts and graphs."
 RESULTS_DIR = "ckpt_tests"
 
 EVAL_TASKS: Registry[Callable[..., dict[str, Any]]] = Registry("eval task")
-EVAL_TASKS.register("charxiv", "vlmgrpo.evaluate:qa_task")
-EVAL_TASKS.register("charts", "vlmgrpo.evaluate:qa_task")
-EVAL_TASKS.register("rewards", "vlmgrpo.evaluate:reward_task")
-EVAL_TASKS.register("img2code", "vlmgrpo.evaluate:img2code_task")
+EVAL_TASKS.register("charxiv", "vlmgrpo.tasks.qa_eval:qa_task")
+EVAL_TASKS.register("charts", "vlmgrpo.tasks.qa_eval:qa_task")
+EVAL_TASKS.register("rewards", "vlmgrpo.tasks.reward_eval:reward_task")
+EVAL_TASKS.register("img2code", "vlmgrpo.tasks.reward_eval:img2code_task")
 EVAL_TASKS.register("geometry", "vlmgrpo.tasks.geometry_eval:evaluate_geometry")
 EVAL_TASKS.register("area", "vlmgrpo.tasks.area_eval:evaluate_area")
 
@@ -52,19 +57,6 @@ TASK_FOR_DATASET = {
     "img2code": "img2code",
 }
 DEFAULT_JUDGE = {"charxiv": "llm"}  # every other QA task: rules
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n graded samples with c correct: 1 - C(n-c, k) / C(n, k).
-
-    Exact integer binomials, so large n loses no precision; k = 1 gives c / n."""
-    if not 0 <= c <= n:
-        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
-    if not 1 <= k <= n:
-        raise ValueError(f"pass@{k} needs 1 <= k <= n graded samples, got n={n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 # QA benchmarks (charts, charxiv) are not the run's own task: their defaults are seed A's checkpoint
@@ -280,162 +272,6 @@ def load_model(cfg: Any, ckpt: Path | None, device: Any) -> tuple[Any, Any]:
     return model.eval(), proc
 
 
-# --------------------------------------------------------------------------- tasks
-
-
-def qa_task(model: Any, proc: Any, ctx: TaskContext) -> dict[str, Any]:
-    """Seed A's checkpoint eval: n completions per chart question, judged; pass@1 and pass@k."""
-    from vlmgrpo.judges import JudgeItem
-    from vlmgrpo.rollout import Prompt
-
-    o = ctx.opts
-    items = ctx.samples()
-    missing = [k for k in ("question", "answer") if k not in items[0]]
-    if missing:
-        raise DataError(
-            f"task {ctx.task}: the items have no {'/'.join(missing)} field; use --task charts (offline "
-            "benchmark) or --data a CharXiv-style test_set.json"
-        )
-    prompts = []
-    for s in items:
-        text = str(s["question"]) + (f"\n{o.prompt_suffix}" if o.prompt_suffix else "")
-        images = list(s.get("images") or [])
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-        messages = ([{"role": "system", "content": o.system}] if o.system else []) + [
-            {"role": "user", "content": content}
-        ]
-        prompts.append(Prompt(messages=messages, images=images, text=text))
-    completions = ctx.generate(model, proc, prompts, o.num_samples)
-    judge_items = [
-        JudgeItem(
-            question=str(s["question"]),
-            response=c,
-            answer=str(s["answer"]),
-            inst_category=int(s.get("inst_category") or 1),
-            choices=list(s.get("choices") or []),
-            id=f"{s.get('id', i)}#{j}",
-        )
-        for i, (s, comps) in enumerate(zip(items, completions))
-        for j, c in enumerate(comps)
-    ]
-    verdicts = ctx.judge.grade(judge_items)
-    per_item, errors = [], Counter()
-    for i, (s, comps) in enumerate(zip(items, completions)):
-        vs = verdicts[i * o.num_samples : (i + 1) * o.num_samples]
-        errors.update(v.error for v in vs if not v.graded)
-        per_item.append(
-            {
-                "id": str(s.get("id", i)),
-                "question": str(s["question"]),
-                "ground_truth": str(s["answer"]),
-                "inst_category": int(s.get("inst_category") or 1),
-                "choices": list(s.get("choices") or []),
-                "completions": [
-                    {"text": t, "score": v.score, "extracted_answer": v.extracted_answer}
-                    | ({"error": v.error} if v.error else {})
-                    for t, v in zip(comps, vs)
-                ],
-            }
-            | item_stats([v.score for v in vs], o.ks)
-        )
-    return summarize_items(per_item, o.ks) | {"judge_errors": dict(errors.most_common(10))}
-
-
-def item_stats(scores: Sequence[int], ks: Sequence[int]) -> dict[str, Any]:
-    """One item's counts from its completions' scores (1/0, -1 = ungraded, excluded from n)."""
-    n = sum(x != -1 for x in scores)
-    c = sum(x == 1 for x in scores)
-    return {
-        "graded": n,
-        "correct": c,
-        "ungraded": len(scores) - n,
-        "pass@1": c / n if n else None,
-        "pass@k": {str(k): pass_at_k(n, c, k) for k in sorted(set(ks) | {1}) if 1 <= k <= n},
-    }
-
-
-def summarize_items(per_item: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
-    """Overall pass@1 (mean of per-item c/n over items with a graded sample) and pass@k."""
-    p1 = [it["pass@1"] for it in per_item if it["pass@1"] is not None]
-    overall: dict[str, Any] = {
-        "pass@1": sum(p1) / len(p1) if p1 else None,
-        "pass@k": {},
-        "graded": sum(it["graded"] for it in per_item),
-        "ungraded": sum(it["ungraded"] for it in per_item),
-        "items_without_grades": sum(it["pass@1"] is None for it in per_item),
-        "items": per_item,
-    }
-    for k in sorted(set(ks) | {1}):
-        vals = [it["pass@k"][str(k)] for it in per_item if str(k) in it["pass@k"]]
-        if vals:
-            overall["pass@k"][str(k)] = sum(vals) / len(vals)
-    return overall
-
-
-def reward_task(model: Any, proc: Any, ctx: TaskContext, summarize: str = "") -> dict[str, Any]:
-    """The run's own rewards on its eval set with the eval settings; `score` = mean total reward.
-    `summarize` ("module:function", `fn(records, result: RewardResult) -> dict`) adds task-specific
-    numbers."""
-    from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards
-    from vlmgrpo.sampling import build_prompt
-
-    cfg, o = ctx.cfg, ctx.opts
-    items = ctx.samples()
-    prompts = [build_prompt(s, cfg) for s in items]
-    completions = ctx.generate(model, proc, prompts, o.num_samples)
-    records = [
-        RewardRecord(prompt=p.text, completion=c, images=p.images, sample=s, group=i, index=j)
-        for i, (s, p, comps) in enumerate(zip(items, prompts, completions))
-        for j, c in enumerate(comps)
-    ]
-    specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label) for r in cfg.rewards]
-    res = compute_rewards(records, specs, RewardContext(step=ctx.step, phase="eval", seed=o.seed))
-    metrics = {k: _num(v) for k, v in res.metrics("eval").items()}
-    out: dict[str, Any] = {"score": metrics.get("eval/reward/mean"), "metrics": metrics}
-    if summarize:
-        out.update(import_from_path(summarize)(records, res))
-    out["items"] = [
-        {"id": str(r.sample.get("id", r.group)), "completion": r.completion, "reward": _num(res.total[k])}
-        for k, r in enumerate(records)
-    ]
-    return out
-
-
-def img2code_summary(records: Sequence[Any], res: Any) -> dict[str, Any]:
-    """`vlmgrpo.rewards.img2code.summarize` (execution rate, similarity, error classes) over the
-    img2code reward's per-sample dicts, rebuilt from the reward result (None = the sample failed)."""
-    from vlmgrpo.rewards.img2code import summarize
-
-    label = next((k for k in res.per_reward if k == "img2code"), next(iter(res.per_reward), None))
-    if label is None:
-        return {}
-    subs = {k.split("/", 1)[1]: v for k, v in res.sub_scores.items() if k.startswith(f"{label}/")}
-    rows: list[dict[str, float] | None] = []
-    for k in range(len(records)):
-        score = float(res.per_reward[label][k])
-        if math.isnan(score):
-            rows.append(None)
-            continue
-        rows.append({"score": score} | {name: float(v[k]) for name, v in subs.items()})
-    summary = summarize(rows)
-    summary.pop("score", None)  # `score` stays the mean total reward, as in every reward task
-    return {k: _num(v) for k, v in summary.items()}
-
-
-def img2code_task(model: Any, proc: Any, ctx: TaskContext) -> dict[str, Any]:
-    """img2code: the run's rewards plus the img2code summary (execution rate, similarity, ...)."""
-    return reward_task(model, proc, ctx, summarize="vlmgrpo.evaluate:img2code_summary")
-
-
-def _num(x: Any) -> float | None:
-    """A finite float, or None (NaN and infinities do not belong in strict JSON)."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -467,39 +303,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None  # missing or torn: evaluate again
     return obj if isinstance(obj, dict) else None
-
-
-def regrade(result: dict[str, Any], judge: Any, ks: Sequence[int]) -> dict[str, Any]:
-    """Grade again only the ungraded completions of a stored QA result (no model needed)."""
-    from vlmgrpo.judges import JudgeItem
-
-    todo = [
-        (it, c)
-        for it in result.get("items", [])
-        for c in it.get("completions", [])
-        if c.get("score", -1) == -1
-    ]
-    verdicts = judge.grade(
-        [
-            JudgeItem(
-                it["question"],
-                c["text"],
-                it["ground_truth"],
-                it.get("inst_category", 1),
-                it.get("choices", []),
-                it["id"],
-            )
-            for it, c in todo
-        ]
-    )
-    for (_, c), v in zip(todo, verdicts):
-        c.update(score=v.score, extracted_answer=v.extracted_answer)
-        c.pop("error", None)
-        if v.error:
-            c["error"] = v.error
-    for it in result.get("items", []):
-        it.update(item_stats([c["score"] for c in it["completions"]], ks))
-    return result | summarize_items(result.get("items", []), ks)
 
 
 def _strict(obj: Any) -> Any:
