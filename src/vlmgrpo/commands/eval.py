@@ -1,4 +1,5 @@
-"""Evaluate the base model and every checkpoint of a run (pass@k, judged), into RUN/ckpt_tests/.
+"""Evaluate the base model and every checkpoint of a run, into RUN/ckpt_tests/ (the run's own task and
+eval settings, or a judged pass@k benchmark).
 
 The run's own task (area, geometry, img2code, or `rewards`: the run's rewards on its eval set) is
 evaluated with the run's own settings from its config.yaml (eval.num_items, eval.num_chains,
@@ -31,53 +32,57 @@ def _ks(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", required=True, help="the run folder (holds config.yaml and ckpts/)")
+    p.add_argument("--output-dir", required=True, help="The run folder (holds config.yaml and ckpts/).")
     p.add_argument(
         "--task",
         default="",
-        help="charts | charxiv | rewards | geometry | area | img2code | module:fn "
-        "(default: by --data, else by the run's eval dataset; runs without questions get charts)",
+        help="Eval task: charts | charxiv | rewards | geometry | area | img2code | module:fn (default: by "
+        "--data, else by the run's eval dataset; runs without questions get charts).",
     )
     p.add_argument(
-        "--data", default="", help="a CharXiv-style test_set.json (e.g. from `vlmgrpo data charts`)"
+        "--data", default="", help="A CharXiv-style test_set.json (e.g. from `vlmgrpo data charts`)."
     )
     own = "default: the run's eval settings, or for charts/charxiv"
-    p.add_argument("--num-items", type=int, default=None, help=f"first N items ({own} 10).")
-    p.add_argument("--num-samples", type=int, default=None, help=f"completions per item, n ({own} 10).")
+    p.add_argument("--num-items", type=int, default=None, help=f"First N items ({own} 10).")
+    p.add_argument("--num-samples", type=int, default=None, help=f"Completions per item, n ({own} 10).")
     p.add_argument(
-        "--k", type=_ks, default=None, help="pass@k values to report, those <= n (default 1,5,10)."
+        "--k", type=_ks, default=None, help="The pass@k values to report, those <= n (default 1,5,10)."
     )
-    p.add_argument("--temperature", type=float, default=None, help=f"sampling temperature ({own} 0.7).")
-    p.add_argument("--max-new-tokens", type=int, default=None, help=f"tokens per completion ({own} 512).")
+    p.add_argument("--temperature", type=float, default=None, help=f"Sampling temperature ({own} 0.7).")
+    p.add_argument("--max-new-tokens", type=int, default=None, help=f"Tokens per completion ({own} 512).")
     p.add_argument(
         "--system",
         default=None,
-        help="system prompt (default: the run's prompt.system, or for charts/charxiv seed A's chart assistant).",
+        help="System prompt (default: the run's prompt.system, or for charts/charxiv seed A's chart assistant).",
     )
-    p.add_argument("--prompt-suffix", default="", help="text appended to each question")
+    p.add_argument("--prompt-suffix", default="", help="Text appended to each question.")
     p.add_argument(
-        "--judge", default="", help="rules | llm | module:Class (default: llm for charxiv, else rules)"
+        "--judge",
+        default="",
+        help="Judge: rules | llm | module:Class (default: llm for charxiv, else rules).",
     )
-    p.add_argument("--judge-model", default="", help="llm judge model (default gpt-4.1)")
+    p.add_argument("--judge-model", default="", help="The llm judge's model (default gpt-4.1).")
     p.add_argument(
         "--judge-base-url",
         default="",
-        help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or https://api.openai.com/v1)",
+        help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or https://api.openai.com/v1).",
     )
-    p.add_argument("--judge-concurrency", type=int, default=0, help="requests in flight (default 8)")
-    p.add_argument("--judge-timeout", type=float, default=0.0, help="seconds per request (default 60)")
-    p.add_argument("--judge-attempts", type=int, default=0, help="tries per item before ungraded (default 5)")
+    p.add_argument("--judge-concurrency", type=int, default=0, help="Requests in flight (default 8).")
+    p.add_argument("--judge-timeout", type=float, default=0.0, help="Seconds per request (default 60).")
     p.add_argument(
-        "--judge-backoff", type=float, default=0.0, help="first retry delay, s, doubling (default 2)"
+        "--judge-attempts", type=int, default=0, help="Tries per item before ungraded (default 5)."
     )
-    p.add_argument("--judge-cache", default="", help="cache folder (default RUN/judge_cache)")
-    p.add_argument("--force", action="store_true", help="re-evaluate models that already have a result")
-    p.add_argument("--regrade", action="store_true", help="re-judge ungraded answers of existing results")
-    p.add_argument("--no-base", action="store_true", help="skip the base model")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model")
-    p.add_argument("--batch-rows", type=int, default=64, help="sequences per generate call")
-    p.add_argument("--results-dir", default="", help="where results go (default RUN/ckpt_tests)")
+    p.add_argument(
+        "--judge-backoff", type=float, default=0.0, help="First retry delay, s, doubling (default 2)."
+    )
+    p.add_argument("--judge-cache", default="", help="Cache folder (default RUN/judge_cache).")
+    p.add_argument("--force", action="store_true", help="Re-evaluate models that already have a result.")
+    p.add_argument("--regrade", action="store_true", help="Re-judge ungraded answers of existing results.")
+    p.add_argument("--no-base", action="store_true", help="Skip the base model.")
+    p.add_argument("--device", default="auto", help="Device: auto | cpu | cuda | cuda:N (default auto).")
+    p.add_argument("--seed", type=int, default=0, help="Sampling seed, the same for every model.")
+    p.add_argument("--batch-rows", type=int, default=64, help="Sequences per generate call.")
+    p.add_argument("--results-dir", default="", help="Where results go (default RUN/ckpt_tests).")
 
 
 def options(args: argparse.Namespace):
