@@ -124,6 +124,13 @@ def test_compare_draws_every_figure_for_every_run_in_its_own_colour(run_dir, tmp
         assert not colours["run"] & colours["other"], f"{name}: the runs share a colour"
     labels = figs["checkpoints"].axes[0].get_legend_handles_labels()[1]
     assert {"run: pass@1", "other: pass@1", "run: pass@2", "other: pass@2"} <= set(labels)
+    twin = make_run(tmp_path / "b" / "run", offset=0.2)  # the same folder name as the main run
+    figs, _ = make_figures(run_dir, compare=[twin], window=3)
+    labels = figs["training"].axes[0].get_legend_handles_labels()[1]
+    names = {lab.partition(":")[0] for lab in labels}
+    assert "b/run" in names and len(names) == 2 and all(n.endswith("/run") for n in names)
+        lab.startswith("plots0/run:") for lab in labels
+    )
 
 
 def test_missing_metrics_draws_what_exists(tmp_path, capsys):

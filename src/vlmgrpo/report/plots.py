@@ -481,8 +481,12 @@ def make_figures(
 
     main = load_run(run, results_dir)
     others = [load_run(p) for p in compare]
+    runs = [main, *others]
+    for r in runs:  # runs/a/seed-1 and runs/b/seed-1: name them by their parent too
+        if sum(o.name == r.name for o in runs) > 1:
+            r.name = f"{r.path.resolve().parent.name}/{r.path.resolve().name}"
     notes = list(main.notes) + [n for o in others for n in o.notes if "ckpt_tests" in n or "not found" in n]
-    ctx = PlotContext([main, *others], THEMES[theme], window, notes)
+    ctx = PlotContext(runs, THEMES[theme], window, notes)
     figs: dict[str, Any] = {}
     with matplotlib.rc_context(THEMES[theme]["rc"]):
         for name, fn in FIGURES.items():
