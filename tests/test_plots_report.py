@@ -129,8 +129,6 @@ def test_compare_draws_every_figure_for_every_run_in_its_own_colour(run_dir, tmp
     labels = figs["training"].axes[0].get_legend_handles_labels()[1]
     names = {lab.partition(":")[0] for lab in labels}
     assert "b/run" in names and len(names) == 2 and all(n.endswith("/run") for n in names)
-        lab.startswith("plots0/run:") for lab in labels
-    )
 
 
 def test_missing_metrics_draws_what_exists(tmp_path, capsys):

@@ -482,8 +482,9 @@ def make_figures(
     main = load_run(run, results_dir)
     others = [load_run(p) for p in compare]
     runs = [main, *others]
+    clash = {r.name for r in runs if sum(o.name == r.name for o in runs) > 1}
     for r in runs:  # runs/a/seed-1 and runs/b/seed-1: name them by their parent too
-        if sum(o.name == r.name for o in runs) > 1:
+        if r.name in clash:
             r.name = f"{r.path.resolve().parent.name}/{r.path.resolve().name}"
     notes = list(main.notes) + [n for o in others for n in o.notes if "ckpt_tests" in n or "not found" in n]
     ctx = PlotContext(runs, THEMES[theme], window, notes)
