@@ -384,6 +384,10 @@ def test_one_evaluation_gets_a_readable_axis(tmp_path):
     assert lo <= 0 and hi >= 4
     assert len([ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]) == 3
     assert [t.get_text() for t in ax.texts] == ["0.3"]  # a lone point carries its value
+    (run / "ckpt_tests").mkdir()
+    (run / "ckpt_tests" / "base.json").write_text(json.dumps({"name": "base", "step": 0, "score": 0.2}))
+    lo, hi = make_figures(run)[0]["checkpoints"].axes[0].get_xlim()
+    assert lo < 0 and hi >= 4  # the base model alone: the axis still spans the run
 
 
 def test_warm_start_stages_and_evals_are_marked_apart_from_grpo(tmp_path):

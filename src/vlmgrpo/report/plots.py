@@ -322,7 +322,8 @@ def checkpoints_figure(ctx: PlotContext) -> Any:
         ax.set_ylim(-0.03, 1.03)
     from matplotlib.ticker import MaxNLocator
 
-    ax.set_xlim(left=-0.03 * max(1.0, max(x["step"] for r in runs for x in r.results)))
+    last = max([x["step"] for r in runs for x in r.results] + [r.max_step() for r in ctx.runs] + [1.0])
+    ax.set_xlim(-0.03 * last, 1.03 * last)  # one result (the base model alone) still gets a real axis
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     finish(ax, "checkpoint step (base model = 0)", key if key == "pass@1" else "score")
     return fig
