@@ -372,6 +372,27 @@ def test_components_figure_has_no_empty_or_constant_panels(tmp_path):
     assert "img2code/timeout = 0" in fig.get_supxlabel()
 
 
+def test_eval_figure_keeps_sub_scores_off_the_rewards_scale(tmp_path):
+    """Seen in the img2code report: code lengths (~80) beside the reward (-1..1) flattened it."""
+    rows = [
+        (
+            s,
+            "grpo",
+            {
+                "reward/mean": -1.0 + 0.1 * s,
+                "eval/reward/mean": -1 + 0.1 * s,
+                "eval/img2code/mean": -1 + 0.1 * s,
+                "eval/img2code/code_chars/mean": 80.0 - s,
+                "eval/img2code/raw/mean": 0.1 * s,
+            },
+        )  # fmt: skip
+        for s in range(0, 4)
+    ]
+    figs, _ = make_figures(write_run(tmp_path / "i2c", "img2code-tiny", rows))
+    labels = figs["eval"].axes[0].get_legend_handles_labels()[1]
+    assert labels == ["total reward = img2code", "img2code/raw"]
+
+
 def test_one_evaluation_gets_a_readable_axis(tmp_path):
     """Bug: a run with one evaluation plotted seven dots on an x-axis from -0.04 to 0.04."""
     rows = [(s, "grpo", {"reward/mean": 0.1 * s}) for s in range(1, 5)]

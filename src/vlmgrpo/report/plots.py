@@ -272,7 +272,9 @@ def adversary_figure(ctx: PlotContext) -> Any:
 
 
 def _eval_keys(run: RunData, rows: list[dict[str, Any]] | None = None) -> list[str]:
-    found = [k for k in run.keys(r"eval/.+/mean", rows) if not k.startswith("adversary/")]
+    # the total, each reward and its raw value (seed A's raw cosine): one scale. Sub-scores (code
+    # lengths, error classes) stay in metrics.jsonl: beside a reward they would flatten it
+    found = run.keys(r"eval/[^/]+/mean|eval/[^/]+/raw/mean", rows)
     return sorted(found, key=lambda k: k != "eval/reward/mean")  # the total first, as in training
 
 
