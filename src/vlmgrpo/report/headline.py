@@ -93,7 +93,13 @@ def headline(run: RunData) -> list[Figure]:
     _, y = run.series("reward/mean")
     if len(y) >= 2:
         a, b, k = _ends(y, 0.1)
-        out.append(Figure("training reward", f"{_f(a)} -> {_f(b)}", f"mean of the first / last {k} steps"))
+        out.append(
+            Figure(
+                "training reward",
+                f"{_f(a)} -> {_f(b)}",
+                f"mean of the first / last {k} {'rounds' if run.step_name() == 'round' else 'steps'}",
+            )
+        )
     _, y = run.series("adversary/reward/mean")
     if len(y) >= 2:
         a, b, k = _ends(y, 0.2)
