@@ -432,24 +432,6 @@ def test_warm_start_stages_and_evals_are_marked_apart_from_grpo(tmp_path):
     assert min(grpo_eval.get_xdata()) == 0 and len(grpo_eval.get_xdata()) == 17  # GRPO rows only
 
 
-def test_warm_start_evals_have_their_own_tensorboard_tag(tmp_path):
-    """Bug: warm-start evaluations shared `eval/*` tags with GRPO's, so the TensorBoard curve jumped back."""
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    log = RunLog(tmp_path, tensorboard=True)
-    if log._tb is None:
-        pytest.skip("tensorboard writer unavailable")
-    log.log(400, "warmup", {"warmup/loss": 1.0, "eval/similarity/mean": 0.5})
-    log.log(25, "grpo", {"eval/similarity/mean": 0.6})
-    log.close()
-    acc = EventAccumulator(str(tmp_path / "tb"))
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    assert {"warmup/loss", "warmup/eval/similarity/mean", "eval/similarity/mean"} <= tags
-    assert [e.step for e in acc.Scalars("eval/similarity/mean")] == [25]
-
-
 def test_report_leads_with_the_headline_at_page_width(tmp_path):
     """Bug: the report never stated the headline result and put its plots at half the page width."""
     from vlmgrpo.commands.demo import summarize

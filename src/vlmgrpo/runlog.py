@@ -61,9 +61,7 @@ class RunLog:
         if self._tb is not None:
             for k, v in row.items():
                 if isinstance(v, int | float) and k not in ("step", "time"):
-                    # warm-start evals get their own tag: on GRPO's eval/* they jump back in step
-                    tag = f"warmup/{k}" if phase == "warmup" and not k.startswith("warmup/") else k
-                    self._tb.add_scalar(tag, v, step)
+                    self._tb.add_scalar(k, v, step)
         return row
 
     def sample_dir(self, step: int) -> Path:
