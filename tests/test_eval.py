@@ -251,4 +251,63 @@ def test_eval_on_a_real_trained_run(tmp_path, tiny_vlm_dir, capsys):
     from vlmgrpo.report.plots import plot_run
 
     files, notes = plot_run(run, window=2)
-    assert {f.stem for f in files} >= {"training", "pass_at_1"}
+    assert {f.stem for f in files} >= {"training", "checkpoints"}
+
+
+# --------------------------------------------------------------------------- the run's own task and settings
+
+
+def make_area_run(root: Path, model_dir: Path) -> Path:
+    """An area-tiny run folder with one checkpoint (the base weights), as the trainer writes it."""
+    from vlmgrpo.checkpoint import save_checkpoint
+    from vlmgrpo.config import load_config, save_config
+    from vlmgrpo.models import load_policy
+
+    cfg = load_config("area-tiny", [f"model.name_or_path={model_dir}", f"train.output_dir={root}"])
+    root.mkdir(parents=True)
+    save_config(cfg, root / "config.yaml")
+    save_checkpoint(root / "ckpts", 2, {"": load_policy(cfg.model)}, {})
+    return root
+
+
+def test_eval_uses_the_runs_own_eval_settings(tmp_path, tiny_vlm_dir, capsys):
+    """Bug: on an area run `vlmgrpo eval` used temperature 0.7, 512 tokens and 10 items instead of the
+    recipe's 0, 24 and 16, and recorded the chart assistant's system prompt."""
+    from vlmgrpo.config import config_from_file
+
+    run = make_area_run(tmp_path / "area", tiny_vlm_dir)
+    cfg = config_from_file(run / "config.yaml")
+    assert main(["eval", "--output-dir", str(run), "--no-base"]) == 0
+    assert "pass@5" not in capsys.readouterr().out  # no note about k the user did not ask for
+    r = json.loads((run / "ckpt_tests" / "ckpt-2.json").read_text())
+    assert (r["task"], r["temperature"], r["max_new_tokens"]) == ("area", 0.0, 24)
+    assert (r["num_items"], r["samples_per_item"]) == (cfg.eval.num_items, cfg.eval.num_chains) == (16, 1)
+    assert r["system"] == cfg.prompt.system and "charts" not in r["system"]
+    assert r["grader"] == "seed's strict area rewards" and "area rewards" in r["metric"]
+    assert len(r["items"]) == 16 and isinstance(r["score"], float)
+    # the command line wins
+    args = ["eval", "--output-dir", str(run), "--no-base", "--force", "--num-items", "2", "--temperature", "0.5",
+            "--max-new-tokens", "5", "--system", "Be brief."]  # fmt: skip
+    assert main(args) == 0
+    r = json.loads((run / "ckpt_tests" / "ckpt-2.json").read_text())
+    assert (r["num_items"], r["temperature"], r["max_new_tokens"], r["system"]) == (2, 0.5, 5, "Be brief.")
+
+
+def test_eval_will_not_mix_two_tasks_in_one_results_folder(run_dir, capsys):
+    assert main(["eval", "--output-dir", str(run_dir), *FAST]) == 0  # charts (or already there)
+    assert main(["eval", "--output-dir", str(run_dir), *FAST, "--task", "rewards"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a 'charts' evaluation" in err and "--results-dir" in err
+
+
+def test_resolve_options_benchmark_keeps_seed_a_defaults(run_dir):
+    from vlmgrpo.config import config_from_file
+    from vlmgrpo.evaluate import SYSTEM_PROMPT, resolve_options
+
+    cfg = config_from_file(run_dir / "config.yaml")
+    o, _ = resolve_options(EvalOptions(), cfg, "charts")
+    assert (o.num_items, o.num_samples, o.temperature, o.max_new_tokens) == (10, 10, 0.7, 512)
+    assert o.system == SYSTEM_PROMPT and o.ks == (1, 5, 10)
+    o, run_cfg = resolve_options(EvalOptions(num_samples=2), cfg, "rewards")
+    assert (o.num_items, o.num_samples, o.temperature) == (cfg.eval.num_items, 2, cfg.eval.temperature)
+    assert o.ks == (1,) and run_cfg.eval.num_chains == 2 and cfg.eval.num_chains != 2  # a copy

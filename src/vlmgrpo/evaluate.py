@@ -5,14 +5,18 @@ full weights load with `from_pretrained(ckpt)`, a LoRA checkpoint (adapter_confi
 then `PeftModel.from_pretrained`), a task runs and its result goes to `RUN/ckpt_tests/<name>.json`.
 Models already evaluated are skipped unless `force` (`regrade` re-judges their ungraded answers).
 
+Which task and which settings: the run's own task (by its eval dataset: `area`, `geometry`,
+`img2code`, else `rewards`-style grading where chosen) runs with the run's own eval settings
+(config.yaml's `eval` and `prompt.system`); a QA benchmark (`charts`, `charxiv`; the default for runs
+whose data have no questions, such as the demo's scenes) with seed A's (10 items x 10 samples,
+temperature 0.7, 512 tokens, the chart assistant prompt). Command-line options win (`resolve_options`).
+
 Tasks plug in through the `EVAL_TASKS` registry ("module:function", imported when selected) with the
 contract `fn(model, proc, ctx: TaskContext) -> dict` holding at least `pass@1` (or `score`); `ctx`
 gives the options, the run's config, the items (`ctx.samples()`), a seeded `ctx.generate` and the judge.
-Built in: `charxiv` / `charts` (`qa_task`, seed A's checkpoint eval: N fixed chart questions, n
-completions each at temperature 0.7, judged by `llm` for CharXiv or `rules` for the offline charts
-benchmark; per item every completion, its score and the extracted answer, pass@1 = c/n; overall =
-mean over items; pass@k by the unbiased estimator; ungraded completions (score -1) are excluded from
-n and counted) and `rewards` (the run's own rewards on its eval set, `score` = mean total reward).
+Built in: `charxiv` / `charts` (`tasks/qa_eval.py`, seed A's judged pass@k), `rewards` and
+`img2code` (`tasks/reward_eval.py`, the run's own rewards), `geometry` and `area` (`tasks/`).
+Each result records what its headline measures (`metric`) and who graded it (`judge` / `grader`).
 
 Non-goals: multi-GPU evaluation; the geometry/area/img2code graders live in their own modules.
 """
@@ -23,23 +27,24 @@ import copy
 import json
 import math
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlmgrpo.errors import ConfigError, DataError
-from vlmgrpo.registry import Registry, import_from_path
+from vlmgrpo.registry import Registry
+from vlmgrpo.tasks.qa_eval import item_stats, pass_at_k, qa_task, regrade, summarize_items  # noqa: F401
+from vlmgrpo.tasks.reward_eval import img2code_task, reward_task  # noqa: F401
 
 SYSTEM_PROMPT = "You are a helpful assistant that answers questions about charts and graphs."
 RESULTS_DIR = "ckpt_tests"
 
 EVAL_TASKS: Registry[Callable[..., dict[str, Any]]] = Registry("eval task")
-EVAL_TASKS.register("charxiv", "vlmgrpo.evaluate:qa_task")
-EVAL_TASKS.register("charts", "vlmgrpo.evaluate:qa_task")
-EVAL_TASKS.register("rewards", "vlmgrpo.evaluate:reward_task")
-EVAL_TASKS.register("img2code", "vlmgrpo.evaluate:img2code_task")
+EVAL_TASKS.register("charxiv", "vlmgrpo.tasks.qa_eval:qa_task")
+EVAL_TASKS.register("charts", "vlmgrpo.tasks.qa_eval:qa_task")
+EVAL_TASKS.register("rewards", "vlmgrpo.tasks.reward_eval:reward_task")
+EVAL_TASKS.register("img2code", "vlmgrpo.tasks.reward_eval:img2code_task")
 EVAL_TASKS.register("geometry", "vlmgrpo.tasks.geometry_eval:evaluate_geometry")
 EVAL_TASKS.register("area", "vlmgrpo.tasks.area_eval:evaluate_area")
 
@@ -54,31 +59,55 @@ TASK_FOR_DATASET = {
 DEFAULT_JUDGE = {"charxiv": "llm"}  # every other QA task: rules
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n graded samples with c correct: 1 - C(n-c, k) / C(n, k).
+# QA benchmarks (charts, charxiv) are not the run's own task: their defaults are seed A's checkpoint
+# eval. Every other task grades the run's own task with the run's `eval` and `prompt` settings.
+BENCHMARK_TASKS = ("charts", "charxiv")
+BENCHMARK_DEFAULTS = {"num_items": 10, "num_samples": 10, "temperature": 0.7, "max_new_tokens": 512}
+DEFAULT_KS = (1, 5, 10)
 
-    Exact integer binomials, so large n loses no precision; k = 1 gives c / n."""
-    if not 0 <= c <= n:
-        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
-    if not 1 <= k <= n:
-        raise ValueError(f"pass@{k} needs 1 <= k <= n graded samples, got n={n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+# what each task's headline number (`pass@1`, else `score`) measures, for plots and the report
+METRIC_NAMES = {
+    "charts": "pass@1, offline charts benchmark",
+    "charxiv": "pass@1, CharXiv reasoning questions",
+    "geometry": "accuracy (greedy), Geometry3K",
+    "area": "total reward (seed's strict area rewards, -3..4)",
+    "img2code": "img2code reward (execution + image similarity)",
+    "rewards": "mean total reward of the run's rewards",
+}
+
+
+def grader_name(task: str, cfg: Any, judge: Any) -> str:
+    """Who grades: the judge of a QA task, else the grader or the run's rewards."""
+    if judge is not None:
+        return f"{getattr(judge, 'name', type(judge).__name__)} judge"
+    if task == "area":
+        return "seed's strict area rewards"
+    if task == "geometry":
+        return "geometry grader"
+    return "rewards: " + ", ".join(r.label or r.name for r in cfg.rewards)
+
+
+def metric_name(task: str, cfg: Any = None) -> str:
+    """The name of `task`'s headline number; for `rewards`, the run's reward labels."""
+    if task == "rewards" and cfg is not None and cfg.rewards:
+        labels = [r.label or r.name for r in cfg.rewards if r.weight]
+        return "held-out reward: " + " + ".join(labels)
+    return METRIC_NAMES.get(task, f"{task} score")
 
 
 @dataclass
 class EvalOptions:
-    """Settings of one `vlmgrpo eval` (defaults: seed A's checkpoint evaluation)."""
+    """Settings of one `vlmgrpo eval`. None = the run's own setting (its config.yaml's `eval` and
+    `prompt` sections) for its own task, or seed A's checkpoint-eval default for a QA benchmark."""
 
     task: str = ""  # EVAL_TASKS name; "" = from --data or the run's eval dataset
     data: str = ""  # a CharXiv-style test_set.json instead of the run's eval dataset
-    num_items: int = 10  # first N items
-    num_samples: int = 10  # completions per item (n)
-    ks: tuple[int, ...] = (1, 5, 10)  # pass@k reported for these k (those <= n)
-    temperature: float = 0.7
-    max_new_tokens: int = 512
-    system: str = SYSTEM_PROMPT
+    num_items: int | None = None  # first N items (run: eval.num_items; benchmark: 10)
+    num_samples: int | None = None  # completions per item, n (run: eval.num_chains; benchmark: 10)
+    ks: tuple[int, ...] | None = None  # pass@k reported for these k <= n (None: 1, 5, 10)
+    temperature: float | None = None  # run: eval.temperature; benchmark: 0.7
+    max_new_tokens: int | None = None  # run: eval.max_new_tokens or rollout's; benchmark: 512
+    system: str | None = None  # run: prompt.system; benchmark: seed A's chart assistant
     prompt_suffix: str = ""  # appended to each question (e.g. an answer-format instruction)
     judge: str = ""  # judges registry name; "" = the task's default
     judge_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +119,35 @@ class EvalOptions:
     batch_rows: int = 64  # sequences per generate call
     image_max_side: int = 0  # 0 = the run's data.image_max_side
     results_dir: str = ""  # default RUN/ckpt_tests
+
+
+def resolve_options(opts: EvalOptions, cfg: Any, task: str) -> tuple[EvalOptions, Any]:
+    """(options with every None filled, the run config with its `eval`/`prompt` set to them).
+
+    A benchmark task takes seed A's defaults; the run's own task takes its config's eval settings,
+    so `vlmgrpo eval` grades what training evaluated. The returned config is a copy: task functions
+    that read `cfg.eval` / `cfg.prompt.system` (geometry, area, rewards) see the overrides too."""
+    import dataclasses
+
+    cfg = copy.deepcopy(cfg)
+    if task in BENCHMARK_TASKS:
+        run_own = dict(BENCHMARK_DEFAULTS, system=SYSTEM_PROMPT)
+    else:
+        run_own = {
+            "num_items": cfg.eval.num_items,
+            "num_samples": cfg.eval.num_chains,
+            "temperature": cfg.eval.temperature,
+            "max_new_tokens": cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+            "system": cfg.prompt.system,
+        }
+    filled = {k: v if (v := getattr(opts, k)) is not None else run_own[k] for k in run_own}
+    ks = tuple(k for k in opts.ks or DEFAULT_KS if k <= filled["num_samples"]) or (1,)
+    out = dataclasses.replace(opts, ks=ks, **filled)
+    if task not in BENCHMARK_TASKS:
+        cfg.eval.num_items, cfg.eval.num_chains = out.num_items, out.num_samples
+        cfg.eval.temperature, cfg.eval.max_new_tokens = out.temperature, out.max_new_tokens
+        cfg.prompt.system = out.system
+    return out, cfg
 
 
 @dataclass
@@ -104,6 +162,12 @@ class TaskContext:
     step: int
     judge: Any = None
     _items: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        # options left to the run (None) are filled as `vlmgrpo eval` fills them, so a task called
+        # directly with a fresh EvalOptions samples with the run's settings, never with None
+        if any(getattr(self.opts, k) is None for k in (*BENCHMARK_DEFAULTS, "system", "ks")):
+            self.opts, self.cfg = resolve_options(self.opts, self.cfg, self.task)
 
     def samples(self) -> list[dict[str, Any]]:
         """The first `num_items` items of the task's data (the same for every model)."""
@@ -208,136 +272,6 @@ def load_model(cfg: Any, ckpt: Path | None, device: Any) -> tuple[Any, Any]:
     return model.eval(), proc
 
 
-# --------------------------------------------------------------------------- tasks
-
-
-def qa_task(model: Any, proc: Any, ctx: TaskContext) -> dict[str, Any]:
-    """Seed A's checkpoint eval: n completions per chart question, judged; pass@1 and pass@k."""
-    from vlmgrpo.judges import JudgeItem
-    from vlmgrpo.rollout import Prompt
-
-    o = ctx.opts
-    items = ctx.samples()
-    missing = [k for k in ("question", "answer") if k not in items[0]]
-    if missing:
-        raise DataError(
-            f"task {ctx.task}: the items have no {'/'.join(missing)} field; use --task charts (offline "
-            "benchmark) or --data a CharXiv-style test_set.json"
-        )
-    prompts = []
-    for s in items:
-        text = str(s["question"]) + (f"\n{o.prompt_suffix}" if o.prompt_suffix else "")
-        images = list(s.get("images") or [])
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-        messages = ([{"role": "system", "content": o.system}] if o.system else []) + [
-            {"role": "user", "content": content}
-        ]
-        prompts.append(Prompt(messages=messages, images=images, text=text))
-    completions = ctx.generate(model, proc, prompts, o.num_samples)
-    judge_items = [
-        JudgeItem(
-            question=str(s["question"]),
-            response=c,
-            answer=str(s["answer"]),
-            inst_category=int(s.get("inst_category") or 1),
-            choices=list(s.get("choices") or []),
-            id=f"{s.get('id', i)}#{j}",
-        )
-        for i, (s, comps) in enumerate(zip(items, completions))
-        for j, c in enumerate(comps)
-    ]
-    verdicts = ctx.judge.grade(judge_items)
-    per_item, errors = [], Counter()
-    for i, (s, comps) in enumerate(zip(items, completions)):
-        vs = verdicts[i * o.num_samples : (i + 1) * o.num_samples]
-        errors.update(v.error for v in vs if not v.graded)
-        per_item.append(
-            {
-                "id": str(s.get("id", i)),
-                "question": str(s["question"]),
-                "ground_truth": str(s["answer"]),
-                "inst_category": int(s.get("inst_category") or 1),
-                "choices": list(s.get("choices") or []),
-                "completions": [
-                    {"text": t, "score": v.score, "extracted_answer": v.extracted_answer}
-                    | ({"error": v.error} if v.error else {})
-                    for t, v in zip(comps, vs)
-                ],
-            }
-            | item_stats([v.score for v in vs], o.ks)
-        )
-    return summarize_items(per_item, o.ks) | {"judge_errors": dict(errors.most_common(10))}
-
-
-def item_stats(scores: Sequence[int], ks: Sequence[int]) -> dict[str, Any]:
-    """One item's counts from its completions' scores (1/0, -1 = ungraded, excluded from n)."""
-    n = sum(x != -1 for x in scores)
-    c = sum(x == 1 for x in scores)
-    return {
-        "graded": n,
-        "correct": c,
-        "ungraded": len(scores) - n,
-        "pass@1": c / n if n else None,
-        "pass@k": {str(k): pass_at_k(n, c, k) for k in sorted(set(ks) | {1}) if 1 <= k <= n},
-    }
-
-
-def summarize_items(per_item: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
-    """Overall pass@1 (mean of per-item c/n over items with a graded sample) and pass@k."""
-    p1 = [it["pass@1"] for it in per_item if it["pass@1"] is not None]
-    overall: dict[str, Any] = {
-        "pass@1": sum(p1) / len(p1) if p1 else None,
-        "pass@k": {},
-        "graded": sum(it["graded"] for it in per_item),
-        "ungraded": sum(it["ungraded"] for it in per_item),
-        "items_without_grades": sum(it["pass@1"] is None for it in per_item),
-        "items": per_item,
-    }
-    for k in sorted(set(ks) | {1}):
-        vals = [it["pass@k"][str(k)] for it in per_item if str(k) in it["pass@k"]]
-        if vals:
-            overall["pass@k"][str(k)] = sum(vals) / len(vals)
-    return overall
-
-
-def reward_task(model: Any, proc: Any, ctx: TaskContext, summarize: str = "") -> dict[str, Any]:
-    """The run's own rewards on its eval set with the eval settings; `score` = mean total reward.
-    `summarize` ("module:function", `fn(records, result) -> dict`) adds task-specific numbers."""
-    from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards
-    from vlmgrpo.sampling import build_prompt
-
-    cfg, o = ctx.cfg, ctx.opts
-    items = ctx.samples()
-    prompts = [build_prompt(s, cfg) for s in items]
-    completions = ctx.generate(model, proc, prompts, o.num_samples)
-    records = [
-        RewardRecord(prompt=p.text, completion=c, images=p.images, sample=s, group=i, index=j)
-        for i, (s, p, comps) in enumerate(zip(items, prompts, completions))
-        for j, c in enumerate(comps)
-    ]
-    specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label, r.timeout_s) for r in cfg.rewards]
-    res = compute_rewards(records, specs, RewardContext(step=ctx.step, phase="eval", seed=o.seed))
-    metrics = res.metrics("eval")
-    out: dict[str, Any] = {"score": metrics.get("eval/reward/mean"), "metrics": metrics}
-    if summarize:
-        out.update(import_from_path(summarize)(records, res))
-    out["items"] = [
-        {"id": str(r.sample.get("id", r.group)), "completion": r.completion, "reward": _num(res.total[k])}
-        for k, r in enumerate(records)
-    ]
-    return out
-
-
-def img2code_task(model: Any, proc: Any, ctx: TaskContext) -> dict[str, Any]:
-    """img2code: the run's rewards plus `vlmgrpo.rewards.img2code:summarize` (execution rate, ...)."""
-    return reward_task(model, proc, ctx, summarize="vlmgrpo.rewards.img2code:summarize")
-
-
-def _num(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -371,43 +305,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def regrade(result: dict[str, Any], judge: Any, ks: Sequence[int]) -> dict[str, Any]:
-    """Grade again only the ungraded completions of a stored QA result (no model needed)."""
-    from vlmgrpo.judges import JudgeItem
-
-    todo = [
-        (it, c)
-        for it in result.get("items", [])
-        for c in it.get("completions", [])
-        if c.get("score", -1) == -1
-    ]
-    verdicts = judge.grade(
-        [
-            JudgeItem(
-                it["question"],
-                c["text"],
-                it["ground_truth"],
-                it.get("inst_category", 1),
-                it.get("choices", []),
-                it["id"],
-            )
-            for it, c in todo
-        ]
-    )
-    for (_, c), v in zip(todo, verdicts):
-        c.update(score=v.score, extracted_answer=v.extracted_answer)
-        c.pop("error", None)
-        if v.error:
-            c["error"] = v.error
-    for it in result.get("items", []):
-        it.update(item_stats([c["score"] for c in it["completions"]], ks))
-    return result | summarize_items(result.get("items", []), ks)
+def _strict(obj: Any) -> Any:
+    """NaN and infinities -> None, recursively, so result files are strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(json.dumps(_strict(obj), indent=1, allow_nan=False))
     tmp.replace(path)
 
 
@@ -427,18 +339,32 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
     cfg = config_from_file(run / "config.yaml")
     task = resolve_task(opts, cfg)
     fn = EVAL_TASKS.get(task)
+    requested_ks = opts.ks
+    opts, cfg = resolve_options(opts, cfg, task)
     out_dir = Path(opts.results_dir) if opts.results_dir else run / RESULTS_DIR
     device = torch.device(resolve_device(opts.device))
-    uses_judge = task in ("charxiv", "charts") or bool(opts.judge)
+    uses_judge = task in BENCHMARK_TASKS or bool(opts.judge)
     judge = build_eval_judge(opts, task, cfg, run) if uses_judge else None
     items: list[dict[str, Any]] | None = None
     summaries = []
     models = list_models(run, opts.include_base)
     if not any(p for _, _, p in models):
         echo(f"note: {run / 'ckpts'} has no complete checkpoint; evaluating the base model only")
+    dropped = [k for k in requested_ks or () if k not in opts.ks]
+    if dropped:
+        echo(f"note: pass@{','.join(map(str, dropped))} needs more than {opts.num_samples} samples; skipped")
+    echo(
+        f"task {task} ({metric_name(task, cfg)}): {opts.num_items} items x {opts.num_samples} samples, "
+        f"temperature {opts.temperature}, {opts.max_new_tokens} new tokens"
+    )
     for name, step, path in models:
         dest = out_dir / f"{name}.json"
         prev = _read_json(dest) if not opts.force else None
+        if prev is not None and prev.get("task", task) != task:
+            raise ConfigError(
+                f"{dest}: holds a {prev.get('task')!r} evaluation, this is {task!r}; give --results-dir "
+                "another folder for it (or --force to replace it)"
+            )
         if prev is not None:
             if opts.regrade and prev.get("ungraded") and judge is not None:
                 prev = regrade(prev, judge, opts.ks)
@@ -464,7 +390,9 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
             "step": step,
             "path": str(path) if path else cfg.model.name_or_path,
             "task": task,
+            "metric": metric_name(task, cfg),
             "judge": getattr(judge, "name", None),
+            "grader": grader_name(task, cfg, judge),
             "data": opts.data or None,
             "num_items": len(items or []),
             "samples_per_item": opts.num_samples,

@@ -1,6 +1,14 @@
-"""Evaluate the base model and every checkpoint of a run (pass@k, judged), into RUN/ckpt_tests/.
+"""Evaluate the base model and every checkpoint of a run, into RUN/ckpt_tests/ (the run's own task and
+eval settings, or a judged pass@k benchmark).
+
+The run's own task (area, geometry, img2code, or `rewards`: the run's rewards on its eval set) is
+evaluated with the run's own settings from its config.yaml (eval.num_items, eval.num_chains,
+eval.temperature, eval.max_new_tokens, prompt.system); a QA benchmark (charts, charxiv) with seed
+A's (10 items x 10 samples, temperature 0.7, 512 tokens, the chart assistant prompt). Options
+given on the command line win.
 
 Examples:
+    vlmgrpo eval --output-dir runs/area-tiny                    # the run's own task and settings
     vlmgrpo eval --output-dir runs/demo                         # offline charts benchmark, rules judge
     vlmgrpo eval --output-dir runs/a --data test_data/test_set.json --judge llm   # seed A's CharXiv eval
     vlmgrpo eval --output-dir runs/a --judge llm --judge-base-url http://localhost:8000/v1 --judge-model m
@@ -24,60 +32,69 @@ def _ks(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", required=True, help="the run folder (holds config.yaml and ckpts/)")
+    p.add_argument("--output-dir", required=True, help="The run folder (holds config.yaml and ckpts/).")
     p.add_argument(
         "--task",
         default="",
-        help="charts | charxiv | rewards | geometry | area | img2code | module:fn "
-        "(default: by --data, else by the run's eval dataset; runs without questions get charts)",
+        help="Eval task: charts | charxiv | rewards | geometry | area | img2code | module:fn (default: by "
+        "--data, else by the run's eval dataset; runs without questions get charts).",
     )
     p.add_argument(
-        "--data", default="", help="a CharXiv-style test_set.json (e.g. from `vlmgrpo data charts`)"
+        "--data", default="", help="A CharXiv-style test_set.json (e.g. from `vlmgrpo data charts`)."
     )
-    p.add_argument("--num-items", type=int, default=10, help="first N questions (default 10)")
-    p.add_argument("--num-samples", type=int, default=10, help="completions per question, n (default 10)")
-    p.add_argument("--k", type=_ks, default=(1, 5, 10), help="pass@k values to report (default 1,5,10)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--system", default=None, help="system prompt (default: seed A's chart assistant)")
-    p.add_argument("--prompt-suffix", default="", help="text appended to each question")
+    own = "default: the run's eval settings, or for charts/charxiv"
+    p.add_argument("--num-items", type=int, default=None, help=f"First N items ({own} 10).")
+    p.add_argument("--num-samples", type=int, default=None, help=f"Completions per item, n ({own} 10).")
     p.add_argument(
-        "--judge", default="", help="rules | llm | module:Class (default: llm for charxiv, else rules)"
+        "--k", type=_ks, default=None, help="The pass@k values to report, those <= n (default 1,5,10)."
     )
-    p.add_argument("--judge-model", default="", help="llm judge model (default gpt-4.1)")
+    p.add_argument("--temperature", type=float, default=None, help=f"Sampling temperature ({own} 0.7).")
+    p.add_argument("--max-new-tokens", type=int, default=None, help=f"Tokens per completion ({own} 512).")
+    p.add_argument(
+        "--system",
+        default=None,
+        help="System prompt (default: the run's prompt.system, or for charts/charxiv seed A's chart assistant).",
+    )
+    p.add_argument("--prompt-suffix", default="", help="Text appended to each question.")
+    p.add_argument(
+        "--judge",
+        default="",
+        help="Judge: rules | llm | module:Class (default: llm for charxiv, else rules).",
+    )
+    p.add_argument("--judge-model", default="", help="The llm judge's model (default gpt-4.1).")
     p.add_argument(
         "--judge-base-url",
         default="",
-        help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or https://api.openai.com/v1)",
+        help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or https://api.openai.com/v1).",
     )
-    p.add_argument("--judge-concurrency", type=int, default=0, help="requests in flight (default 8)")
-    p.add_argument("--judge-timeout", type=float, default=0.0, help="seconds per request (default 60)")
-    p.add_argument("--judge-attempts", type=int, default=0, help="tries per item before ungraded (default 5)")
+    p.add_argument("--judge-concurrency", type=int, default=0, help="Requests in flight (default 8).")
+    p.add_argument("--judge-timeout", type=float, default=0.0, help="Seconds per request (default 60).")
     p.add_argument(
-        "--judge-backoff", type=float, default=0.0, help="first retry delay, s, doubling (default 2)"
+        "--judge-attempts", type=int, default=0, help="Tries per item before ungraded (default 5)."
     )
-    p.add_argument("--judge-cache", default="", help="cache folder (default RUN/judge_cache)")
-    p.add_argument("--force", action="store_true", help="re-evaluate models that already have a result")
-    p.add_argument("--regrade", action="store_true", help="re-judge ungraded answers of existing results")
-    p.add_argument("--no-base", action="store_true", help="skip the base model")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model")
-    p.add_argument("--batch-rows", type=int, default=64, help="sequences per generate call")
-    p.add_argument("--results-dir", default="", help="where results go (default RUN/ckpt_tests)")
+    p.add_argument(
+        "--judge-backoff", type=float, default=0.0, help="First retry delay, s, doubling (default 2)."
+    )
+    p.add_argument("--judge-cache", default="", help="Cache folder (default RUN/judge_cache).")
+    p.add_argument("--force", action="store_true", help="Re-evaluate models that already have a result.")
+    p.add_argument("--regrade", action="store_true", help="Re-judge ungraded answers of existing results.")
+    p.add_argument("--no-base", action="store_true", help="Skip the base model.")
+    p.add_argument("--device", default="auto", help="Device: auto | cpu | cuda | cuda:N (default auto).")
+    p.add_argument("--seed", type=int, default=0, help="Sampling seed, the same for every model.")
+    p.add_argument("--batch-rows", type=int, default=64, help="Sequences per generate call.")
+    p.add_argument("--results-dir", default="", help="Where results go (default RUN/ckpt_tests).")
 
 
 def options(args: argparse.Namespace):
     """EvalOptions from parsed arguments (the API key comes from $OPENAI_API_KEY or the run config)."""
     from vlmgrpo.errors import ConfigError
-    from vlmgrpo.evaluate import SYSTEM_PROMPT, EvalOptions
+    from vlmgrpo.evaluate import EvalOptions
 
-    if args.num_items < 1 or args.num_samples < 1:
-        raise ConfigError("--num-items and --num-samples must be at least 1")
-    dropped = [k for k in args.k if k > args.num_samples]
-    if dropped:
-        print(
-            f"note: pass@{','.join(map(str, dropped))} needs more than --num-samples {args.num_samples}; skipped"
-        )
+    for flag, val in (("--num-items", args.num_items), ("--num-samples", args.num_samples)):
+        if val is not None and val < 1:
+            raise ConfigError(f"{flag} {val}: must be at least 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
     judge_kwargs = {
         key: val
         for key, val in {
@@ -96,10 +113,10 @@ def options(args: argparse.Namespace):
         data=args.data,
         num_items=args.num_items,
         num_samples=args.num_samples,
-        ks=tuple(k for k in args.k if k <= args.num_samples) or (1,),
+        ks=args.k,
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,
-        system=SYSTEM_PROMPT if args.system is None else args.system,
+        system=args.system,
         prompt_suffix=args.prompt_suffix,
         judge=args.judge,
         judge_kwargs=judge_kwargs,

@@ -1,7 +1,9 @@
-"""Plot a run's curves (training, eval, pass@1, reward components, warm-up) as PNG and PDF.
+"""Plot a run's curves (training, eval, checkpoint evaluation, reward components, warm start) as PNG
+and PDF.
 
-Reads only the run folder (metrics.jsonl, ckpt_tests/); writes RUN/plots/<name>.{png,pdf}. With
---compare, other runs' pass@1 and eval curves are overlaid. Missing pieces are listed, not fatal.
+Reads only the run folder (config.yaml, metrics.jsonl, ckpt_tests/); writes
+RUN/plots/<name>.{png,pdf}. With --compare, every figure draws every run, one colour per run.
+Missing pieces are listed, not fatal.
 """
 
 from __future__ import annotations
@@ -10,12 +12,19 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", required=True, help="the run folder")
-    p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other run folders to overlay")
-    p.add_argument("--window", type=int, default=10, help="trailing moving-average window (default 10)")
-    p.add_argument("--theme", choices=["festive", "plain"], default="festive")
-    p.add_argument("--out", default="", help="where the files go (default RUN/plots)")
-    p.add_argument("--formats", default="png,pdf", help="comma-separated (default png,pdf)")
+    p.add_argument("--output-dir", required=True, help="The run folder.")
+    p.add_argument(
+        "--compare", nargs="+", default=[], metavar="RUN", help="Other run folders, drawn in every figure."
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=10,
+        help="Trailing moving-average window, used on series of at least 3 windows (default 10).",
+    )
+    p.add_argument("--theme", choices=["plain", "festive"], default="plain", help="Colours (default plain).")
+    p.add_argument("--out", default="", help="Where the files go (default RUN/plots).")
+    p.add_argument("--formats", default="png,pdf", help="Comma-separated file formats (default png,pdf).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from vlmgrpo.errors import DataError
     from vlmgrpo.report.plots import plot_run
 
+    if args.window < 1:
+        raise DataError(f"--window {args.window}: must be at least 1")
     if not Path(args.output_dir).is_dir():
         raise DataError(f"{args.output_dir}: run folder not found")
     formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]

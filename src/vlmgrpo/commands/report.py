@@ -1,4 +1,5 @@
-"""Write a self-contained HTML report of a run (curves, pass@k, sample gallery); opens from disk.
+"""Write a self-contained HTML report of a run (headline figures, curves, checkpoint evaluation, sample
+gallery); opens from disk.
 
 Everything is inlined (base64 images, PNG curves): no server, no network, one file to share.
 """
@@ -9,16 +10,23 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", required=True, help="the run folder")
-    p.add_argument("--out", default="", help="the HTML file (default RUN/report.html)")
+    p.add_argument("--output-dir", required=True, help="The run folder.")
+    p.add_argument("--out", default="", help="The HTML file (default RUN/report.html).")
     p.add_argument(
-        "--compare", nargs="+", default=[], metavar="RUN", help="other runs to overlay on the curves"
+        "--compare", nargs="+", default=[], metavar="RUN", help="Other runs, drawn in every curve figure."
     )
-    p.add_argument("--theme", choices=["festive", "plain"], default="festive")
-    p.add_argument("--window", type=int, default=10, help="moving-average window of the curves")
-    p.add_argument("--max-steps", type=int, default=20, help="sampled steps shown, evenly spaced (0 = all)")
+    p.add_argument("--theme", choices=["plain", "festive"], default="plain", help="Colours (default plain).")
     p.add_argument(
-        "--image-size", type=int, default=320, help="longest side of inlined images, px (0 = as is)"
+        "--window", type=int, default=10, help="Moving-average window of long curves (default 10)."
+    )
+    p.add_argument(
+        "--max-steps", type=int, default=20, help="Sampled steps shown, evenly spaced (0 = all; default 20)."
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=320,
+        help="Longest side of inlined images, px (0 = as is; default 320).",
     )
 
 
@@ -28,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from vlmgrpo.errors import DataError
     from vlmgrpo.report.html import write_report
 
+    if args.window < 1:
+        raise DataError(f"--window {args.window}: must be at least 1")
     if not Path(args.output_dir).is_dir():
         raise DataError(f"{args.output_dir}: run folder not found")
     path, notes = write_report(

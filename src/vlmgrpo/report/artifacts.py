@@ -18,6 +18,7 @@ import json
 import math
 import os
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,10 @@ def write_step_page(
         left=0.02, right=0.98, top=0.93 if title else 0.96, bottom=0.02, hspace=0.55, wspace=0.1
     )
     pdf, png = out / f"{name}.pdf", out / f"{name}.png"
-    fig.savefig(pdf, bbox_inches="tight")  # tight: the captions below the last row stay on the page
-    fig.savefig(png, dpi=80, bbox_inches="tight")
+    with warnings.catch_warnings():  # a policy's control characters are not a reason for a warning each
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.savefig(pdf, bbox_inches="tight")  # tight: the captions below the last row stay on the page
+        fig.savefig(png, dpi=80, bbox_inches="tight")
     return pdf, png
 
 

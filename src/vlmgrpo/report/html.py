@@ -1,4 +1,10 @@
-"""One self-contained static HTML page for a run: curves, checkpoint pass@k and a sample gallery.
+"""One self-contained static HTML page for a run: headline figures, curves, checkpoint evaluation and
+a sample gallery.
+
+The page leads with the run's headline figures (`report.headline`: for a cycle run such as the demo,
+the share of the gap to the ceiling closed, the first and last held-out evaluations, the ceiling
+and the shuffled control; for other tasks their metric, first and last), then the curves at the
+page's width, then `vlmgrpo eval`'s table (pass@k, or the task's score and its own columns).
 
 Everything is inlined (images as base64 `data:` URIs, curves as PNGs drawn by `report.plots`), so
 the file opens from disk in any browser, offline, with no server and no external assets. Per
@@ -22,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmgrpo.report.plots import figure_png, make_figures, read_eval_results
+from vlmgrpo.report.plots import DEFAULT_THEME, figure_png, load_run, make_figures, read_eval_results
 
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 META_KEYS = {"index", "prompt", "completion", "reward", "rewards", "sample_id", "advantage"}
@@ -50,8 +56,12 @@ table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 th{background:rgba(0,0,0,.05)}
 td.l,th.l{text-align:left}
-.curves{display:flex;flex-wrap:wrap;gap:16px}
-.curves img{max-width:100%;width:620px;border-radius:6px}
+.curves{display:flex;flex-direction:column;gap:14px}
+.curves img{width:100%;max-width:1300px;height:auto;border-radius:6px;display:block}
+.headline{display:flex;flex-wrap:wrap;gap:12px;margin:14px 0 4px}
+.headline div{padding:10px 16px;border-radius:6px;min-width:150px}
+.headline b{display:block;font-size:24px;margin:2px 0}
+.headline span{font-size:12px;opacity:.8}
 .notes{color:#8a5a00;font-size:13px}
 .step{margin:18px 0 26px}
 .row{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
@@ -163,25 +173,58 @@ def gallery_step(step_dir: Path, max_side: int, desc_chars: int) -> str:
     )
 
 
+# each task's own numbers in the evaluation table, beside pass@k / score
+TASK_COLUMNS = {
+    "area": ["answered_rate", "mae", "within_10pct"],
+    "img2code": ["exec_success_rate", "similarity", "syntax_error_rate"],
+    "geometry": ["format_rate", "grounding_rate", "blind_success_rate"],
+}
+
+
+def _who(r: dict[str, Any]) -> str:
+    """ "charts / rules judge", "area / seed's strict area rewards": never "/ None"."""
+    who = r.get("grader") or (f"{r['judge']} judge" if r.get("judge") else "")
+    return " / ".join(html.escape(str(x)) for x in (r.get("task") or "?", who) if x)
+
+
 def _results_table(run: Path) -> str:
     results = read_eval_results(run)
     if not results:
         return '<p class="notes">No checkpoint evaluation yet (run <code>vlmgrpo eval --output-dir RUN</code>).</p>'
+    has_pass = any(isinstance(r.get("pass@1"), int | float) for r in results)
     ks = sorted({k for r in results for k in (r.get("pass@k") or {}) if k != "1"}, key=int)
-    head = "".join(f"<th>pass@{k}</th>" for k in ks)
+    extra = [c for c in TASK_COLUMNS.get(str(results[-1].get("task")), []) if any(c in r for r in results)]
+    heads = (["pass@1", *(f"pass@{k}" for k in ks)] if has_pass else []) + ["score", *extra, "ungraded"]
     rows = []
     for r in results:
-        cells = "".join(f"<td>{_fmt((r.get('pass@k') or {}).get(k))}</td>" for k in ks)
+        cells = (
+            [_fmt(r.get("pass@1")), *(_fmt((r.get("pass@k") or {}).get(k)) for k in ks)] if has_pass else []
+        )
+        cells += [_fmt(r.get("score"), 4), *(_fmt(r.get(c)) for c in extra), str(r.get("ungraded", 0) or 0)]
         rows.append(
             f'<tr><td class="l">{html.escape(str(r["name"]))}</td><td>{r["step"]}</td>'
-            f"<td>{_fmt(r.get('pass@1'))}</td>{cells}<td>{_fmt(r.get('score'), 4)}</td>"
-            f"<td>{r.get('ungraded', 0) or 0}</td><td class='l'>{html.escape(str(r.get('task', '')))} / "
-            f"{html.escape(str(r.get('judge', '')))}</td></tr>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + f"<td class='l'>{_who(r)}</td></tr>"
         )
+    metric = results[-1].get("metric")
+    caption = f"<p>{html.escape(str(metric))}</p>" if metric else ""
     return (
-        '<table><tr><th class="l">model</th><th>step</th><th>pass@1</th>'
-        f'{head}<th>score</th><th>ungraded</th><th class="l">task / judge</th></tr>{"".join(rows)}</table>'
+        f'{caption}<table><tr><th class="l">model</th><th>step</th>{"".join(f"<th>{h}</th>" for h in heads)}'
+        f'<th class="l">task / grader</th></tr>{"".join(rows)}</table>'
     )
+
+
+def _headline(run: Path) -> str:
+    from vlmgrpo.report.headline import headline
+
+    figures = headline(load_run(run))
+    if not figures:
+        return '<p class="notes">No headline figures yet (no evaluation in metrics.jsonl or ckpt_tests/).</p>'
+    cards = "".join(
+        f'<div class="card">{html.escape(f.label)}<b>{html.escape(f.value)}</b><span>{html.escape(f.detail)}</span></div>'
+        for f in figures
+    )
+    return f'<div class="headline">{cards}</div>'
 
 
 def _header(run: Path) -> str:
@@ -205,7 +248,7 @@ def _header(run: Path) -> str:
 
 def build_html(
     run: str | Path,
-    theme: str = "festive",
+    theme: str = DEFAULT_THEME,
     window: int = 10,
     max_steps: int = 20,
     image_max_side: int = 320,
@@ -235,9 +278,10 @@ def build_html(
 <header><h1>{"&#10052; " if theme == "festive" else ""}vlmgrpo run {title}{" &#10052;" if theme == "festive" else ""}</h1>
 {_header(run)}</header>
 <main>
+<section id="headline"><h2>Headline</h2>{_headline(run)}</section>
 <section id="curves"><h2>Curves</h2><div class="curves">{curves or '<p class="notes">No curves to draw.</p>'}</div>
 {f'<ul class="notes">{note_html}</ul>' if note_html else ""}</section>
-<section id="eval"><h2>Checkpoint evaluation</h2>{_results_table(run)}</section>
+<section id="eval"><h2>Checkpoint evaluation (<code>vlmgrpo eval</code>)</h2>{_results_table(run)}</section>
 <section id="gallery"><h2>Samples ({len(shown)} of {len(step_dirs)} sampled steps)</h2>{toc}{gallery}</section>
 </main>
 <script>{SCRIPT}</script>

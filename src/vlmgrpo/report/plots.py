@@ -1,31 +1,64 @@
-"""A run's curves, from the run folder alone (metrics.jsonl and ckpt_tests/), as PNG and PDF.
+"""A run's curves, from the run folder alone (config.yaml, metrics.jsonl, ckpt_tests/), as PNG and PDF.
 
-Figures (each a trailing moving average over `window` points, raw values faint underneath):
-    training     reward/mean and every reward/<name>/mean, GRPO steps
-    eval         every eval/*/mean (and the eval controls such as ceiling/shuffled, dashed)
-    pass_at_1    pass@1 vs checkpoint step (base model at step 0), +- one standard error over items
-    components   one panel per reward component (reward/<name>/mean and its sub-scores)
-    warmup       the supervised warm-up's metrics (phase "warmup"), when there was one
-`compare` runs are overlaid on the eval and pass@1 figures. Themes: `festive` (seed A's plots were
-Christmas-styled: red and green on cream, snowflakes) and `plain`. A missing or partial metrics file
-draws what exists and the notes say what is missing.
+Figures (`FIGURES`, drawn in this order when the run has their data):
+    training     the training reward: the total and each reward (GRPO steps)
+    adversary    adversarial runs: the adversary's reward and control terms
+    eval         the held-out evaluation during training (eval/*/mean; ceiling/shuffled controls dashed)
+    checkpoints  `vlmgrpo eval`'s headline per checkpoint (pass@1 and pass@k, else the task's score)
+    components   one panel per reward component and sub-score
+    warmup       the supervised warm start: loss with its target stages marked, and its evaluations
+
+What is drawn, whatever the task:
+- titles and axes name the run's own rewards (config.yaml) and `vlmgrpo eval`'s metric;
+- a series identical to another is drawn once, its label naming both ("similarity = total reward");
+  an empty one (no finite value) or a constant one (kl under loss `pg`) is not drawn, and the
+  constants are listed under the figure; a figure or panel with nothing left is not drawn;
+- a moving average (trailing, `window` points) only over series of at least `SMOOTH_MIN_WINDOWS`
+  windows, drawn over the raw values, which are always visible; shorter series are drawn raw with
+  markers, and a lone point carries its value;
+- the x-axis of GRPO figures spans the run's steps, so a run with one evaluation gets a readable axis;
+- phase boundaries are marked (the warm start's target stages);
+- `compare` runs are drawn in every figure: one colour per run, run names in the legend, and one
+  line style per series.
+
+A new figure is one function `fn(ctx: PlotContext) -> Figure | None` registered with
+`@figure("name")`. Themes: `plain` (default) and `festive` (seed A's plots were Christmas-styled:
+red and green on cream; the snowflakes sit in the title, not among the data). A missing or partial
+metrics file draws what exists and the notes say what is missing.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vlmgrpo.report.rundata import (  # noqa: F401  (re-exported: the report and tests use them)
+    Line,
+    RunData,
+    distinct_series,
+    headline_key,
+    label_of,
+    load_run,
+    moving_average,
+    read_eval_results,
+    result_metric,
+    warmup_stages,
+)
+
 FESTIVE = ["#c0392b", "#1e7b3c", "#d4a017", "#1f4e9c", "#8e44ad", "#e67e22", "#16a085"]
+PLAIN = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 THEMES: dict[str, dict[str, Any]] = {
+    "plain": {
+        "rc": {"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False},
+        "colors": PLAIN,
+        "title": "{}",
+    },
     "festive": {
         "rc": {
             "figure.facecolor": "#fdf6ec",
@@ -44,295 +77,436 @@ THEMES: dict[str, dict[str, Any]] = {
             "font.family": "DejaVu Sans",
         },
         "colors": FESTIVE,
-        "snow": True,
         "title": "\u2744 {} \u2744",
     },
-    "plain": {
-        "rc": {"axes.grid": True, "grid.alpha": 0.3},
-        "colors": ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"],
-        "snow": False,
-        "title": "{}",
-    },
 }
-
-
-def moving_average(y: Sequence[float], window: int) -> np.ndarray:
-    """Trailing mean over the last `window` finite values up to each point (NaN where none)."""
-    y = np.asarray(y, dtype=float)
-    out = np.full(len(y), np.nan)
-    w = max(1, int(window))
-    for i in range(len(y)):
-        seg = y[max(0, i - w + 1) : i + 1]
-        seg = seg[np.isfinite(seg)]
-        if seg.size:
-            out[i] = seg.mean()
-    return out
-
-
-def read_eval_results(run: Path, results_dir: str = "") -> list[dict[str, Any]]:
-    """Every readable RUN/ckpt_tests/*.json, by step (base = step 0); unreadable files are skipped."""
-    d = Path(results_dir) if results_dir else Path(run) / "ckpt_tests"
-    out = []
-    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
-        try:
-            r = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(r, dict):
-            r.setdefault("name", p.stem)
-            tail = p.stem.rpartition("-")[2]
-            r.setdefault("step", int(tail) if tail.isdigit() else 0)
-            out.append(r)
-    return sorted(out, key=lambda r: (r["step"], r["name"] != "base"))
-
-
-@dataclass
-class RunData:
-    """What the plots read from one run folder."""
-
-    path: Path
-    name: str
-    grpo: list[dict[str, Any]] = field(default_factory=list)
-    warmup: list[dict[str, Any]] = field(default_factory=list)
-    results: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def series(self, key: str, rows: list[dict[str, Any]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of the rows that have `key` as a number."""
-        pts = [(r["step"], r[key]) for r in (self.grpo if rows is None else rows) if _is_num(r.get(key))]
-        if not pts:
-            return np.array([]), np.array([])
-        s, v = zip(*pts)
-        return np.asarray(s, float), np.asarray(v, float)
-
-    def keys(self, pattern: str, rows: list[dict[str, Any]] | None = None) -> list[str]:
-        rx = re.compile(pattern)
-        found = {k for r in (self.grpo if rows is None else rows) for k in r if rx.fullmatch(k)}
-        return sorted(found, key=lambda k: (k.count("/"), k))
+DEFAULT_THEME = "plain"
+LINESTYLES = ["-", "--", ":", "-."]
+SMOOTH_MIN_WINDOWS = 3  # a moving average needs at least 3 windows of points to say more than the points
 
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def load_run(path: str | Path, results_dir: str = "") -> RunData:
-    """Read a run folder; never raises for missing pieces, lists them in `notes` instead."""
-    path = Path(path)
-    data = RunData(path, path.name)
-    if not path.is_dir():
-        data.notes.append(f"{path}: run folder not found")
-        return data
-    mfile = path / "metrics.jsonl"
-    if not mfile.is_file():
-        data.notes.append(f"{mfile}: not found (no training, eval or component curves)")
-    else:
-        bad = 0
-        for line in mfile.read_text(errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                bad += 1
-                continue
-            if not isinstance(row, dict) or not _is_num(row.get("step")):
-                bad += 1
-                continue
-            (data.warmup if row.get("phase") == "warmup" else data.grpo).append(row)
-        if bad:
-            data.notes.append(f"{mfile}: {bad} unreadable line(s) skipped (a torn write?)")
-        if not data.grpo:
-            data.notes.append(f"{mfile}: no GRPO rows")
-    data.results = [r for r in read_eval_results(path, results_dir) if _is_num(r.get("pass@1"))]
-    if not data.results:
-        data.notes.append(
-            f"{path / 'ckpt_tests'}: no pass@1 results (run `vlmgrpo eval --output-dir {path}`)"
-        )
-    return data
+# --------------------------------------------------------------------------- drawing helpers
 
 
-# --------------------------------------------------------------------------- drawing
+@dataclass
+class PlotContext:
+    """What every figure function gets: the runs (the main run first), the theme and the window."""
+
+    runs: list[RunData]
+    theme: dict[str, Any]
+    window: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def main(self) -> RunData:
+        return self.runs[0]
+
+    @property
+    def compare(self) -> bool:
+        return len(self.runs) > 1
+
+    def style(self, run_index: int, series_index: int) -> tuple[str, str]:
+        """(colour, line style): one colour per series for one run; one colour per run and one
+        line style per series when runs are compared."""
+        cols = self.theme["colors"]
+        if not self.compare:
+            return cols[series_index % len(cols)], "-"
+        return cols[run_index % len(cols)], LINESTYLES[series_index % len(LINESTYLES)]
+
+    def label(self, run: RunData, text: str) -> str:
+        return f"{run.name}: {text}" if self.compare else text
+
+    def grpo_xlim(self, ax: Any) -> None:
+        """The GRPO step axis from 0 to the last step of any run (a lone point gets a real axis)."""
+        from matplotlib.ticker import MaxNLocator
+
+        last = max((r.max_step() for r in self.runs), default=0.0)
+        span = max(last, 1.0)
+        ax.set_xlim(-0.03 * span, last + 0.03 * span if last else 1.0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _label(key: str) -> str:
-    """reward/mean -> total reward; reward/similarity/mean -> similarity; eval/x/raw/mean -> x/raw."""
-    parts = key.split("/")[1:]
-    if parts and parts[-1] == "mean":
-        parts = parts[:-1]
-    if parts and parts[0] == "reward":
-        parts = parts[1:]
-    return "/".join(parts) or "total reward"
-
-
-def _new_figure(theme: dict[str, Any], title: str, ncols: int = 1, nrows: int = 1, size=(8.0, 4.5)):
+def new_figure(ctx: PlotContext, title: str, ncols: int = 1, nrows: int = 1, size=(10.0, 4.6)):
+    """A constrained-layout figure with `ncols` x `nrows` axes and the theme's title."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size, dpi=110, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
-    fig.suptitle(theme["title"].format(title), fontsize=13)
-    if theme["snow"]:
-        rng = np.random.default_rng(25)  # the same snowfall every time
-        for ax in axes:
-            for x, y, s in zip(rng.uniform(0, 1, 14), rng.uniform(0, 1, 14), rng.uniform(8, 18, 14)):
-                ax.text(
-                    x,
-                    y,
-                    "\u2744",
-                    transform=ax.transAxes,
-                    fontsize=s,
-                    color="#9ecae1",
-                    alpha=0.35,
-                    ha="center",
-                    va="center",
-                    zorder=0,
-                )
+    fig.suptitle(ctx.theme["title"].format(title), fontsize=13)
     return fig, axes
 
 
-def _curve(ax: Any, x: np.ndarray, y: np.ndarray, color: str, label: str, window: int, ls: str = "-") -> None:
-    if len(x) == 0:
+def draw_curve(
+    ax: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    color: str,
+    label: str,
+    window: int,
+    ls: str = "-",
+    breaks: Sequence[float] = (),
+) -> None:
+    """Raw values always; a moving average over them only when the series is long enough. The average
+    restarts after each step in `breaks` (a phase boundary), so a jump there is not smeared."""
+    n = len(x)
+    if n == 0:
         return
-    marker = "o" if len(x) <= 40 else None  # sparse curves (evals, short runs): show the points
-    ax.plot(x, y, color=color, alpha=0.25, lw=1, ls=ls, zorder=2)
-    ax.plot(
-        x, moving_average(y, window), color=color, lw=2.2, ls=ls, label=label, zorder=3, marker=marker, ms=3
-    )
+    if n == 1:
+        ax.plot(x, y, "o", color=color, ms=7, label=label, zorder=3)
+        ax.annotate(
+            f"{y[0]:.3g}", (x[0], y[0]), textcoords="offset points", xytext=(6, 4), fontsize=8, color=color
+        )
+        return
+    if window > 1 and n >= SMOOTH_MIN_WINDOWS * window:
+        ax.plot(x, y, color=color, alpha=0.35, lw=0.9, ls=ls, zorder=2)
+        seg = np.searchsorted(np.asarray(sorted(breaks), float), x, side="left")  # segment of each point
+        avg = np.concatenate([moving_average(y[seg == k], window) for k in np.unique(seg)])
+        ax.plot(
+            x,
+            avg,
+            color=color,
+            lw=2.2,
+            ls=ls,
+            label=f"{label} (avg {window})",
+            zorder=3,
+        )
+    else:
+        marker = "o" if n <= 60 else None
+        ax.plot(x, y, color=color, lw=1.6, ls=ls, marker=marker, ms=3.5, label=label, zorder=3)
 
 
-def _finish(ax: Any, xlabel: str, ylabel: str) -> None:
+def finish(ax: Any, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
 
 
-def _empty(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color="#777777")
+def footnote(fig: Any, constant: Sequence[str], limit: int = 12) -> None:
+    """List the series left out because they never changed, under the figure (the layout makes room)."""
+    import textwrap
+
+    if not constant:
+        return
+    shown = ", ".join(constant[:limit]) + (
+        f", and {len(constant) - limit} more" if len(constant) > limit else ""
+    )
+    width = int(fig.get_figwidth() * 17)  # characters per line at 7 pt
+    text = textwrap.fill(f"constant over the run, not drawn: {shown}", width)
+    fig.supxlabel(text, fontsize=7, color="#666666", x=0.01, ha="left")
+
+
+def draw_runs(
+    ctx: PlotContext,
+    ax: Any,
+    keys_of: Callable[[RunData], list[str]],
+    rows_of=None,
+    always: int = 1,
+    breaks_of: Callable[[RunData], Sequence[float]] | None = None,
+) -> list[str]:
+    """Every run's distinct series of `keys_of(run)` on `ax` (the first `always` drawn even when
+    constant; moving averages restarting at `breaks_of(run)`); returns the constants left out."""
+    constant: list[str] = []
+    for i, run in enumerate(ctx.runs):
+        rows = rows_of(run) if rows_of else None
+        named = [(label_of(k), *run.series(k, rows)) for k in keys_of(run)]
+        lines, const = distinct_series(named, always)
+        constant += [ctx.label(run, c) for c in const]
+        for j, ln in enumerate(lines):
+            color, ls = ctx.style(i, j)
+            breaks = breaks_of(run) if breaks_of else ()
+            draw_curve(ax, ln.x, ln.y, color, ctx.label(run, ln.label), ctx.window, ls, breaks)
+    return constant
+
+
+# --------------------------------------------------------------------------- the figures
+
+FIGURES: dict[str, Callable[[PlotContext], Any]] = {}
+
+
+def figure(name: str) -> Callable[[Callable[[PlotContext], Any]], Callable[[PlotContext], Any]]:
+    """Register a figure function under `name` (its file name); figures are drawn in this order."""
+
+    def register(fn: Callable[[PlotContext], Any]) -> Callable[[PlotContext], Any]:
+        FIGURES[name] = fn
+        return fn
+
+    return register
+
+
+def _training_keys(run: RunData) -> list[str]:
+    return ["reward/mean"] + [k for k in run.keys(r"reward/[^/]+/mean") if k != "reward/mean"]
+
+
+@figure("training")
+def training_figure(ctx: PlotContext) -> Any:
+    if not any(len(r.series("reward/mean")[0]) for r in ctx.runs):
+        if ctx.main.grpo:
+            ctx.notes.append("metrics.jsonl: no reward/* training metrics")
+        return None
+    fig, (ax,) = new_figure(ctx, f"Training reward: {ctx.main.reward_title()}")
+    footnote(fig, draw_runs(ctx, ax, _training_keys))
+    ctx.grpo_xlim(ax)
+    finish(ax, ctx.main.step_name(), "mean reward of the step's samples")
+    return fig
+
+
+@figure("adversary")
+def adversary_figure(ctx: PlotContext) -> Any:
+    # the prompt length in words has its own scale: it stays in metrics.jsonl only
+    def keys(run: RunData) -> list[str]:
+        found = [k for k in run.keys(r"adversary/[^/]+/mean") if k != "adversary/words/mean"]
+        return sorted(found, key=lambda k: k != "adversary/reward/mean")  # the reward first
+
+    if not any(keys(r) for r in ctx.runs):
+        return None
+    fig, (ax,) = new_figure(ctx, "Adversary: reward and control terms")
+    footnote(fig, draw_runs(ctx, ax, keys))
+    ctx.grpo_xlim(ax)
+    finish(ax, "round", "mean over the adversary's samples")
+    return fig
+
+
+def _eval_keys(run: RunData, rows: list[dict[str, Any]] | None = None) -> list[str]:
+    # the total, each reward and its raw value (seed A's raw cosine): one scale. Sub-scores (code
+    # lengths, error classes) stay in metrics.jsonl: beside a reward they would flatten it
+    found = run.keys(r"eval/[^/]+/mean|eval/[^/]+/raw/mean", rows)
+    return sorted(found, key=lambda k: k != "eval/reward/mean")  # the total first, as in training
+
+
+def _draw_controls(ctx: PlotContext, ax: Any, rows_of=None) -> None:
+    """The cycle reward's ceiling / shuffled controls: dashed, grey (one run) or the run's colour."""
+    for i, run in enumerate(ctx.runs):
+        rows = rows_of(run) if rows_of else None
+        named = [
+            (f"{label_of(k)} (control)", *run.series(k, rows))
+            for k in run.keys(r"eval/[^/]+/(ceiling|shuffled)", rows)
+        ]
+        lines, _ = distinct_series(named, always=len(named))  # a ceiling is constant by design
+        for j, ln in enumerate(lines):
+            color = ctx.style(i, 0)[0] if ctx.compare else "#555555"
+            ax.plot(ln.x, ln.y, ls="--", lw=1.3, color=color, alpha=0.85 - 0.3 * j, marker="." if len(ln.x) < 3 else None,
+                    label=ctx.label(run, ln.label))  # fmt: skip
+
+
+@figure("eval")
+def eval_figure(ctx: PlotContext) -> Any:
+    if not any(_eval_keys(r) for r in ctx.runs):
+        if ctx.main.grpo:
+            ctx.notes.append("metrics.jsonl: no eval/*/mean metrics (train.eval_every = 0?)")
+        return None
+    fig, (ax,) = new_figure(ctx, f"Held-out evaluation during training: {ctx.main.reward_title()}")
+    constant = draw_runs(ctx, ax, _eval_keys)
+    _draw_controls(ctx, ax)
+    footnote(fig, constant)
+    ctx.grpo_xlim(ax)
+    finish(ax, ctx.main.step_name(), "mean over the held-out samples")
+    return fig
+
+
+@figure("checkpoints")
+def checkpoints_figure(ctx: PlotContext) -> Any:
+    runs = [r for r in ctx.runs if r.results]
+    if not runs:
+        return None
+    key = headline_key([x for r in runs for x in r.results]) or "score"
+    fig, (ax,) = new_figure(ctx, f"Checkpoint evaluation: {result_metric(runs[0].results)}")
+    for i, run in enumerate(ctx.runs):
+        if not run.results:
+            continue
+        color = ctx.style(i, 0)[0] if ctx.compare else ctx.theme["colors"][0]
+        _checkpoint_curve(ax, ctx, run, key, color)
+    if key == "pass@1":
+        ax.set_ylim(-0.03, 1.03)
+    from matplotlib.ticker import MaxNLocator
+
+    last = max([x["step"] for r in runs for x in r.results] + [r.max_step() for r in ctx.runs] + [1.0])
+    ax.set_xlim(-0.03 * last, 1.03 * last)  # one result (the base model alone) still gets a real axis
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    finish(ax, "checkpoint step (base model = 0)", key if key == "pass@1" else "score")
+    return fig
+
+
+def _checkpoint_curve(ax: Any, ctx: PlotContext, run: RunData, key: str, color: str) -> None:
+    """The results' headline vs step (no smoothing: a few points), +- one standard error over items
+    for pass@1, and pass@k (k > 1) dashed."""
+    rows = [x for x in run.results if _is_num(x.get(key))]
+    steps = np.array([x["step"] for x in rows], float)
+    vals = np.array([x[key] for x in rows], float)
+    if key == "pass@1":
+        se = []
+        for x in rows:  # standard error of the mean over items
+            items = [
+                it["pass@1"]
+                for it in x.get("items", [])
+                if isinstance(it, dict) and _is_num(it.get("pass@1"))
+            ]
+            se.append(np.std(items, ddof=1) / math.sqrt(len(items)) if len(items) > 1 else 0.0)
+        ax.fill_between(steps, vals - np.array(se), vals + np.array(se), color=color, alpha=0.12, lw=0)
+    draw_curve(ax, steps, vals, color, ctx.label(run, key), 1)
+    ks = (
+        sorted({k for x in rows for k in (x.get("pass@k") or {}) if k != "1"}, key=int)
+        if key == "pass@1"
+        else []
+    )
+    for j, k in enumerate(ks):
+        pts = [(x["step"], x["pass@k"][k]) for x in rows if _is_num((x.get("pass@k") or {}).get(k))]
+        if pts:
+            s, v = map(np.asarray, zip(*pts))
+            ax.plot(
+                s,
+                v,
+                ls=LINESTYLES[1 + j % 3],
+                color=color,
+                lw=1.2,
+                marker=".",
+                label=ctx.label(run, f"pass@{k}"),
+            )
+
+
+@figure("components")
+def components_figure(ctx: PlotContext) -> Any:
+    keys = sorted({k for r in ctx.runs for k in r.keys(r"reward/.+/mean") if k != "reward/mean"},
+                  key=lambda k: (k.split("/")[1], k.count("/"), k))  # fmt: skip
+    panels: list[tuple[str, list[tuple[int, Line]]]] = []
+    constant: list[str] = []
+    for k in keys:  # one panel per key that changes in some run
+        drawn = []
+        for i, run in enumerate(ctx.runs):
+            lines, const = distinct_series([(label_of(k), *run.series(k))])
+            drawn += [(i, ln) for ln in lines]
+            constant += [ctx.label(run, c) for c in const]
+        if drawn:
+            panels.append((label_of(k), drawn))
+    panels = _merge_identical_panels(panels)
+    if not panels:
+        return None
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = new_figure(ctx, f"Reward components: {ctx.main.reward_title()}", ncols, nrows,
+                           (4.4 * ncols, 3.0 * nrows + 0.9))  # fmt: skip
+    for n, (ax, (title, drawn)) in enumerate(zip(axes, panels)):
+        for i, ln in drawn:
+            color, ls = ctx.style(i, 0) if ctx.compare else ctx.style(0, n)
+            draw_curve(ax, ln.x, ln.y, color, ctx.label(ctx.runs[i], ln.label), ctx.window, ls)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(ctx.main.step_name())
+        ctx.grpo_xlim(ax)
+        if ctx.compare:
+            ax.legend(fontsize=7)
+    for ax in axes[len(panels) :]:
+        fig.delaxes(ax)
+    footnote(fig, constant)
+    return fig
+
+
+def _merge_identical_panels(
+    panels: list[tuple[str, list[tuple[int, Line]]]],
+) -> list[tuple[str, list[tuple[int, Line]]]]:
+    """Panels whose every run's series are identical are drawn once, titled "a = b"."""
+    out: list[tuple[str, list[tuple[int, Line]]]] = []
+    for title, drawn in panels:
+        for n, (t2, d2) in enumerate(out):
+            if len(d2) == len(drawn) and all(
+                i == j and np.array_equal(a.x, b.x) and np.allclose(a.y, b.y, rtol=1e-6, atol=1e-6)
+                for (i, a), (j, b) in zip(drawn, d2)
+            ):
+                out[n] = (f"{t2} = {title}", d2)
+                break
+        else:
+            out.append((title, drawn))
+    return out
+
+
+@figure("diagnostics")
+def diagnostics_figure(ctx: PlotContext) -> Any:
+    """GRPO health: entropy, zero-spread groups, lengths, truncation, clip fractions, KL
+    (report/diagnostics.py)."""
+    from vlmgrpo.report.diagnostics import diagnostics_figure as draw
+
+    return draw(ctx.main, ctx.theme, ctx.window)
+
+
+@figure("warmup")
+def warmup_figure(ctx: PlotContext) -> Any:
+    runs = [r for r in ctx.runs if r.warmup]
+    if not runs:
+        return None
+    has_eval = any(_eval_keys(r, r.warmup) for r in runs)
+    fig, axes = new_figure(ctx, "Supervised warm start (before GRPO)", 2 if has_eval else 1, 1,
+                           (13.0 if has_eval else 10.0, 4.6))  # fmt: skip
+
+    def loss_keys(run: RunData) -> list[str]:
+        return run.keys(r"(adversary/)?warmup/.+", run.warmup)
+
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax = axes[0]
+
+    def stage_ends(run: RunData) -> list[int]:
+        return [end for _, end in warmup_stages(run)[:-1]]
+
+    footnote(fig, draw_runs(ctx, ax, loss_keys, lambda r: r.warmup, breaks_of=stage_ends))
+    _mark_stages(ax, ctx.main)
+    ax.set_title("loss (mean token NLL of the targets)", fontsize=10)
+    finish(ax, "warm-start step", "loss")
+    if has_eval:
+        ax = axes[1]
+        draw_runs(ctx, ax, lambda r: _eval_keys(r, r.warmup), lambda r: r.warmup)
+        _draw_controls(ctx, ax, lambda r: r.warmup)
+        _mark_stages(ax, ctx.main)
+        ax.set_xlim(axes[0].get_xlim())  # the same steps as the loss, so the stage lines align
+        ax.set_title("held-out evaluation during the warm start", fontsize=10)
+        finish(ax, "warm-start step", "mean over the held-out samples")
+    return fig
+
+
+def _mark_stages(ax: Any, run: RunData) -> None:
+    """A vertical line where the warm start's targets change (the loss jumps there by design)."""
+    stages = warmup_stages(run)
+    last = max((r["step"] for r in run.warmup), default=0)
+    for (_, end), (nxt, _) in zip(stages, stages[1:]):
+        if end < last:
+            ax.axvline(end, color="#888888", ls=":", lw=1.2, zorder=1)
+            ax.annotate(f"targets -> {nxt}", (end, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4),
+                        textcoords="offset points", fontsize=8, color="#555555")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- entry points
 
 
 def make_figures(
     run: str | Path,
     compare: Sequence[str | Path] = (),
-    theme: str = "festive",
+    theme: str = DEFAULT_THEME,
     window: int = 10,
     results_dir: str = "",
 ) -> tuple[dict[str, Any], list[str]]:
     """(name -> matplotlib Figure, notes on what is missing). Nothing here raises on missing data."""
     import matplotlib
 
-    th = THEMES[theme]
     main = load_run(run, results_dir)
     others = [load_run(p) for p in compare]
+    runs = [main, *others]
+    clash = {r.name for r in runs if sum(o.name == r.name for o in runs) > 1}
+    for r in runs:  # runs/a/seed-1 and runs/b/seed-1: name them by their parent too
+        if r.name in clash:
+            r.name = f"{r.path.resolve().parent.name}/{r.path.resolve().name}"
     notes = list(main.notes) + [n for o in others for n in o.notes if "ckpt_tests" in n or "not found" in n]
-    cols = th["colors"]
+    ctx = PlotContext(runs, THEMES[theme], window, notes)
     figs: dict[str, Any] = {}
-    ma = f" (moving average, window {window})"
-    with matplotlib.rc_context(th["rc"]):
-        train_keys = ["reward/mean"] + [k for k in main.keys(r"reward/[^/]+/mean") if k != "reward/mean"]
-        train_keys = [k for k in train_keys if len(main.series(k)[0])]
-        if train_keys:
-            fig, (ax,) = _new_figure(th, "Training average similarity")
-            # the total last and dashed: with one reward it equals that reward and would hide under it
-            for k in train_keys[1:] + train_keys[:1]:
-                ls = "--" if k == "reward/mean" and len(train_keys) > 1 else "-"
-                _curve(ax, *main.series(k), cols[train_keys.index(k) % len(cols)], _label(k), window, ls=ls)
-            _finish(ax, "GRPO step", "reward" + ma)
-            figs["training"] = fig
-        elif main.grpo:
-            notes.append("metrics.jsonl: no reward/* training metrics")
-
-        # adversarial runs (seed B): the adversary's reward and control terms, and the policy's
-        # similarity on the adversary's images
-        # (the prompt length in words has its own scale: it stays in metrics.jsonl only)
-        adv_keys = [
-            k
-            for k in main.keys(r"adversary/[^/]+/mean")
-            if len(main.series(k)[0]) and k != "adversary/words/mean"
-        ]
-        if adv_keys:
-            fig, (ax,) = _new_figure(th, "Adversary: reward and control terms")
-            for i, k in enumerate(adv_keys):
-                _curve(ax, *main.series(k), cols[i % len(cols)], _label(k), window)
-            _finish(ax, "round", "value" + ma)
-            figs["adversary"] = fig
-
-        eval_keys = main.keys(r"eval/.+/mean")
-        controls = [k for k in main.keys(r"eval/[^/]+/(ceiling|shuffled)")]
-        if eval_keys or any(o.keys(r"eval/.+/mean") for o in others):
-            fig, (ax,) = _new_figure(th, "Evaluation average similarity")
-            for i, k in enumerate(eval_keys):
-                _curve(ax, *main.series(k), cols[i % len(cols)], f"{main.name}: {_label(k)}", window)
-            for j, k in enumerate(controls):
-                x, y = main.series(k)
-                ax.plot(
-                    x,
-                    moving_average(y, window),
-                    ls="--",
-                    lw=1.4,
-                    color="#555555",
-                    alpha=0.5 + 0.3 * j,
-                    label=f"{main.name}: {_label(k)} (control)",
-                )
-            for i, o in enumerate(others):
-                key = "eval/reward/mean"
-                _curve(
-                    ax,
-                    *o.series(key),
-                    cols[(len(eval_keys) + i) % len(cols)],
-                    f"{o.name}: {_label(key)}",
-                    window,
-                    ls="-.",
-                )
-            _finish(ax, "GRPO step", "eval reward" + ma)
-            figs["eval"] = fig
-        elif main.grpo:
-            notes.append("metrics.jsonl: no eval/*/mean metrics (train.eval_every = 0?)")
-
-        runs = [r for r in [main, *others] if r.results]
-        if runs:
-            fig, (ax,) = _new_figure(th, "pass@1 on chart reasoning questions")
-            for i, r in enumerate(runs):
-                _pass_curve(ax, r, cols[i % len(cols)], window)
-            ax.set_ylim(bottom=0)
-            _finish(ax, "checkpoint step (base model = 0)", "pass@1")
-            figs["pass_at_1"] = fig
-
-        comp = [k for k in main.keys(r"reward/.+/mean") if k != "reward/mean"]
-        if comp:
-            ncols = min(3, len(comp))
-            nrows = math.ceil(len(comp) / ncols)
-            fig, axes = _new_figure(th, "Reward components", ncols, nrows, (4.0 * ncols, 3.0 * nrows + 0.6))
-            for i, k in enumerate(comp):
-                _curve(axes[i], *main.series(k), cols[i % len(cols)], _label(k), window)
-                axes[i].set_title(_label(k), fontsize=10)
-                axes[i].set_xlabel("GRPO step")
-            for ax in axes[len(comp) :]:
-                ax.set_axis_off()
-            figs["components"] = fig
-
-        from vlmgrpo.report.diagnostics import diagnostics_figures  # entropy, clipping, lengths, ...
-
-        figs.update(diagnostics_figures(main, th, window))
-        wkeys = [k for k in main.keys(r"warmup/.+", main.warmup)]
-        if wkeys:
-            fig, (ax,) = _new_figure(th, "Supervised warm-up")
-            for i, k in enumerate(wkeys):
-                _curve(ax, *main.series(k, main.warmup), cols[i % len(cols)], k, window)
-            _finish(ax, "warm-up step", "value" + ma)
-            figs["warmup"] = fig
-    return figs, notes
-
-
-def _pass_curve(ax: Any, r: RunData, color: str, window: int) -> None:
-    steps = np.array([x["step"] for x in r.results], float)
-    p1 = np.array([x["pass@1"] for x in r.results], float)
-    se = []
-    for x in r.results:  # standard error of the mean over items
-        vals = [it["pass@1"] for it in x.get("items", []) if _is_num(it.get("pass@1"))]
-        se.append(np.std(vals, ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0)
-    ax.fill_between(steps, p1 - np.array(se), p1 + np.array(se), color=color, alpha=0.12, lw=0)
-    ax.plot(steps, p1, "o", color=color, alpha=0.55, ms=5)
-    ax.plot(steps, moving_average(p1, window), color=color, lw=2.2, label=f"{r.name} pass@1")
+    with matplotlib.rc_context(THEMES[theme]["rc"]):
+        for name, fn in FIGURES.items():
+            fig = fn(ctx)
+            if fig is not None:
+                figs[name] = fig
+    return figs, ctx.notes
 
 
 def save_figures(
@@ -360,7 +534,7 @@ def figure_png(fig: Any, dpi: int = 110) -> bytes:
 def plot_run(
     run: str | Path,
     compare: Sequence[str | Path] = (),
-    theme: str = "festive",
+    theme: str = DEFAULT_THEME,
     window: int = 10,
     out_dir: str | Path | None = None,
     formats: Sequence[str] = ("png", "pdf"),
