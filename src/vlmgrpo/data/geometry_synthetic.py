@@ -271,7 +271,7 @@ def make_problem(rng: random.Random, kinds: Sequence[str] = tuple(KINDS), max_si
     return KINDS[rng.choice(list(kinds))](rng, max_side)
 
 
-def choices_of(p: Problem, rng: random.Random) -> list[Fraction]:
+def choices_of(p: Problem) -> list[Fraction]:
     """The answer and three distinct positive distractors (the problem's own, then nearby values),
     ascending."""
     picked = [p.answer]
@@ -368,9 +368,9 @@ def draw(p: Problem, width: int = 320, height: int = 240) -> Any:
 # ------------------------------------------------------------------------------------ writing
 
 
-def data_json(p: Problem, pid: int, rng: random.Random) -> dict[str, Any]:
+def data_json(p: Problem, pid: int) -> dict[str, Any]:
     """Geometry3K's (InterGPS) data.json for `p`."""
-    values = choices_of(p, rng)
+    values = choices_of(p)
     letter = string.ascii_uppercase[values.index(p.answer)]
     return {
         "id": pid,
@@ -416,7 +416,7 @@ def write(
             folder = out / split / str(pid)
             folder.mkdir(parents=True)
             draw(p, width, height).save(folder / "img_diagram.png")
-            (folder / "data.json").write_text(json.dumps(data_json(p, pid, rng), indent=1) + "\n")
+            (folder / "data.json").write_text(json.dumps(data_json(p, pid), indent=1) + "\n")
             pid += 1
         counts[split] = count
     return counts
@@ -486,7 +486,12 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kinds", default=",".join(KINDS), help=f"comma-separated problem kinds ({', '.join(KINDS)})"
     )
-    p.add_argument("--max-side", type=int, default=30, help="largest labelled length")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=30,
+        help="largest labelled length (area problems: sides up to min(this, 20))",
+    )
     p.add_argument("--width", type=int, default=320, help="image width in pixels")
     p.add_argument("--height", type=int, default=240, help="image height in pixels")
 
