@@ -164,3 +164,15 @@ def test_geometry_tiny_blind_pass_fires_and_rewards_spread(tiny_qwen3_vl_dir, tm
         totals = [s["reward"] for s in samples]
         spreads.append(max(totals) - min(totals))
     assert max(spreads) > 0  # a group with a learning signal
+
+
+def test_a_folder_without_logic_forms_loads_with_an_empty_list(tmp_path):
+    gs.write(tmp_path, 2, 0, seed=0)
+    f = tmp_path / "train" / "1" / "data.json"
+    raw = json.loads(f.read_text())
+    del raw["logic_form"]  # older InterGPS exports keep the logic forms in another file
+    f.write_text(json.dumps(raw))
+    ds = build({"path": str(tmp_path)}, "train", 0)
+    assert ds[0]["diagram_logic_form"] and ds[1]["diagram_logic_form"] == []
+    target = gs.sr1_target(ds[1])  # the scan falls back to the question
+    assert target.startswith(ds[1]["question"] + "</scan>") and is_correct("<scan>" + target, ds[1])
