@@ -135,7 +135,7 @@ def _img2code_data(out: Path, seed: int) -> list[str]:
 
     data = out / "data"
     if not (data / "dataset.jsonl").is_file():
-        create_sample(str(data), 40, 0, (0.8, 0.1, 0.1))
+        create_sample(str(data), 80, 0, (0.8, 0.1, 0.1))  # 8 held-out figures
     return [f"data.kwargs.path={data}"]
 
 
@@ -168,7 +168,7 @@ TASKS: dict[str, DemoTask] = {
     "img2code": DemoTask(
         "img2code-tiny",
         "img2code/similarity",
-        overrides=("train.steps=200", *_EVERY),
+        overrides=("train.steps=200", "eval.num_items=8", *_EVERY),
         data=_img2code_data,
         reference=_img2code_reference,
     ),
