@@ -37,7 +37,16 @@ def _scene_colors(sample: dict) -> str:
     return " and ".join(f"a {o['color']} shape" for o in sample["scene"]["objects"])
 
 
-DERIVED_TARGETS: dict[str, Callable[[dict], str]] = {"scene_colors": _scene_colors}
+def _geometry_sr1(sample: dict) -> str:  # scan/think/answer after the "<scan>" prefill
+    from vlmgrpo.data.geometry_synthetic import sr1_target
+
+    return sr1_target(sample)
+
+
+DERIVED_TARGETS: dict[str, Callable[[dict], str]] = {
+    "scene_colors": _scene_colors,
+    "geometry_sr1": _geometry_sr1,
+}
 
 
 def target_text(sample: dict, field: str) -> str:

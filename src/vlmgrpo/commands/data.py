@@ -13,6 +13,10 @@ BUILDERS = {
     "img2code": ("vlmgrpo.data.img2code", "matplotlib figures with reference code (sample, base64, split)"),
     "charts": ("vlmgrpo.data.charts", "offline synthetic chart-reasoning benchmark (CharXiv schema)"),
     "area": ("vlmgrpo.data.area", "a fixed shape-area evaluation set"),
+    "geometry-synthetic": (
+        "vlmgrpo.data.geometry_synthetic",
+        "offline Geometry3K-layout diagrams (lengths, angles, areas) with exact answers",
+    ),
 }
 
 

@@ -19,7 +19,8 @@ dropped, as the seed did. Images decode lazily, one sample at a time, through
 
 A sample: `id`, `images` [PIL RGB], `problem` (as stored), `question` (problem without "<image>",
 what prompt templates use), `answer`, `choices` (list of str, or None), `choices_text`
-("A. 3\\nB. 5 ..." or ""), and `answer_letter` for the InterGPS layout.
+("A. 3\\nB. 5 ..." or ""), and `answer_letter` and `diagram_logic_form` (a list of str, [] when
+absent) for the InterGPS layout.
 """
 
 from __future__ import annotations
@@ -207,6 +208,8 @@ def rows_from_intergps(folder: Path, split: str) -> tuple[list, int]:
             answer,
             choices,
             answer_letter=letter,
+            # InterGPS's diagram relations ("Equals(LengthOf(Line(A, B)), 5)"): what the diagram shows
+            diagram_logic_form=list((data.get("logic_form") or {}).get("diagram_logic_form") or []),
         )
         if row is None:
             dropped += 1
