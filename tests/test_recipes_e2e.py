@@ -20,7 +20,7 @@ import pytest
 from vlmgrpo.cli import main
 
 # every packaged recipe is one or the other: a new recipe must be added to one of them
-OFFLINE = {"demo", "adversarial", "area-tiny", "img2code-tiny"}
+OFFLINE = {"demo", "adversarial", "area-tiny", "img2code-tiny", "geometry-tiny"}
 NEEDS_NETWORK_OR_GPU = {
     "adversarial-charxiv",
     "area",
@@ -40,6 +40,7 @@ EXPECTED_TASK = {
     "adversarial": ("charts", "pass@1"),
     "area-tiny": ("area", "score"),
     "img2code-tiny": ("img2code", "score"),
+    "geometry-tiny": ("geometry", "pass@1"),
     "geometry3k-sr1": ("geometry", "pass@1"),
 }
 FAST_EVAL = ["--num-items", "2", "--num-samples", "2", "--max-new-tokens", "8"]
@@ -62,9 +63,12 @@ def built(tmp_path_factory, tiny_vlm_dir, tiny_qwen3_vl_dir, tiny_text_lm_dir) -
 
     root = tmp_path_factory.mktemp("built")
     demo = build_demo_model(root / "demo-model")
+    from vlmgrpo.data.geometry_synthetic import write
+
     data = create_sample(root / "img2code-data", n=8, seed=0)
+    write(root / "geometry-synthetic", n=8, n_eval=4)
     return {"demo": demo, "qwen2_5_vl": tiny_vlm_dir, "qwen3_vl": tiny_qwen3_vl_dir, "lm": tiny_text_lm_dir,
-            "img2code_data": data.parent}  # fmt: skip
+            "img2code_data": data.parent, "geometry_synthetic": root / "geometry-synthetic"}  # fmt: skip
 
 
 def overrides(recipe: str, built: dict[str, Path], steps: int = 2) -> list[str]:
@@ -79,6 +83,9 @@ def overrides(recipe: str, built: dict[str, Path], steps: int = 2) -> list[str]:
                         "extra.adversary.warmup.steps=2", "extra.adversary.eval.num_chains=2"],
         "area-tiny": [f"model.name_or_path={built['qwen2_5_vl']}", "train.eval_every=1", "eval.num_items=2"],
         "img2code-tiny": [f"model.name_or_path={built['qwen3_vl']}", f"data.kwargs.path={built['img2code_data']}"],
+        "geometry-tiny": [f"model.name_or_path={built['qwen3_vl']}", f"data.kwargs.path={built['geometry_synthetic']}",
+                          "warmup.steps=2", "rollout.max_new_tokens=8", "rollout.group_size=2",
+                          "train.eval_every=0", "eval.num_items=2"],
         # a GPU recipe on the tiny model and a local InterGPS folder: the geometry family's eval path
         "geometry3k-sr1": [f"model.name_or_path={built['qwen2_5_vl']}", f"data.kwargs.path={built.get('geometry')}",
                            "model.dtype=float32", "rollout.max_new_tokens=8", "rollout.group_size=2",

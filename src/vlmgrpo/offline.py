@@ -6,6 +6,7 @@ A recipe lists them under `build:` as config key -> builder:
     build:
       model.name_or_path: tiny:qwen2_5_vl        # `vlmgrpo tiny-model --arch qwen2_5_vl --out PATH`
       data.kwargs.path: img2code-sample:12       # `vlmgrpo data img2code --create-sample --n 12 --out PATH`
+      data.kwargs.path: geometry-synthetic:400   # `vlmgrpo data geometry-synthetic --n 400 --output PATH`
       extra.adversary.model.name_or_path: tiny:qwen2
       model.name_or_path: demo                   # the demo's tiny Qwen3-VL (commands/demo.py)
 
@@ -58,11 +59,19 @@ def _img2code_sample(n: str, path: Path) -> str:
     return f"{n or 12} sample img2code figures"
 
 
+def _geometry_synthetic(n: str, path: Path) -> str:
+    from vlmgrpo.data.geometry_synthetic import write
+
+    counts = write(path, int(n or 400), 50)
+    return f"{counts['train']} synthetic geometry diagrams (+ val/test)"
+
+
 # builder name -> fn(argument after the colon, path) -> what was built, in words
 BUILDERS: dict[str, Callable[[str, Path], str]] = {
     "tiny": _tiny,
     "demo": _demo,
     "img2code-sample": _img2code_sample,
+    "geometry-synthetic": _geometry_synthetic,
 }
 
 
