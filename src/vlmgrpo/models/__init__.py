@@ -29,13 +29,18 @@ def _check_source(name: str) -> None:
         raise ModelLoadError(f"{name}: model folder does not exist")
 
 
-def load_policy(cfg: ModelConfig, device: Any = "cpu") -> tuple[Any, Any]:
-    """(model, processor_or_tokenizer) on `device`, LoRA-wrapped when `cfg.lora.enabled`."""
+def load_policy(cfg: ModelConfig, device: Any = "cpu", **init_kwargs: Any) -> tuple[Any, Any]:
+    """(model, processor_or_tokenizer) on `device`, LoRA-wrapped when `cfg.lora.enabled`.
+    `init_kwargs` go to `from_pretrained` (the Python API's `model_init_kwargs`)."""
     import torch
     import transformers
 
     _check_source(cfg.name_or_path)
-    dtype = getattr(torch, DTYPES[cfg.dtype])
+    kw: dict[str, Any] = {
+        "dtype": getattr(torch, DTYPES[cfg.dtype]),
+        "attn_implementation": cfg.attn_implementation,
+    }
+    kw.update({k: v for k, v in init_kwargs.items() if v is not None})
     try:
         if cfg.text_only:
             proc = transformers.AutoTokenizer.from_pretrained(cfg.name_or_path)
@@ -43,15 +48,20 @@ def load_policy(cfg: ModelConfig, device: Any = "cpu") -> tuple[Any, Any]:
         else:
             proc = transformers.AutoProcessor.from_pretrained(cfg.name_or_path)
             auto = transformers.AutoModelForImageTextToText
-        model = auto.from_pretrained(
-            cfg.name_or_path, dtype=dtype, attn_implementation=cfg.attn_implementation
-        )
+        model = auto.from_pretrained(cfg.name_or_path, **kw)
     except OSError as e:  # missing files, no hub access
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
             f"{cfg.name_or_path}: cannot load model ({first[:200]}); "
             "give a local folder, or a hub id on a machine that can download it"
         ) from None
+    return prepare_policy(model, proc, cfg, device)
+
+
+def prepare_policy(model: Any, proc: Any, cfg: ModelConfig, device: Any = "cpu") -> tuple[Any, Any]:
+    """Make a loaded model and processor ready to train: on `device`, batched vision attention,
+    left padding, frozen tower, gradient checkpointing and LoRA as `cfg` says. The Python API
+    hands a user's own loaded model through here; `load_policy` hands the loaded one."""
     model.to(device)
     if cfg.vision_attention == "batched":
         from vlmgrpo.models.vision_attn import use_segment_attention

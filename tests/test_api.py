@@ -1,0 +1,234 @@
+"""The TRL-compatible Python API (`from vlmgrpo import GRPOConfig, GRPOTrainer`): TRL's VLM example
+run offline with only its import changed, the field mapping and its errors, TRL's dataset and
+reward conventions, and a loaded model with a peft LoRA config and mixed TRL + native rewards."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vlmgrpo import GRPOConfig, GRPOTrainer
+from vlmgrpo.api import MAPPING, UNSUPPORTED
+from vlmgrpo.errors import ConfigError
+from vlmgrpo.rewards.base import RewardContext, RewardRecord, RewardSpec, compute_rewards
+from vlmgrpo.rewards.trl_compat import call_arguments, trl_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+datasets = pytest.importorskip("datasets")
+
+
+def test_trl_vlm_example_trains_offline_and_saves_a_plain_hf_folder(tiny_vlm_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "grpo_vlm_offline.py"), str(tiny_vlm_dir), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    script = (ROOT / "examples" / "grpo_vlm_offline.py").read_text()
+    assert "from vlmgrpo import GRPOConfig, GRPOTrainer" in script
+    assert "from trl.rewards import think_format_reward" in script
+    for step in (1, 2):
+        assert (out / "ckpts" / f"ckpt-{step}" / "COMPLETE").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    # the real think_format_reward scored every completion; accuracy may be None (not parseable)
+    assert all(r["reward/trl/think_format_reward/mean"] is not None for r in rows)
+    assert all("reward/trl/accuracy_reward/mean" in r for r in rows)
+    samples = json.loads((out / "samples" / "step-000000" / "samples.json").read_text())
+    assert samples and samples[0]["prompt"] == "How many blue squares are in the picture?"
+    # save_model's folder loads in plain transformers and holds the trained (final) weights
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    AutoProcessor.from_pretrained(out)
+    final = load_file(str(out / "ckpts" / "ckpt-2" / "model.safetensors"))
+    saved = model.state_dict()
+    for k, v in final.items():
+        key = k if k in saved else k.replace("model.", "model.", 1)
+        if key in saved:
+            assert torch.equal(saved[key], v), k
+
+
+def test_unsupported_trl_field_is_one_error_naming_it():
+    GRPOConfig(use_vllm=False, dataloader_num_workers=0)  # TRL defaults: fine
+    with pytest.raises(ConfigError, match=r"GRPOConfig\.use_vllm=True: not supported"):
+        GRPOConfig(use_vllm=True)
+    with pytest.raises(ConfigError, match=r"num_iterations=2"):
+        GRPOConfig(num_iterations=2)
+    with pytest.raises(ConfigError, match=r"unknown field 'lerning_rate'; did you mean 'learning_rate'"):
+        GRPOConfig(lerning_rate=1e-5)
+    args = GRPOConfig()
+    args.loss_type = "sapo"  # set after construction: still caught
+    with pytest.raises(ConfigError, match=r"loss_type='sapo'"):
+        args.to_config(n_rows=10)
+    args = GRPOConfig()
+    args.use_vllm = True
+    with pytest.raises(ConfigError, match=r"use_vllm=True"):
+        args.to_config(n_rows=10)
+    assert GRPOConfig().eval_strategy == "no" and GRPOConfig().push_to_hub is False
+
+
+def test_every_trl_field_is_mapped_or_listed_with_trls_default():
+    trl = pytest.importorskip("trl")
+    for f in dataclasses.fields(trl.GRPOConfig):
+        if not f.init:
+            continue
+        assert f.name in MAPPING or f.name in UNSUPPORTED, f.name
+        if f.name in UNSUPPORTED:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            assert UNSUPPORTED[f.name] == default, f.name
+
+
+def test_batch_sizes_mean_what_they_mean_in_trl():
+    # 4 completions per device per micro-batch, 2 micro-batches, 2 processes: 16 completions
+    # per optimizer step = 4 prompts x 4 generations, forward/backward 4 rows at a time
+    cfg = GRPOConfig(
+        per_device_train_batch_size=4, gradient_accumulation_steps=2, num_generations=4
+    ).to_config(n_rows=40, world=2)
+    assert cfg.rollout.prompts_per_step * cfg.rollout.group_size * cfg.optim.grad_accum == 16
+    assert cfg.optim.micro_batch_seqs == 4
+    assert cfg.train.steps == math.ceil(3.0 * 40 / 4)  # num_train_epochs 3 over 40 prompts
+    with pytest.raises(ConfigError, match=r"must be a multiple of num_generations"):
+        GRPOConfig(per_device_train_batch_size=3, num_generations=2).to_config(n_rows=10)
+    c = GRPOConfig(
+        loss_type="dr_grpo", epsilon=0.1, epsilon_high=0.3, beta=0.04, scale_rewards=False
+    ).to_config(n_rows=8)
+    assert (c.grpo.aggregation, c.grpo.clip_low, c.grpo.clip_high) == ("dr_grpo", 0.1, 0.3)
+    assert (c.grpo.adv_scale, c.grpo.ref.kind, c.grpo.loss) == ("none", "copy", "ppo")
+
+
+def _image(color="red"):
+    return Image.new("RGB", (32, 24), color)
+
+
+def test_dataset_conventions_image_slot_and_columns():
+    from vlmgrpo.data.hf import MESSAGES_KEY, wrap
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what colour?"}]
+    placed = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}]}]
+    # (two sets: Arrow stores string and list message contents in different columns)
+    s0 = wrap(datasets.Dataset.from_dict({"prompt": [chat], "image": [_image()], "answer": ["red"]}))[0]
+    s1 = wrap(datasets.Dataset.from_dict({"prompt": [placed], "image": [_image("blue")]}))[0]
+    # no placeholder: one image slot first in the first user message, text kept after it
+    assert s0[MESSAGES_KEY][1]["content"] == [{"type": "image"}, {"type": "text", "text": "what colour?"}]
+    assert s0[MESSAGES_KEY][0] == {"role": "system", "content": "be brief"}
+    assert s1[MESSAGES_KEY][0]["content"][1] == {"type": "image"}  # placed by the user: unchanged
+    assert len(s1[MESSAGES_KEY][0]["content"]) == 2
+    assert s0["answer"] == "red" and s0["images"][0].size == (32, 24)
+    strings = wrap(datasets.Dataset.from_dict({"prompt": ["hi"], "images": [[_image(), _image()]]}))
+    assert [c["type"] for c in strings[0][MESSAGES_KEY][0]["content"]] == ["image", "image", "text"]
+    stream = wrap(
+        datasets.Dataset.from_dict(
+            {"prompt": ["x", "y"], "image": [_image(), _image()]}
+        ).to_iterable_dataset()
+    )
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    assert {stream.sample(rng)["prompt"] for _ in range(4)} == {"x", "y"}
+
+
+def _records(prompt, completions, answer):
+    return [
+        RewardRecord(
+            prompt="q",
+            completion=c,
+            images=[],
+            sample={"prompt": prompt, "answer": answer, "id": "0", "images": []},
+            group=0,
+            index=i,
+            extras={"completion_ids": [i, i + 1]},
+        )
+        for i, c in enumerate(completions)
+    ]
+
+
+def test_trl_rewards_get_trl_arguments_none_async_and_mix_with_native():
+    seen = {}
+
+    def exact(prompts, completions, completion_ids, answer, **kwargs):
+        seen.update(prompts=prompts, completions=completions, ids=completion_ids, answer=answer, kw=kwargs)
+        return [1.0 if c[0]["content"] == a else None for c, a in zip(completions, answer)]
+
+    async def slow_len(completions, **kwargs):
+        await asyncio.sleep(0)
+        return [float(len(c[0]["content"])) for c in completions]
+
+    chat = [{"role": "user", "content": "colour?"}]
+    recs = _records(chat, ["red", "blue"], "red")
+    spec = trl_spec([("exact", exact, 2.0, {}), ("slow_len", slow_len, 0.5, {})])
+    res = compute_rewards(recs, [spec, RewardSpec("length", 1.0)], RewardContext())
+    assert seen["prompts"] == [chat, chat]
+    assert seen["completions"][1] == [{"role": "assistant", "content": "blue"}]
+    assert seen["ids"] == [[0, 1], [1, 2]] and seen["answer"] == ["red", "red"]
+    assert "images" in seen["kw"] and "id" in seen["kw"]
+    # TRL's rule inside the TRL group: None is absent, the other function still counts
+    assert res.per_reward["trl"].tolist() == [2.0 * 1.0 + 0.5 * 3, 0.5 * 4]
+    assert res.sub_scores["trl/slow_len"].tolist() == [3.0, 4.0]
+    assert math.isnan(res.sub_scores["trl/exact"][1])
+    assert "length" in res.per_reward  # the native reward adds to the total
+    # every TRL function None: the sample is skipped
+    none = trl_spec([("never", lambda completions, **k: [None] * len(completions), 1.0, {})])
+    assert all(math.isnan(v) for v in compute_rewards(recs, [none], RewardContext()).total)
+    # standard (string) prompts: string completions
+    args = call_arguments(_records("plain", ["a"], "a"))
+    assert args["completions"] == ["a"] and args["prompts"] == ["plain"]
+
+
+def test_loaded_model_with_peft_lora_and_mixed_rewards_trains(tiny_vlm_dir, tmp_path):
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
+    proc = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    ds = datasets.Dataset.from_dict({"prompt": ["describe", "name it"], "image": [_image(), _image("green")]})
+
+    def longer(completions, **kwargs):  # spread inside every group: every group has a gradient
+        return [len(c) / 10 for c in completions]  # string prompts: string completions
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "run"),
+        learning_rate=0.01,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=1,
+        max_grad_norm=0.0,
+        use_cpu=True,
+        reward_weights=[1.0, 0.5],
+    )
+    with pytest.raises(ConfigError, match=r"peft_config\.use_dora=True"):
+        GRPOTrainer(model, [longer], args=args, train_dataset=ds, peft_config=LoraConfig(use_dora=True))
+    tr = GRPOTrainer(
+        model,
+        [longer, "length"],
+        args=args,
+        train_dataset=ds,
+        processing_class=proc,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters() if p.requires_grad}
+    assert before and all("lora" in n for n in before)
+    out = tr.train()
+    assert out.global_step == 1
+    changed = [n for n, p in tr.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["reward/trl/longer/mean"] is not None and row["reward/length/mean"] is not None
+    saved = tr.save_model(str(tmp_path / "saved"))
+    assert (saved / "adapter_config.json").is_file()
