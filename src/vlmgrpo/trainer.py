@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vlmgrpo import checkpoint as ckpt
-from vlmgrpo import dist
+from vlmgrpo import dist, trackers
 from vlmgrpo.config import Config, save_config
 from vlmgrpo.data import build_dataset
 from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
@@ -133,6 +133,7 @@ class Trainer:
                 "rollout.overlap: needs grpo.loss 'is' or 'ppo' (the importance ratio corrects for "
                 "samples drawn before the last update); 'pg' assumes on-policy samples"
             )
+        trackers.require(cfg)  # a tracker's missing package fails here, before any model loads
         c = components if components is not None else Components()
         c.fill_from_config(cfg)
         self.train_set, self.eval_set, self.specs = c.train_set, c.eval_set, c.specs
@@ -547,6 +548,8 @@ class Trainer:
             res.total[:g].tolist(),
             adv[:g].tolist(),
         )
+        rewards = {k: v[:g].tolist() for k, v in {**res.per_reward, **res.sub_scores}.items()}
+        self.runlog.log_completions(self.step + 1, recs, rewards, res.total[:g].tolist(), adv[:g].tolist())
         if recs and recs[0].images and any("regenerated" in r.extras for r in recs):
             from vlmgrpo.report.artifacts import write_step_page
 
@@ -688,7 +691,10 @@ class Trainer:
             save_config(cfg, self.out / "config.yaml")
         dist.barrier(self.dist)
         # only rank 0 writes metrics and samples; the others log into a no-op
-        self.runlog = RunLog(self.out, cfg.train.tensorboard) if self.dist.is_main else NullLog()
+        if self.dist.is_main:
+            self.runlog = RunLog(self.out, cfg.train.tensorboard, trackers.open_trackers(cfg, self.out))
+        else:
+            self.runlog = NullLog()
         if self.resume_from is None and self.dist.is_main and self.runlog.metrics_path.exists():
             # a fresh start (or --resume before any checkpoint): an earlier attempt's rows would
             # repeat steps, so they move aside
