@@ -27,11 +27,19 @@ ROOT = Path(__file__).resolve().parents[1]
 datasets = pytest.importorskip("datasets")
 
 
-def test_trl_vlm_example_trains_offline_and_saves_a_plain_hf_folder(tiny_vlm_dir, tmp_path):
-    out = tmp_path / "run"
+def test_trl_vlm_example_trains_offline_and_saves_a_plain_hf_folder(tmp_path):
+    out, tiny = tmp_path / "run", tmp_path / "tiny"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    built = subprocess.run(
+        [sys.executable, "-m", "vlmgrpo.cli", "tiny-model", "--arch", "qwen2_5_vl", "--out", str(tiny)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "grpo_vlm_offline.py"), str(tiny_vlm_dir), str(out)],
+        [sys.executable, str(ROOT / "examples" / "grpo_vlm_offline.py"), str(tiny), str(out)],
         env=env,
         capture_output=True,
         text=True,
@@ -232,3 +240,76 @@ def test_loaded_model_with_peft_lora_and_mixed_rewards_trains(tiny_vlm_dir, tmp_
     assert row["reward/trl/longer/mean"] is not None and row["reward/length/mean"] is not None
     saved = tr.save_model(str(tmp_path / "saved"))
     assert (saved / "adapter_config.json").is_file()
+
+
+def test_resume_from_checkpoint_continues_the_run(tiny_vlm_dir, tmp_path):
+    ds = datasets.Dataset.from_dict(
+        {"prompt": ["a", "b", "c"], "image": [_image(), _image("blue"), _image("gray")]}
+    )
+
+    def longer(completions, **kwargs):
+        return [len(c) / 10 for c in completions]
+
+    def args(steps):
+        return GRPOConfig(
+            output_dir=str(tmp_path / "run"),
+            per_device_train_batch_size=2,
+            num_generations=2,
+            max_completion_length=6,
+            max_steps=steps,
+            save_steps=1,
+            use_cpu=True,
+            learning_rate=1e-3,
+        )
+
+    GRPOTrainer(str(tiny_vlm_dir), longer, args=args(1), train_dataset=ds).train()
+    full = GRPOTrainer(str(tiny_vlm_dir), longer, args=args(2), train_dataset=ds)
+    out = full.train(resume_from_checkpoint=True)
+    assert out.global_step == 2
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # step 1 from the first run, step 2 resumed
+    assert (tmp_path / "run" / "ckpts" / "ckpt-2" / "COMPLETE").is_file()
+    with pytest.raises(ConfigError, match=r"needs an eval_dataset"):
+        GRPOTrainer(
+            str(tiny_vlm_dir), longer, args=GRPOConfig(eval_strategy="steps", max_steps=1), train_dataset=ds
+        )
+    with pytest.raises(ConfigError, match=r"no 'completions' parameter"):
+        GRPOTrainer(str(tiny_vlm_dir), lambda rec, ctx: 1.0, args=args(1), train_dataset=ds)
+
+
+def test_max_prompt_length_skips_longer_prompts_never_truncates(tiny_vlm_dir, tmp_path):
+    from transformers import AutoProcessor
+
+    from vlmgrpo.api import prompt_length
+    from vlmgrpo.data.hf import wrap
+
+    ds = datasets.Dataset.from_dict(
+        {"prompt": ["short", "a much longer prompt " * 8], "image": [_image(), _image()]}
+    )
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=4,
+        max_steps=2,
+        save_strategy="no",
+        log_completions=True,
+        logging_steps=1,
+        use_cpu=True,
+    )
+    cfg = args.to_config(n_rows=2)
+    proc = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    short, long = (prompt_length(proc, wrap(ds)[i], cfg) for i in range(2))
+    assert short < long
+    args.max_prompt_length = short  # the long prompt is over the limit: skipped and counted
+    tr = GRPOTrainer(
+        str(tiny_vlm_dir),
+        lambda completions, **kw: [len(c) for c in completions],
+        args=args,
+        train_dataset=ds,
+    )
+    tr.train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["data/bad_samples"] >= 1
+    samples = json.loads((tmp_path / "run" / "samples" / "step-000001" / "samples.json").read_text())
+    assert {s["prompt"] for s in samples} == {"short"}  # the prompt the policy saw was never cut

@@ -34,7 +34,7 @@ import difflib
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ MAPPING: dict[str, str] = {
     "num_generations": "rollout.group_size",
     "num_generations_eval": "eval.num_chains",
     "max_completion_length": "rollout.max_new_tokens (and eval)",
-    "max_prompt_length": "None only: prompts are never truncated (a cut can split the image tokens)",
+    "max_prompt_length": "longer prompts (image tokens included) are skipped and counted, never truncated",
     "per_device_train_batch_size": "optim.micro_batch_seqs; with the next two, rollout.prompts_per_step",
     "gradient_accumulation_steps": "rollout.prompts_per_step = batch x processes x accumulation / num_generations",
     "max_steps": "train.steps",
@@ -305,11 +305,8 @@ class GRPOConfig(_TRLFields):
                 f"GRPOConfig: per_device_train_batch_size x gradient_accumulation_steps ({bs} x {ga}) must be "
                 f"a multiple of num_generations ({g}): vlmgrpo keeps each prompt's group on one process"
             )
-        if self.max_prompt_length is not None:
-            raise ConfigError(
-                "GRPOConfig.max_prompt_length: vlmgrpo never truncates prompts (a cut can split an image's "
-                "tokens; TRL 1.x dropped the field too); leave it None"
-            )
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ConfigError(f"GRPOConfig.max_prompt_length={self.max_prompt_length}: must be >= 1 or None")
         cfg.train.output_dir = self.output_dir or "trainer_output"
         cfg.train.seed = int(self.seed)
         if self.use_cpu:
@@ -382,6 +379,14 @@ class GRPOConfig(_TRLFields):
         cfg.model.gradient_checkpointing = bool(self.gradient_checkpointing)
         # logging, checkpoints, evaluation
         trackers = self.trackers()
+        if "tensorboard" in trackers:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "GRPOConfig.report_to='tensorboard': the tensorboard package is not installed; "
+                    "pip install 'vlmgrpo[logging]', or report to wandb / none"
+                ) from None
         cfg.train.tensorboard = "tensorboard" in trackers
         cfg.train.wandb = "wandb" in trackers
         cfg.train.wandb_name = self.run_name or ""
@@ -508,6 +513,55 @@ def _wrap_dataset(ds: Any, what: str) -> Any:
         raise ConfigError(f"{what}: {e}") from None
 
 
+def prompt_length(proc: Any, sample: dict[str, Any], cfg: Config) -> int:
+    """Tokens of a sample's prompt as the rollout encodes it (image tokens included)."""
+    from vlmgrpo.rollout import hf as hf_rollout
+    from vlmgrpo.sampling import build_prompt
+
+    inputs, _ = hf_rollout.encode_prompts(proc, [build_prompt(sample, cfg)], 1, "cpu")
+    return int(inputs["input_ids"].shape[1])
+
+
+def _check_length(sample: dict[str, Any], proc: Any, cfg: Config, limit: int) -> dict[str, Any]:
+    from vlmgrpo.errors import DataError
+
+    n = prompt_length(proc, sample, cfg)
+    if n > limit:
+        raise DataError(
+            f"sample {sample.get('id', '?')}: prompt of {n} tokens, over max_prompt_length {limit}"
+        )
+    return sample
+
+
+class _LimitedSet(Sequence):
+    """A map-style set whose over-long prompts raise `DataError` (skipped and counted in
+    `data/bad_samples` with data.skip_bad_samples, as TRL would truncate them)."""
+
+    def __init__(self, ds: Any, proc: Any, cfg: Config, limit: int) -> None:
+        self.ds, self.proc, self.cfg, self.limit = ds, proc, cfg, limit
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        return _check_length(self.ds[i], self.proc, self.cfg, self.limit)
+
+
+class _LimitedStream:
+    def __init__(self, ds: Any, proc: Any, cfg: Config, limit: int) -> None:
+        self.ds, self.proc, self.cfg, self.limit = ds, proc, cfg, limit
+
+    def sample(self, rng: Any) -> dict[str, Any]:
+        return _check_length(self.ds.sample(rng), self.proc, self.cfg, self.limit)
+
+
+def limit_prompt_length(ds: Any, proc: Any, cfg: Config, limit: int) -> Any:
+    """`ds` with prompts over `limit` tokens as bad samples: vlmgrpo never truncates a prompt (a
+    cut can split an image's tokens from its pixels)."""
+    cls = _LimitedStream if hasattr(ds, "sample") else _LimitedSet
+    return cls(ds, proc, cfg, limit)
+
+
 @dataclass
 class TrainOutput:
     """What `train()` returns (TRL's TrainOutput fields)."""
@@ -566,6 +620,21 @@ class GRPOTrainer:
         self.specs = specs
         if model_obj is None and not name_or_path:
             raise ConfigError("GRPOTrainer(model=...): a Hub id, a local folder or a loaded model")
+        if model_obj is not None:
+            if args.model_init_kwargs:
+                raise ConfigError(
+                    "GRPOConfig.model_init_kwargs: the model is already loaded; give its id or folder "
+                    "instead, or load it with those settings yourself"
+                )
+            dtype = str(getattr(model_obj, "dtype", "torch.float32")).replace("torch.", "")
+            if args.bf16 and dtype != "bfloat16":
+                raise ConfigError(
+                    f"GRPOConfig.bf16=True: the loaded model is {dtype}; vlmgrpo trains bf16 weights "
+                    "(fp32 Adam moments): load it with dtype=torch.bfloat16, or give its id or folder"
+                )
+            cfg.model.dtype = dtype  # type: ignore[assignment]  # the record in config.yaml
+        if self.eval_dataset is None and cfg.train.eval_every:
+            raise ConfigError("GRPOConfig.eval_strategy='steps' needs an eval_dataset")
         if model_obj is not None and processing_class is None and not name_or_path:
             raise ConfigError("GRPOTrainer: give processing_class with a model that has no name_or_path")
         self.cfg = cfg
@@ -586,7 +655,14 @@ class GRPOTrainer:
                 specs=self.specs,
                 model_init_kwargs=dict(self.cfg.extra.get("model_init_kwargs", {})),
             )
-            self._trainer = Trainer(self.cfg, self._resume, components)
+            tr = Trainer(self.cfg, self._resume, components)
+            if self.args.max_prompt_length is not None:
+                limit = int(self.args.max_prompt_length)
+                tr.train_set = tr.sampler.dataset = limit_prompt_length(
+                    tr.train_set, tr.proc, self.cfg, limit
+                )
+                tr.eval_set = limit_prompt_length(tr.eval_set, tr.proc, self.cfg, limit)
+            self._trainer = tr
         return self._trainer
 
     @property

@@ -97,7 +97,7 @@ class Components:
 
     def load_model(self, cfg: Config, resume_from: Path | None, device: Any) -> tuple[Any, Any]:
         """The policy on `device`, ready to train (LoRA-wrapped when the config says so)."""
-        from vlmgrpo.models import prepare_policy
+        from vlmgrpo.models import prepare_policy, ready_processor
 
         model_cfg = copy.deepcopy(cfg.model)
         full_resume = resume_from is not None and not cfg.model.lora.enabled
@@ -105,7 +105,7 @@ class Components:
             if full_resume:
                 model_cfg.name_or_path = str(resume_from)  # full weights: load the checkpoint itself
             model, proc = load_policy(model_cfg, device, **self.model_init_kwargs)
-            return model, (self.proc or proc)
+            return model, (ready_processor(self.proc) if self.proc is not None else proc)
         proc = self.proc
         if proc is None:
             import transformers
