@@ -1,10 +1,11 @@
 """TRL's VLM GRPO example (trl/examples/scripts/grpo_vlm.py), made offline, on vlmgrpo.
 
 The one change for vlmgrpo is the import of GRPOConfig and GRPOTrainer. The offline changes:
-the arguments are set here instead of parsed from the command line; the dataset is a small
-`datasets.Dataset` of PIL images with `problem` / `solution` columns (no Hub download); the
-accuracy reward is a short math-verify one of our own that returns None when it cannot parse.
-`think_format_reward` is the real one from the `trl` package.
+the arguments are set here instead of parsed by TrlParser (a plain namespace stands in for TRL's
+ModelConfig, and a peft LoraConfig for get_peft_config: importing those from trl takes ~13 s);
+the dataset is a small `datasets.Dataset` of PIL images with `problem` / `solution` columns (no
+Hub download); the accuracy reward is a short math-verify one of our own that returns None when
+it cannot parse. `think_format_reward` is the real one from the `trl` package.
 
     python examples/grpo_vlm_offline.py MODEL_DIR OUTPUT_DIR [--peft]
 
@@ -12,12 +13,13 @@ MODEL_DIR: e.g. a tiny Qwen2.5-VL from `vlmgrpo tiny-model --arch qwen2_5_vl --o
 """
 
 import sys
+from types import SimpleNamespace
 
 import torch
 from datasets import Dataset
 from math_verify import parse, verify
+from peft import LoraConfig
 from PIL import Image, ImageDraw
-from trl import ModelConfig, get_peft_config
 from trl.rewards import think_format_reward
 
 from vlmgrpo import GRPOConfig, GRPOTrainer  # was: from trl import GRPOConfig, GRPOTrainer
@@ -40,8 +42,11 @@ def tiny_geometry_set(n: int = 12) -> Dataset:
 
 if __name__ == "__main__":
     model_dir, output_dir = sys.argv[1], sys.argv[2]
-    model_args = ModelConfig(
-        model_name_or_path=model_dir, use_peft="--peft" in sys.argv, lora_target_modules=["q_proj", "v_proj"]
+    model_args = SimpleNamespace(
+        model_name_or_path=model_dir, model_revision="main", attn_implementation=None, dtype="float32"
+    )
+    peft_config = (
+        LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"]) if "--peft" in sys.argv else None
     )
     training_args = GRPOConfig(
         output_dir=output_dir,
@@ -111,7 +116,7 @@ if __name__ == "__main__":
         reward_funcs=[think_format_reward, accuracy_reward],
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config,
     )
 
     trainer.train()

@@ -27,28 +27,38 @@ ROOT = Path(__file__).resolve().parents[1]
 datasets = pytest.importorskip("datasets")
 
 
-def test_trl_vlm_example_trains_offline_and_saves_a_plain_hf_folder(tmp_path):
-    out, tiny = tmp_path / "run", tmp_path / "tiny"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+@pytest.fixture(scope="module")
+def cli_tiny_dir(tmp_path_factory):
+    """A tiny Qwen2.5-VL built by the `vlmgrpo tiny-model` command, as a user would."""
+    out = tmp_path_factory.mktemp("cli-tiny") / "tiny"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     built = subprocess.run(
-        [sys.executable, "-m", "vlmgrpo.cli", "tiny-model", "--arch", "qwen2_5_vl", "--out", str(tiny)],
+        [sys.executable, "-m", "vlmgrpo.cli", "tiny-model", "--arch", "qwen2_5_vl", "--out", str(out)],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert built.returncode == 0, built.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "peft"])
+def test_trl_vlm_example_trains_offline_and_saves_a_plain_hf_folder(cli_tiny_dir, tmp_path, lora):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    script = ROOT / "examples" / "grpo_vlm_offline.py"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "grpo_vlm_offline.py"), str(tiny), str(out)],
+        [sys.executable, str(script), str(cli_tiny_dir), str(out), *(["--peft"] if lora else [])],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    script = (ROOT / "examples" / "grpo_vlm_offline.py").read_text()
-    assert "from vlmgrpo import GRPOConfig, GRPOTrainer" in script
-    assert "from trl.rewards import think_format_reward" in script
+    text = script.read_text()
+    assert "from vlmgrpo import GRPOConfig, GRPOTrainer" in text
+    assert "from trl.rewards import think_format_reward" in text
     for step in (1, 2):
         assert (out / "ckpts" / f"ckpt-{step}" / "COMPLETE").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -58,18 +68,19 @@ def test_trl_vlm_example_trains_offline_and_saves_a_plain_hf_folder(tmp_path):
     assert all("reward/trl/accuracy_reward/mean" in r for r in rows)
     samples = json.loads((out / "samples" / "step-000000" / "samples.json").read_text())
     assert samples and samples[0]["prompt"] == "How many blue squares are in the picture?"
-    # save_model's folder loads in plain transformers and holds the trained (final) weights
+    # save_model's folder loads in plain transformers (an adapter through transformers' peft
+    # integration) and holds the final checkpoint's weights
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(out)
     AutoProcessor.from_pretrained(out)
-    final = load_file(str(out / "ckpts" / "ckpt-2" / "model.safetensors"))
-    saved = model.state_dict()
-    for k, v in final.items():
-        key = k if k in saved else k.replace("model.", "model.", 1)
-        if key in saved:
-            assert torch.equal(saved[key], v), k
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    assert (out / name).is_file()
+    final, saved = load_file(str(out / "ckpts" / "ckpt-2" / name)), load_file(str(out / name))
+    assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in final)
+    params = dict(model.named_parameters())
+    assert any("lora_" in n for n in params) == lora
 
 
 def test_unsupported_trl_field_is_one_error_naming_it():
