@@ -324,3 +324,18 @@ def test_max_prompt_length_skips_longer_prompts_never_truncates(tiny_vlm_dir, tm
     assert rows[-1]["data/bad_samples"] >= 1
     samples = json.loads((tmp_path / "run" / "samples" / "step-000001" / "samples.json").read_text())
     assert {s["prompt"] for s in samples} == {"short"}  # the prompt the policy saw was never cut
+
+
+def test_model_init_kwargs_reach_from_pretrained_and_the_config_record():
+    args = GRPOConfig(
+        model_init_kwargs={"dtype": torch.bfloat16, "revision": "main", "device_map": {"": "cpu"}}
+    )
+    cfg = args.to_config(n_rows=8)
+    assert cfg.model.dtype == "bfloat16"
+    assert args.init_kwargs() == {"revision": "main", "device_map": {"": "cpu"}}
+    assert cfg.extra["model_init_kwargs"] == {"revision": "main", "device_map": "{'': 'cpu'}"}  # YAML-safe
+    auto = GRPOConfig(model_init_kwargs={"torch_dtype": "auto", "attn_implementation": "eager"})
+    assert (
+        auto.init_kwargs() == {"dtype": "auto"}
+        and auto.to_config(n_rows=8).model.attn_implementation == "eager"
+    )

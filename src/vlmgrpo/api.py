@@ -363,7 +363,8 @@ class GRPOConfig(_TRLFields):
         )
         # model
         init = dict(self.model_init_kwargs or {})
-        dtype = init.pop("dtype", None) or init.pop("torch_dtype", None)
+        dtype = init.pop("dtype", None)
+        dtype = init.pop("torch_dtype", None) if dtype is None else dtype
         if dtype is None and self.bf16:
             dtype = "bfloat16"
         if dtype is not None and dtype != "auto":
@@ -373,9 +374,13 @@ class GRPOConfig(_TRLFields):
                     f"GRPOConfig.model_init_kwargs.dtype={dtype!r}: float32, bfloat16 or float16"
                 )
         if init.get("attn_implementation"):
-            cfg.model.attn_implementation = init.pop("attn_implementation")
-        init.pop("attn_implementation", None)
-        cfg.extra["model_init_kwargs"] = init  # revision, device_map, ...: straight to from_pretrained
+            cfg.model.attn_implementation = init["attn_implementation"]
+        # the rest (revision, device_map, quantization_config, ...) goes to from_pretrained as given
+        # (`init_kwargs`); config.yaml keeps a readable record of it
+        cfg.extra["model_init_kwargs"] = {
+            k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
+            for k, v in self.init_kwargs().items()
+        }
         cfg.model.gradient_checkpointing = bool(self.gradient_checkpointing)
         # logging, checkpoints, evaluation
         trackers = self.trackers()
@@ -412,6 +417,16 @@ class GRPOConfig(_TRLFields):
         cfg.warmup.steps = 0
         validate(cfg)
         return cfg
+
+    def init_kwargs(self) -> dict[str, Any]:
+        """`model_init_kwargs` for `from_pretrained`, less what the native schema carries (dtype
+        other than "auto", attn_implementation)."""
+        init = {k: v for k, v in (self.model_init_kwargs or {}).items() if k != "attn_implementation"}
+        dtype = init.pop("dtype", None)
+        dtype = init.pop("torch_dtype", None) if dtype is None else dtype
+        if dtype == "auto":  # the checkpoint's own dtype
+            init["dtype"] = "auto"
+        return {k: v for k, v in init.items() if v is not None}
 
     def trackers(self) -> set[str]:
         r = self.report_to
@@ -635,6 +650,8 @@ class GRPOTrainer:
             cfg.model.dtype = dtype  # type: ignore[assignment]  # the record in config.yaml
         if self.eval_dataset is None and cfg.train.eval_every:
             raise ConfigError("GRPOConfig.eval_strategy='steps' needs an eval_dataset")
+        if hasattr(self.eval_dataset, "__len__"):
+            cfg.eval.num_items = len(self.eval_dataset)  # TRL evaluates the whole eval set
         if model_obj is not None and processing_class is None and not name_or_path:
             raise ConfigError("GRPOTrainer: give processing_class with a model that has no name_or_path")
         self.cfg = cfg
@@ -653,7 +670,7 @@ class GRPOTrainer:
                 train_set=self.train_dataset,
                 eval_set=self.eval_dataset if self.eval_dataset is not None else self.train_dataset,
                 specs=self.specs,
-                model_init_kwargs=dict(self.cfg.extra.get("model_init_kwargs", {})),
+                model_init_kwargs=self.args.init_kwargs(),
             )
             tr = Trainer(self.cfg, self._resume, components)
             if self.args.max_prompt_length is not None:
