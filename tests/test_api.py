@@ -339,3 +339,18 @@ def test_model_init_kwargs_reach_from_pretrained_and_the_config_record():
         auto.init_kwargs() == {"dtype": "auto"}
         and auto.to_config(n_rows=8).model.attn_implementation == "eager"
     )
+
+
+def test_importing_the_api_stays_cheap():
+    code = (
+        "import sys; from vlmgrpo import GRPOConfig, GRPOTrainer; "
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'trl') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -276,8 +276,8 @@ def load(kwargs: dict[str, Any], split: str) -> Any:
     except Exception as e:  # offline, unknown id, bad file: many exception types, one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         hint = (
-            "; download it (e.g. `hf download --repo-type dataset ID --local-dir DIR`) and set "
-            "data.kwargs.path to that folder"
+            f"; download it where the Hub is reachable (`hf download --repo-type dataset {path} "
+            "--local-dir DIR`) and set data.kwargs.path to that folder"
             if not Path(path).expanduser().exists()
             else ""
         )
