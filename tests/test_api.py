@@ -204,6 +204,16 @@ def test_trl_rewards_get_trl_arguments_none_async_and_mix_with_native():
     # every TRL function None: the sample is skipped
     none = trl_spec([("never", lambda completions, **k: [None] * len(completions), 1.0, {})])
     assert all(math.isnan(v) for v in compute_rewards(recs, [none], RewardContext()).total)
+
+    # TRL's extras: trainer_state, log_extra (into the records), log_metric (a logged mean)
+    def shaped(completions, trainer_state, log_extra, log_metric, **kwargs):
+        log_extra("judge_note", [f"n{i}" for i in range(len(completions))])
+        log_metric("progress", trainer_state.global_step / 10)
+        return [1.0] * len(completions)
+
+    res = compute_rewards(recs, [trl_spec([("shaped", shaped, 1.0, {})])], RewardContext(step=3))
+    assert res.sub_scores["trl/progress"].tolist() == [0.3, 0.3]
+    assert [r.extras["judge_note"] for r in recs] == ["n0", "n1"]
     # standard (string) prompts: string completions
     args = call_arguments(_records("plain", ["a"], "a"))
     assert args["completions"] == ["a"] and args["prompts"] == ["plain"]

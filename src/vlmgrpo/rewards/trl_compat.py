@@ -14,6 +14,10 @@ the same run adds to that total with the native rule (its `None` skips the sampl
 function is awaited; several run concurrently. A function that raises counts as `None` on that
 batch, with a warning; a `VlmgrpoError` (the user's setup, a service given up) stops the run.
 
+As in TRL, the keyword arguments also hold `trainer_state` (here `global_step` and `max_steps`),
+`log_extra(column, values)` (per-completion values, written beside each completion in the step's
+samples.json) and `log_metric(name, value)` (logged as `reward/trl/<name>/mean`).
+
 A reward is recognised as TRL-shaped by its signature: it has a `completions` parameter (native
 rewards take a record and a context).
 """
@@ -25,6 +29,7 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vlmgrpo.errors import ConfigError, VlmgrpoError
@@ -100,6 +105,19 @@ def call_arguments(records: Sequence[RewardRecord]) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class TrainerStateView:
+    """What TRL's `trainer_state` offers the rewards that shape themselves by progress."""
+
+    global_step: int = 0
+    max_steps: int = 0
+
+
+def _trainer_state(ctx: RewardContext) -> TrainerStateView:
+    cfg = getattr(ctx.policy, "cfg", None)
+    return TrainerStateView(global_step=ctx.step, max_steps=cfg.train.steps if cfg is not None else 0)
+
+
 async def _gather(calls: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
     results = await asyncio.gather(*(c for _, c in calls), return_exceptions=True)
     return [(i, r) for (i, _), r in zip(calls, results)]
@@ -126,6 +144,16 @@ def trl_rewards(
     (value NaN where the function returned None), or None when no function scored it."""
     n = len(records)
     args = call_arguments(records)
+    metrics: dict[str, list[float]] = {}
+
+    def log_extra(column: str, values: list[Any]) -> None:
+        for rec, v in zip(records, values):
+            rec.extras[column] = v
+
+    def log_metric(name: str, value: float) -> None:
+        metrics.setdefault(name, []).append(float(value))
+
+    args.update(trainer_state=_trainer_state(ctx), log_extra=log_extra, log_metric=log_metric)
     outs: dict[int, Any] = {}
     pending: list[tuple[int, Any]] = []
     for j, (_name, fn, _, kwargs) in enumerate(funcs):
@@ -151,5 +179,6 @@ def trl_rewards(
             continue
         entry = {"score": sum(w * v for w, v in scored)}
         entry.update({name: v for (name, *_), v in zip(funcs, vals)})
+        entry.update({name: sum(v) / len(v) for name, v in metrics.items()})
         result.append(entry)
     return result
