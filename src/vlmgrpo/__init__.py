@@ -7,11 +7,11 @@ the modules that need them, so `import vlmgrpo` and the CLI's `--help` stay fast
 __version__ = "0.1.0"
 
 # The public Python API, imported on first use (torch loads only with the trainer):
-#   GRPOConfig, GRPOTrainer  TRL's names (vlmgrpo.api; README "Coming from TRL")
+#   GRPOConfig, GRPOTrainer  TRL's names (vlmgrpo.trl_config, vlmgrpo.api; README "Coming from TRL")
 #   Trainer, Components      the native trainer and what it trains on (vlmgrpo.trainer)
 #   Config, load_config      the native schema and recipe loading (vlmgrpo.config)
 _LAZY = {
-    "GRPOConfig": "vlmgrpo.api",
+    "GRPOConfig": "vlmgrpo.trl_config",
     "GRPOTrainer": "vlmgrpo.api",
     "Trainer": "vlmgrpo.trainer",
     "Components": "vlmgrpo.trainer",
