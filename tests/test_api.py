@@ -364,3 +364,9 @@ def test_importing_the_api_stays_cheap():
         timeout=60,
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_readme_table_is_the_mapping():
+    readme = (ROOT / "README.md").read_text()
+    for field, where in MAPPING.items():
+        assert f"| `{field}` | {where} |" in readme, field
