@@ -562,7 +562,7 @@ class AdversarialTrainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
-        runlog = RunLog(self.out, cfg.train.tensorboard, trackers.open_trackers(cfg, self.out))
+        runlog = trackers.attach(RunLog(self.out, cfg.train.tensorboard), cfg, self.out)
         self.runlog = self.base.runlog = self.adversary.runlog = runlog
         if self.resume_from is not None:
             self._restore()

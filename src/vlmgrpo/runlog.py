@@ -32,9 +32,8 @@ def _clean(v: Any) -> Any:
 
 
 class RunLog:
-    def __init__(self, root: Path, tensorboard: bool = True, trackers: list[Any] | None = None) -> None:
+    def __init__(self, root: Path, tensorboard: bool = True) -> None:
         self.root = Path(root)
-        self.trackers = list(trackers or [])  # vlmgrpo.trackers (W&B): every row, completions tables
         self.root.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.root / "metrics.jsonl"
         self._tb = None
@@ -63,14 +62,7 @@ class RunLog:
             for k, v in row.items():
                 if isinstance(v, int | float) and k not in ("step", "time"):
                     self._tb.add_scalar(k, v, step)
-        for t in self.trackers:
-            t.log(step, row)
         return row
-
-    def log_completions(self, step: int, *args: Any) -> None:
-        """One step's completions table to the trackers (see `vlmgrpo.trackers`)."""
-        for t in self.trackers:
-            t.log_completions(step, *args)
 
     def sample_dir(self, step: int) -> Path:
         d = self.root / "samples" / f"step-{step:06d}"
@@ -80,8 +72,6 @@ class RunLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-        for t in self.trackers:
-            t.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -167,9 +157,6 @@ class NullLog:
         return {}
 
     def truncate_after(self, step: int) -> None:
-        pass
-
-    def log_completions(self, *args: Any) -> None:
         pass
 
     def close(self) -> None:

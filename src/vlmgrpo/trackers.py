@@ -1,8 +1,9 @@
 """Experiment trackers beside the run folder's metrics.jsonl: Weights & Biases.
 
-(TensorBoard lives in `runlog.RunLog` itself.) A tracker receives every metrics row the run
-folder gets (`log`) and the completions of each logged step (`log_completions`: prompt, image,
-completion, each reward, the total and the advantage, as one table). It runs only on rank 0.
+(TensorBoard lives in `runlog.RunLog` itself.) `attach(runlog, cfg, root)` wraps a run log so
+that a tracker receives every metrics row the run folder gets (`log`) and the completions of each
+logged step (`log_completions`: prompt, image, completion, each reward, the total and the
+advantage, as one table). It runs only on rank 0.
 
 `train.wandb: true` (the Python API: `report_to="wandb"`) needs the `wandb` package: without it
 the run stops at start-up with one line, before any model loads. `WANDB_MODE=offline` writes the
@@ -40,6 +41,37 @@ def _wandb() -> Any:
 
 def open_trackers(cfg: Any, root: Path) -> list[Any]:
     return [WandbTracker(cfg, root)] if cfg.train.wandb else []
+
+
+class TrackedLog:
+    """A run log (`runlog.RunLog`) whose rows also go to the trackers, plus the completions
+    tables; everything else is the run log's own."""
+
+    def __init__(self, runlog: Any, trackers: list[Any]) -> None:
+        self.runlog, self.trackers = runlog, trackers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runlog, name)
+
+    def log(self, step: int, phase: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        row = self.runlog.log(step, phase, metrics)
+        for t in self.trackers:
+            t.log(step, row)
+        return row
+
+    def log_completions(self, step: int, *args: Any) -> None:
+        for t in self.trackers:
+            t.log_completions(step, *args)
+
+    def close(self) -> None:
+        self.runlog.close()
+        for t in self.trackers:
+            t.close()
+
+
+def attach(runlog: Any, cfg: Any, root: Path) -> TrackedLog:
+    """`runlog` with the trackers `cfg` asks for (none: rows go to the run log alone)."""
+    return TrackedLog(runlog, open_trackers(cfg, root))
 
 
 def _number(v: Any) -> float | None:

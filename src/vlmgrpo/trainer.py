@@ -691,10 +691,11 @@ class Trainer:
             save_config(cfg, self.out / "config.yaml")
         dist.barrier(self.dist)
         # only rank 0 writes metrics and samples; the others log into a no-op
-        if self.dist.is_main:
-            self.runlog = RunLog(self.out, cfg.train.tensorboard, trackers.open_trackers(cfg, self.out))
-        else:
-            self.runlog = NullLog()
+        self.runlog = (
+            trackers.attach(RunLog(self.out, cfg.train.tensorboard), cfg, self.out)
+            if self.dist.is_main
+            else NullLog()
+        )
         if self.resume_from is None and self.dist.is_main and self.runlog.metrics_path.exists():
             # a fresh start (or --resume before any checkpoint): an earlier attempt's rows would
             # repeat steps, so they move aside

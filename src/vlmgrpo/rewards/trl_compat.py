@@ -29,7 +29,7 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from vlmgrpo.errors import ConfigError, VlmgrpoError
@@ -75,8 +75,9 @@ def specs_from_entries(entries: Sequence[Any]) -> list[RewardSpec]:
             if at < 0:
                 at = len(specs)
             funcs.append((e.label or func_name(fn), fn, e.weight, dict(e.kwargs)))
-        else:
-            specs.append(RewardSpec(e.name, e.weight, e.kwargs, e.label))
+        else:  # every field the entry and the spec share (name, weight, kwargs, label, ...)
+            shared = {f.name for f in fields(RewardSpec)} & {f.name for f in fields(e)}
+            specs.append(RewardSpec(**{k: getattr(e, k) for k in shared}))
     if funcs:
         specs.insert(at, trl_spec(funcs))
     return specs
