@@ -370,3 +370,26 @@ def test_readme_table_is_the_mapping():
     readme = (ROOT / "README.md").read_text()
     for field, where in MAPPING.items():
         assert f"| `{field}` | {where} |" in readme, field
+
+
+def test_trl_variant_fields_map_where_the_schema_has_them_else_error():
+    from vlmgrpo.trl_config import VARIANTS, mapped_variants
+
+    mapped = mapped_variants()
+    values = {
+        "num_iterations": 2,
+        "importance_sampling_level": "sequence",
+        "mask_truncated_completions": True,
+        "top_entropy_quantile": 0.2,
+        "delta": 2.0,
+        "use_bias_correction_kl": False,
+    }
+    assert set(values) == set(VARIANTS)
+    for name, value in values.items():
+        if name in mapped:
+            cfg = GRPOConfig(**{name: value}).to_config(n_rows=8)
+            native, convert = mapped[name]
+            assert getattr(cfg.grpo, native) == convert(value), name
+        else:  # this schema lacks the variant: one error naming the TRL field
+            with pytest.raises(ConfigError, match=rf"GRPOConfig\.{name}="):
+                GRPOConfig(**{name: value})

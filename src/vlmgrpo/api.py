@@ -102,6 +102,26 @@ def _reward_specs(reward_funcs: Any, weights: list[float] | None) -> tuple[list[
     return specs, entries
 
 
+def _load_with(cfg: Config, init: dict[str, Any]) -> Any:
+    """The model of `cfg.model.name_or_path` loaded with `model_init_kwargs` (revision,
+    quantization_config, dtype "auto", ...); the rest of the set-up is `prepare_policy`'s."""
+    import torch
+    import transformers
+
+    from vlmgrpo.errors import ModelLoadError
+
+    kw = {
+        "dtype": getattr(torch, cfg.model.dtype),
+        "attn_implementation": cfg.model.attn_implementation,
+        **init,
+    }
+    try:
+        return transformers.AutoModelForImageTextToText.from_pretrained(cfg.model.name_or_path, **kw)
+    except OSError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelLoadError(f"{cfg.model.name_or_path}: cannot load model ({first})") from None
+
+
 def _wrap_dataset(ds: Any, what: str) -> Any:
     from vlmgrpo.data.hf import wrap
 
@@ -253,13 +273,15 @@ class GRPOTrainer:
         if self._trainer is None:
             from vlmgrpo.trainer import Components, Trainer
 
+            if self._model_obj is None and self.args.init_kwargs():
+                self._model_obj = _load_with(self.cfg, self.args.init_kwargs())
+
             components = Components(
                 model=self._model_obj,
                 proc=self._proc,
                 train_set=self.train_dataset,
                 eval_set=self.eval_dataset if self.eval_dataset is not None else self.train_dataset,
                 specs=self.specs,
-                model_init_kwargs=self.args.init_kwargs(),
             )
             tr = Trainer(self.cfg, self._resume, components)
             if self.args.max_prompt_length is not None:

@@ -21,7 +21,7 @@ import shlex
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,6 @@ class Components:
     train_set: Any = None  # Sequence[dict] or StreamingDataset (vlmgrpo.data)
     eval_set: Any = None
     specs: list[RewardSpec] | None = None
-    model_init_kwargs: dict[str, Any] = field(default_factory=dict)  # extra from_pretrained kwargs
 
     def fill_from_config(self, cfg: Config) -> None:
         """Build every component the caller did not give from the recipe (the CLI's path)."""
@@ -104,7 +103,7 @@ class Components:
         if self.model is None or full_resume:
             if full_resume:
                 model_cfg.name_or_path = str(resume_from)  # full weights: load the checkpoint itself
-            model, proc = load_policy(model_cfg, device, **self.model_init_kwargs)
+            model, proc = load_policy(model_cfg, device)
             return model, (ready_processor(self.proc) if self.proc is not None else proc)
         proc = self.proc
         if proc is None:

@@ -180,6 +180,27 @@ NO_EFFECT = _words(
     per_device_eval_batch_size remove_unused_columns torch_empty_cache_steps log_multimodal
     num_completions_to_print project trackio_space_id local_rank"""
 )
+# TRL fields that map onto grpo.* variants where this build's schema has them (the GRPO variants
+# of docs/algorithms.md): TRL field -> (grpo field, TRL value -> native value). Where the schema
+# lacks the field, the TRL field stays in UNSUPPORTED (an error away from its TRL default).
+VARIANTS: dict[str, tuple[str, Any]] = {
+    "num_iterations": ("num_iterations", int),
+    "importance_sampling_level": ("importance_level", str),
+    "mask_truncated_completions": ("mask_truncated", bool),
+    "top_entropy_quantile": ("top_entropy_quantile", float),
+    "delta": ("delta", lambda v: 0.0 if v is None else float(v)),  # TRL None = off = native 0
+    "use_bias_correction_kl": ("kl_estimator", lambda v: "k3_ratio" if v else "k3"),
+}
+
+
+def mapped_variants() -> dict[str, tuple[str, Any]]:
+    """The VARIANTS whose grpo field exists in the native schema."""
+    from vlmgrpo.config import GRPOConfig as NativeGRPO
+
+    have = {f.name for f in dataclasses.fields(NativeGRPO)}
+    return {k: v for k, v in VARIANTS.items() if v[0] in have}
+
+
 LOSS_TYPES = {"grpo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr_grpo", "dapo": "dapo"}
 SCHEDULES = {
     "linear": "linear",
@@ -262,9 +283,10 @@ class GRPOConfig(_TRLFields):
     def unsupported_values(self) -> dict[str, Any]:
         """TRL fields set here that vlmgrpo does not implement: an error for any away from its
         default (a warning for the few that only tune TRL's machinery)."""
+        mapped = mapped_variants()
         out = {k: v for k, v in vars(self).items() if k in UNSUPPORTED}
         for key, value in out.items():
-            if value == UNSUPPORTED[key]:
+            if value == UNSUPPORTED[key] or key in mapped:
                 continue
             if key in NO_EFFECT:
                 log.warning("GRPOConfig.%s=%r has no effect in vlmgrpo", key, value)
@@ -329,6 +351,8 @@ class GRPOConfig(_TRLFields):
             raise ConfigError(f"GRPOConfig.scale_rewards={self.scale_rewards!r}: group, batch or none")
         cfg.grpo.adv_scale = scale
         cfg.grpo.beta = float(self.beta)
+        for trl_name, (native, convert) in mapped_variants().items():
+            setattr(cfg.grpo, native, convert(getattr(self, trl_name)))
         if self.beta > 0:
             cfg.grpo.ref.kind = "adapter" if lora else "copy"
         # optimizer
@@ -427,4 +451,4 @@ class GRPOConfig(_TRLFields):
         return names
 
 
-__all__ = ["GRPOConfig", "MAPPING", "NO_EFFECT", "UNSUPPORTED"]
+__all__ = ["GRPOConfig", "MAPPING", "NO_EFFECT", "UNSUPPORTED", "VARIANTS"]

@@ -29,18 +29,13 @@ def _check_source(name: str) -> None:
         raise ModelLoadError(f"{name}: model folder does not exist")
 
 
-def load_policy(cfg: ModelConfig, device: Any = "cpu", **init_kwargs: Any) -> tuple[Any, Any]:
-    """(model, processor_or_tokenizer) on `device`, LoRA-wrapped when `cfg.lora.enabled`.
-    `init_kwargs` go to `from_pretrained` (the Python API's `model_init_kwargs`)."""
+def load_policy(cfg: ModelConfig, device: Any = "cpu") -> tuple[Any, Any]:
+    """(model, processor_or_tokenizer) on `device`, LoRA-wrapped when `cfg.lora.enabled`."""
     import torch
     import transformers
 
     _check_source(cfg.name_or_path)
-    kw: dict[str, Any] = {
-        "dtype": getattr(torch, DTYPES[cfg.dtype]),
-        "attn_implementation": cfg.attn_implementation,
-    }
-    kw.update({k: v for k, v in init_kwargs.items() if v is not None})
+    dtype = getattr(torch, DTYPES[cfg.dtype])
     try:
         if cfg.text_only:
             proc = transformers.AutoTokenizer.from_pretrained(cfg.name_or_path)
@@ -48,7 +43,9 @@ def load_policy(cfg: ModelConfig, device: Any = "cpu", **init_kwargs: Any) -> tu
         else:
             proc = transformers.AutoProcessor.from_pretrained(cfg.name_or_path)
             auto = transformers.AutoModelForImageTextToText
-        model = auto.from_pretrained(cfg.name_or_path, **kw)
+        model = auto.from_pretrained(
+            cfg.name_or_path, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
     except OSError as e:  # missing files, no hub access
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
