@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vlmgrpo import checkpoint as ckpt
-from vlmgrpo import dist, trackers
+from vlmgrpo import dist
 from vlmgrpo.config import Config, save_config
 from vlmgrpo.data import build_dataset
 from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
@@ -132,6 +132,8 @@ class Trainer:
                 "rollout.overlap: needs grpo.loss 'is' or 'ppo' (the importance ratio corrects for "
                 "samples drawn before the last update); 'pg' assumes on-policy samples"
             )
+        from vlmgrpo import trackers
+
         trackers.require(cfg)  # a tracker's missing package fails here, before any model loads
         c = components if components is not None else Components()
         c.fill_from_config(cfg)
@@ -690,6 +692,8 @@ class Trainer:
             save_config(cfg, self.out / "config.yaml")
         dist.barrier(self.dist)
         # only rank 0 writes metrics and samples; the others log into a no-op
+        from vlmgrpo import trackers
+
         self.runlog = (
             trackers.attach(RunLog(self.out, cfg.train.tensorboard), cfg, self.out)
             if self.dist.is_main
