@@ -23,11 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("vlmgrpo.commands.plot", "plot a run's curves (and compare runs)"),
     "report": ("vlmgrpo.commands.report", "write a self-contained HTML report of a run"),
     "data": ("vlmgrpo.commands.data", "build datasets (charxiv, img2code, ...)"),
-    "export": ("vlmgrpo.commands.export", "write a checkpoint as a plain Hugging Face folder (LoRA merged)"),
     "serve-generator": (
         "vlmgrpo.commands.serve",
         "serve a local text-to-image generator to all ranks over HTTP",
     ),
+    "export": ("vlmgrpo.commands.export", "Write a checkpoint as a plain Hugging Face folder (LoRA merged)."),
 }
 
 
