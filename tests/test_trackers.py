@@ -92,17 +92,26 @@ def test_wandb_offline_run_holds_step_metrics_and_a_completions_table(tiny_vlm_d
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    Trainer(_cfg(tiny_vlm_dir, tmp_path / "run")).fit()
+    # a 2-step warm start first: its rows count steps from 1 again, on their own W&B axis
+    Trainer(_cfg(tiny_vlm_dir, tmp_path / "run", "warmup.steps=2", "warmup.batch_size=2")).fit()
     (run_dir,) = (tmp_path / "wandb-dir" / "wandb").glob("offline-run-*")
     rows, artifacts = _run_log(run_dir)
     steps = [r for r in rows if "reward/mean" in r]
-    assert [r["_step"] for r in steps] == [1, 2]
+    assert [r["train/step"] for r in steps] == [1, 2]
+    warm = [r for r in rows if "warmup/step" in r]  # the warm start's rows, on their own step axis
+    assert [r["warmup/step"] for r in warm] == [1, 2] and "warmup/loss" in warm[0]
+    assert not any("reward/mean" in r for r in warm)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [m for m in metrics if m["phase"] == "grpo"]
     for got, want in zip(steps, metrics):
         assert got["reward/mean"] == pytest.approx(want["reward/mean"])
         assert got["loss"] == pytest.approx(want["loss"])
     # the completions table of each logged step: a run-table artifact holding the table and images
-    assert [r["completions/_type"] for r in steps] == ["table-file", "table-file"]
+    tabled = [r for r in rows if "completions/_type" in r]
+    assert [(r["train/step"], r["completions/_type"]) for r in tabled] == [
+        (1, "table-file"),
+        (2, "table-file"),
+    ]
     tables = [a for a in artifacts if a.type == "run_table"]
     assert len(tables) == 2
     files = {c.path: c.local_path for c in tables[-1].manifest.contents}

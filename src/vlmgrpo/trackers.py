@@ -97,11 +97,21 @@ class WandbTracker:
             dir=os.environ.get("WANDB_DIR") or str(root),
             config=cfg.to_dict(),
         )
+        # W&B's own step must only grow, but the warm start counts its steps from 1 and a resumed
+        # run logs its last steps again: each phase plots against its own step metric instead
+        self.run.define_metric("train/step")
+        self.run.define_metric("*", step_metric="train/step")
+        self.run.define_metric("warmup/step")
+        self.run.define_metric("warmup/*", step_metric="warmup/step")
 
     def log(self, step: int, row: dict[str, Any]) -> None:
         data = {k: n for k, v in row.items() if k not in ("step", "time") and (n := _number(v)) is not None}
-        if data:
-            self.run.log(data, step=step)
+        if row.get("phase") == "warmup":
+            data = {k if k.startswith("warmup/") else f"warmup/{k}": v for k, v in data.items()}
+            data["warmup/step"] = step
+        else:
+            data["train/step"] = step
+        self.run.log(data)
 
     def log_completions(
         self,
@@ -128,7 +138,7 @@ class WandbTracker:
                 _number(totals[i]),
                 _number(advantages[i]),
             )
-        self.run.log({"completions": table}, step=step)
+        self.run.log({"completions": table, "train/step": step})
 
     def close(self) -> None:
         self.run.finish()
