@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from vlmgrpo import checkpoint as ckpt
+from vlmgrpo import trackers
 from vlmgrpo.config import (
     Config,
     DataConfig,
@@ -561,7 +562,8 @@ class AdversarialTrainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
-        self.runlog = self.base.runlog = self.adversary.runlog = RunLog(self.out, cfg.train.tensorboard)
+        runlog = trackers.attach(RunLog(self.out, cfg.train.tensorboard), cfg, self.out)
+        self.runlog = self.base.runlog = self.adversary.runlog = runlog
         if self.resume_from is not None:
             self._restore()
             self.runlog.truncate_after(self.round)

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vlmgrpo.commands.serve",
         "Serve a local text-to-image generator to all ranks over HTTP.",
     ),
+    "export": ("vlmgrpo.commands.export", "Write a checkpoint as a plain Hugging Face folder (LoRA merged)."),
 }
 
 

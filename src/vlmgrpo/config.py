@@ -277,6 +277,9 @@ class TrainConfig:
     max_time_s: float = 0.0  # stop (with a checkpoint) after this many seconds; 0 = unlimited
     threads: int = 0  # torch CPU threads; 0 = torch's default
     tensorboard: bool = True  # also log to TensorBoard when it is installed
+    wandb: bool = False  # also log to Weights & Biases (needs wandb; WANDB_MODE=offline works offline)
+    wandb_project: str = "vlmgrpo"  # W&B project ($WANDB_PROJECT wins when set)
+    wandb_name: str = ""  # W&B run name; empty = the output folder's name
     max_nonfinite: int = 5  # stop after this many skipped updates with a non-finite loss or grad
     # under torchrun / accelerate launch: ddp (replicated) or fsdp2 (sharded); ignored in one process
     dist_strategy: Literal["ddp", "fsdp2"] = "ddp"

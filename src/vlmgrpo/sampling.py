@@ -30,6 +30,10 @@ def seed_everything(seed: int) -> None:
 def build_prompt(sample: dict[str, Any], cfg: Config) -> Prompt:
     """Chat messages from the recipe's templates; the images go first in the user turn, as the
     processor's chat template places them at its vision markers."""
+    if "_messages" in sample:  # a prompt column, TRL's convention (vlmgrpo.data.hf)
+        from vlmgrpo.data.hf import chat_prompt
+
+        return chat_prompt(sample, cfg.prompt.system, cfg.prompt.prefill)
     try:
         text = cfg.prompt.user.format(**sample)
     except KeyError as e:

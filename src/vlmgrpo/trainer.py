@@ -72,8 +72,56 @@ class _Pending:
     rollout_s: float = 0.0
 
 
+@dataclass
+class Components:
+    """What a run trains on, built: the policy, its processor, the datasets and the rewards.
+
+    The CLI leaves every field None and `fill_from_config` builds each from the recipe; the
+    Python API (`vlmgrpo.api`) hands in the user's own: a loaded model and processor, wrapped
+    `datasets` sets, TRL-signature rewards. `model` None means "load `model.name_or_path`"."""
+
+    model: Any = None  # a loaded transformers model (not yet on the device, no LoRA), or None
+    proc: Any = None  # its processor; None = load it from model.name_or_path
+    train_set: Any = None  # Sequence[dict] or StreamingDataset (vlmgrpo.data)
+    eval_set: Any = None
+    specs: list[RewardSpec] | None = None
+
+    def fill_from_config(self, cfg: Config) -> None:
+        """Build every component the caller did not give from the recipe (the CLI's path)."""
+        # data.image_max_side reaches every builder as kwargs["max_side"] unless the recipe sets it
+        if self.train_set is None:
+            kw = {"max_side": cfg.data.image_max_side, **cfg.data.kwargs}
+            self.train_set = build_dataset(cfg.data.dataset, kw, "train", cfg.train.seed)
+        if self.eval_set is None:
+            eval_kw = {"max_side": cfg.data.image_max_side, **(cfg.data.eval_kwargs or cfg.data.kwargs)}
+            name = cfg.data.eval_dataset or cfg.data.dataset
+            self.eval_set = build_dataset(name, eval_kw, "test", cfg.train.seed)
+        if self.specs is None:
+            from vlmgrpo.rewards.trl_compat import specs_from_entries
+
+            self.specs = specs_from_entries(cfg.rewards)
+
+    def load_model(self, cfg: Config, resume_from: Path | None, device: Any) -> tuple[Any, Any]:
+        """The policy on `device`, ready to train (LoRA-wrapped when the config says so)."""
+        from vlmgrpo.models import prepare_policy, ready_processor
+
+        model_cfg = copy.deepcopy(cfg.model)
+        full_resume = resume_from is not None and not cfg.model.lora.enabled
+        if self.model is None or full_resume:
+            if full_resume:
+                model_cfg.name_or_path = str(resume_from)  # full weights: load the checkpoint itself
+            model, proc = load_policy(model_cfg, device)
+            return model, (ready_processor(self.proc) if self.proc is not None else proc)
+        proc = self.proc
+        if proc is None:
+            import transformers
+
+            proc = transformers.AutoProcessor.from_pretrained(cfg.model.name_or_path)
+        return prepare_policy(self.model, proc, model_cfg, device)
+
+
 class Trainer:
-    def __init__(self, cfg: Config, resume: str | None = None) -> None:
+    def __init__(self, cfg: Config, resume: str | None = None, components: Components | None = None) -> None:
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.resume_from = ckpt.resolve_resume(self.out / "ckpts", resume)
@@ -91,24 +139,19 @@ class Trainer:
                 "rollout.overlap: needs grpo.loss 'is' or 'ppo' (the importance ratio corrects for "
                 "samples drawn before the last update); 'pg' assumes on-policy samples"
             )
-        # data.image_max_side reaches every builder as kwargs["max_side"] unless the recipe sets it
-        kw = {"max_side": cfg.data.image_max_side, **cfg.data.kwargs}
-        eval_kw = {"max_side": cfg.data.image_max_side, **(cfg.data.eval_kwargs or cfg.data.kwargs)}
-        self.train_set = build_dataset(cfg.data.dataset, kw, "train", cfg.train.seed)
-        self.eval_set = build_dataset(
-            cfg.data.eval_dataset or cfg.data.dataset, eval_kw, "test", cfg.train.seed
-        )
-        self.specs = [RewardSpec(r.name, r.weight, r.kwargs, r.label, r.timeout_s) for r in cfg.rewards]
+        from vlmgrpo import trackers
+
+        trackers.require(cfg)  # a tracker's missing package fails here, before any model loads
+        c = components if components is not None else Components()
+        c.fill_from_config(cfg)
+        self.train_set, self.eval_set, self.specs = c.train_set, c.eval_set, c.specs
         if not self.specs:
             raise ConfigError("rewards: the recipe lists no reward")
         for s in self.specs:
             fn = resolve_reward(s.name).fn  # fail now, not at step 1, on an unknown reward
             if hasattr(fn, "prepare"):  # load services/models now: a missing token fails here
                 fn.prepare(**s.kwargs)
-        model_cfg = copy.deepcopy(cfg.model)
-        if self.resume_from is not None and not cfg.model.lora.enabled:
-            model_cfg.name_or_path = str(self.resume_from)  # full weights: load the checkpoint itself
-        self.model, self.proc = load_policy(model_cfg, self.device)
+        self.model, self.proc = c.load_model(cfg, self.resume_from, self.device)
         if self.resume_from is not None and cfg.model.lora.enabled:
             self._load_adapter(self.resume_from)
         if (
@@ -234,6 +277,8 @@ class Trainer:
                 sample=samples[i // g],
                 group=i // g,
                 index=i % g,
+                # the sampled token ids, for rewards written for TRL (`completion_ids=`)
+                extras={"completion_ids": batch.completion_ids[i][batch.completion_mask[i].bool()].tolist()},
             )
             for i in range(len(batch))
         ]
@@ -692,6 +737,8 @@ class Trainer:
             res.total[:g].tolist(),
             adv[:g].tolist(),
         )
+        rewards = {k: v[:g].tolist() for k, v in {**res.per_reward, **res.sub_scores}.items()}
+        self.runlog.log_completions(self.step + 1, recs, rewards, res.total[:g].tolist(), adv[:g].tolist())
         if recs and recs[0].images and any("regenerated" in r.extras for r in recs):
             from vlmgrpo.report.artifacts import write_step_page
 
@@ -833,7 +880,13 @@ class Trainer:
             save_config(cfg, self.out / "config.yaml")
         dist.barrier(self.dist)
         # only rank 0 writes metrics and samples; the others log into a no-op
-        self.runlog = RunLog(self.out, cfg.train.tensorboard) if self.dist.is_main else NullLog()
+        from vlmgrpo import trackers
+
+        self.runlog = (
+            trackers.attach(RunLog(self.out, cfg.train.tensorboard), cfg, self.out)
+            if self.dist.is_main
+            else NullLog()
+        )
         if self.resume_from is None and self.dist.is_main and self.runlog.metrics_path.exists():
             # a fresh start (or --resume before any checkpoint): an earlier attempt's rows would
             # repeat steps, so they move aside, numbered (a later start never replaces them), and
@@ -1053,4 +1106,4 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     return Trainer(cfg, resume).fit()
 
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Components", "Trainer", "train"]

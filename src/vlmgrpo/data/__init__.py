@@ -32,6 +32,8 @@ DATASETS.register("geometry3k", "vlmgrpo.data.geometry3k:build")
 DATASETS.register("area", "vlmgrpo.data.area:build")
 DATASETS.register("img2code", "vlmgrpo.data.img2code:build")
 DATASETS.register("charts", "vlmgrpo.data.charts:build")
+# Hugging Face datasets: a Hub id, a local folder or a parquet/jsonl/csv file (data/hf.py)
+DATASETS.register("hf", "vlmgrpo.data.hf:build")
 
 
 class LazyImageDataset(Sequence):

@@ -236,7 +236,8 @@ def load_hf_records(hf_id: str, split: str) -> list[dict[str, Any]]:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise DataError(
             f"geometry3k: cannot load '{hf_id}' split '{split}' ({first}); "
-            "set data.kwargs.path to a folder of its parquet files to work offline"
+            "set data.kwargs.path to a folder of its parquet files to work offline (e.g. "
+            f"`hf download --repo-type dataset {hf_id} --local-dir DIR` where the Hub is reachable)"
         ) from None
     # keep bytes: decoding 3k diagrams up front is slow and the loader decodes lazily anyway; on
     # another schema the cast fails and decoded PIL images are accepted too

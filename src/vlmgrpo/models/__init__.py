@@ -100,15 +100,28 @@ def load_policy(cfg: ModelConfig, device: Any = "cpu") -> tuple[Any, Any]:
             f"{cfg.name_or_path}: cannot load model ({first[:200]}); "
             "give a local folder, or a hub id on a machine that can download it"
         ) from None
+    return prepare_policy(model, proc, cfg, device)
+
+
+def ready_processor(proc: Any) -> Any:
+    """A pad token, and left padding: generation appends on the right."""
+    tok = getattr(proc, "tokenizer", proc)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return proc
+
+
+def prepare_policy(model: Any, proc: Any, cfg: ModelConfig, device: Any = "cpu") -> tuple[Any, Any]:
+    """Make a loaded model and processor ready to train: on `device`, batched vision attention,
+    left padding, frozen tower, gradient checkpointing and LoRA as `cfg` says. The Python API
+    hands a user's own loaded model through here; `load_policy` hands the loaded one."""
     model.to(device)
     if cfg.vision_attention == "batched":
         from vlmgrpo.models.vision_attn import use_segment_attention
 
         use_segment_attention(model)
-    tok = getattr(proc, "tokenizer", proc)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"  # generation appends on the right
+    ready_processor(proc)
     if cfg.freeze_vision:
         for name, p in model.named_parameters():
             if "visual" in name:

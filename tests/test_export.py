@@ -1,0 +1,114 @@
+"""`vlmgrpo export`: a LoRA checkpoint merged into its base as a plain Hugging Face folder whose
+greedy output equals the adapter model's; a full-weight checkpoint copied clean."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vlmgrpo.config import load_config
+from vlmgrpo.errors import ConfigError
+from vlmgrpo.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train(model_dir, out, *extra):
+    cfg = load_config(
+        "demo",
+        [
+            f"model.name_or_path={model_dir}",
+            f"train.output_dir={out}",
+            "train.steps=1",
+            "train.eval_every=0",
+            "train.save_every=0",
+            "train.log_samples_every=0",
+            "train.tensorboard=false",
+            "warmup.steps=0",
+            "data.kwargs={n: 8, size: 56}",
+            "data.eval_kwargs={n: 4, size: 56}",
+            "rollout.prompts_per_step=2",
+            "rollout.group_size=4",
+            "rollout.max_new_tokens=8",
+            "optim.grad_accum=1",
+            "optim.lr=0.05",
+            "optim.max_grad_norm=0",
+            "rewards=[{name: length}]",
+            *extra,
+        ],
+    )
+    Trainer(cfg).fit()
+    return out / "ckpts" / "ckpt-1"
+
+
+def _inputs(proc):
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}
+    ]
+    text = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return proc(text=[text], images=[Image.new("RGB", (56, 56), "red")], return_tensors="pt")
+
+
+def test_lora_checkpoint_exports_merged_with_the_adapter_models_greedy_output(tiny_vlm_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    ckpt = _train(tiny_vlm_dir, tmp_path / "run", "model.lora.enabled=true", "model.lora.dropout=0.0")
+    assert (ckpt / "adapter_config.json").is_file()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmgrpo.cli",
+            "export",
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "x"
+    assert not (out / "adapter_config.json").exists() and not (out / "trainer_state.pt").exists()
+    merged = AutoModelForImageTextToText.from_pretrained(out).eval()
+    adapter = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir), str(ckpt)
+    ).eval()
+    base = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir).eval()
+    inputs = _inputs(AutoProcessor.from_pretrained(out))
+    with torch.no_grad():
+        lm, la, lb = (m(**inputs).logits for m in (merged, adapter, base))
+        gm = merged.generate(**inputs, max_new_tokens=12, do_sample=False)
+        ga = adapter.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert (la - lb).abs().max() > 1e-3  # the adapter changed the model: the comparison is not vacuous
+    assert torch.allclose(lm, la, atol=1e-4), (lm - la).abs().max()
+    assert torch.equal(gm, ga)
+
+
+def test_full_checkpoint_exports_clean_and_bad_paths_are_one_line(tiny_vlm_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from vlmgrpo.commands.export import export
+
+    ckpt = _train(tiny_vlm_dir, tmp_path / "run")
+    out = export(ckpt, tmp_path / "x")
+    assert (
+        sorted(p.name for p in out.iterdir() if p.suffix in (".pt", "")) == []
+    )  # no trainer state, no marker
+    a, b = load_file(str(ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match=r"--out exists and is not empty"):
+        export(ckpt, tmp_path / "x")
+    with pytest.raises(ConfigError, match=r"no such folder"):
+        export(tmp_path / "nope", tmp_path / "y")
