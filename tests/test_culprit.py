@@ -257,7 +257,7 @@ def test_recipes_have_descriptions_and_offline_marks(capsys, tmp_path):
     assert set(lines) == set(list_recipes())
     assert all(len(text) > 20 and text.endswith(".") for text in lines.values()), lines
     offline = {n for n, text in lines.items() if text.startswith("[offline]")}
-    assert offline == {"adversarial", "area-tiny", "demo", "img2code-tiny"}
+    assert offline == {"adversarial", "area-tiny", "demo", "geometry-tiny", "img2code-tiny"}
     # a recipe without `description:` is listed with the first sentence of its leading comment
     from vlmgrpo.config import recipe_description
 
