@@ -371,23 +371,24 @@ def test_replicate_client_against_the_faults(token):
     assert stub.counts[("file", 3)] == 2 and stub.counts[("file", 4)] == 2
 
 
+@pytest.mark.timeout(60)
 def test_replicate_down_past_max_down_s_raises_one_line(token):
     """Nothing listens on the port: connection refused, again and again, then a ServiceError."""
     import socket
 
     from vlmgrpo.imagegen.replicate import ReplicateGenerator
 
-    with socket.socket() as s:  # a free port with no server behind it
+    # a port held bound (never closed and reused) but not listening: every connect is refused
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    gen = ReplicateGenerator(
-        base_url=f"http://127.0.0.1:{port}", max_down_s=0.5, **{**GEN_FAST, "max_tries": 1000}
-    )
-    t0 = time.monotonic()
-    with pytest.raises(ServiceError) as e:
-        gen.generate(["a", "b", "c"], seeds=[1, 2, 3])
+        gen = ReplicateGenerator(
+            base_url=f"http://127.0.0.1:{port}", max_down_s=0.5, **{**GEN_FAST, "max_tries": 1000}
+        )
+        with pytest.raises(ServiceError) as e:
+            gen.generate(["a", "b", "c"], seeds=[1, 2, 3])
+    # gave up on max_down_s, long before 1000 tries (a retry loop would hit the 60 s timeout)
     assert str(e.value).startswith("service replicate down for ") and "stopping" in str(e.value)
-    assert time.monotonic() - t0 < 5
     assert gen.breaker.opened >= 1
 
 
@@ -397,15 +398,15 @@ def test_llm_judge_down_past_max_down_s_raises_one_line(tmp_path):
     from vlmgrpo.judges import JudgeItem
     from vlmgrpo.judges.llm import LLMJudge
 
-    with socket.socket() as s:
+    with socket.socket() as s:  # held bound, not listening: connections are refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    judge = LLMJudge(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_attempts=1000, backoff_s=0.01,
-        max_backoff_s=0.05, max_down_s=0.5, timeout_s=0.5,
-    )  # fmt: skip
-    with pytest.raises(ServiceError, match=r"^service llm-judge down for \d+ s; stopping"):
-        judge.grade([JudgeItem("q?", "42", "42", id=str(i)) for i in range(4)])
+        judge = LLMJudge(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_attempts=1000, backoff_s=0.01,
+            max_backoff_s=0.05, max_down_s=0.5, timeout_s=0.5,
+        )  # fmt: skip
+        with pytest.raises(ServiceError, match=r"^service llm-judge down for \d+ s; stopping"):
+            judge.grade([JudgeItem("q?", "42", "42", id=str(i)) for i in range(4)])
 
 
 # --------------------------------------------------------------------------- training against the faults
