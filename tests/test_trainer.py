@@ -190,12 +190,14 @@ def test_run_folder_layout(tiny_vlm_dir, tmp_path):
         "train.save_every=1",
         "train.log_samples_every=1",
         "eval.num_items=4",
+        "optim.grad_accum=2",  # fit() accumulating two rollouts per update
     )
     Trainer(cfg).fit()
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["phase"] == "grpo" for r in rows)
+    assert rows[1]["update/micro_batches"] == rows[2]["update/micro_batches"] == 2
     for key in (
         "reward/mean",
         "reward/similarity/mean",
