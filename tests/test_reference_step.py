@@ -241,13 +241,24 @@ def _prompts(tr, n):
     return [build_prompt(tr.sampler.next(), tr.cfg) for _ in range(n)]
 
 
+CUTS = {
+    # fixed row slices: 8 rows per rollout part -> 3 + 3 + 2, twice
+    "rows": (("optim.micro_batch_seqs=3",), 6),
+    # the fast path: length-bucketed, trimmed micro-batches of <= 60 padded tokens, one vision
+    # pass per image (grpo/fastpath.py)
+    "tokens": (("optim.token_budget=60", "optim.share_vision=true"), None),
+}
+
+
+@pytest.mark.parametrize("cut", sorted(CUTS))
 @pytest.mark.parametrize("aggregation", ["grpo", "bnpo", "dr_grpo", "dapo"])
-def test_train_step_equals_the_reference_step(aggregation, tiny_vlm_dir, tmp_path):
-    """A whole train_step (rollout -> rewards -> advantages -> update) with grad_accum 2 and
-    micro-batches of 3 rows (8 rows per rollout part -> 3 + 3 + 2, twice): the gradient before the
-    optimizer step equals the reference over all 16 rows, and plain SGD moves every parameter by
-    -lr x that gradient."""
-    cfg = cfg_for(tiny_vlm_dir, tmp_path, aggregation, "optim.grad_accum=2", "optim.micro_batch_seqs=3")
+def test_train_step_equals_the_reference_step(aggregation, cut, tiny_vlm_dir, tmp_path):
+    """A whole train_step (rollout -> rewards -> advantages -> update) with grad_accum 2, each
+    rollout part cut into several micro-batches (by rows or by a token budget, see CUTS): the
+    gradient before the optimizer step equals the reference over all 16 rows, and plain SGD moves
+    every parameter by -lr x that gradient."""
+    sets, n_micro = CUTS[cut]
+    cfg = cfg_for(tiny_vlm_dir, tmp_path, aggregation, "optim.grad_accum=2", *sets)
     torch.manual_seed(0)
     tr = Trainer(cfg)
     lr = 0.5
@@ -257,7 +268,9 @@ def test_train_step_equals_the_reference_step(aggregation, tiny_vlm_dir, tmp_pat
     seen = spy_update(tr)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     metrics = tr.train_step()
-    assert metrics["update/micro_batches"] == 6  # 2 rollout parts x (3 + 3 + 2 rows)
+    if n_micro is not None:
+        assert metrics["update/micro_batches"] == n_micro
+    assert metrics["update/micro_batches"] > 2  # more than one micro-batch per rollout part
     assert metrics["grad_norm"] > 0
     rows = [r for b in seen["batches"] for r in rows_of(b)]
     assert len(rows) == 16 and {r[4] for r in rows} == set(range(1, MAX_NEW + 1))
