@@ -273,7 +273,7 @@ class FaultyReplicate:
                 if not stub.faults:
                     i = 1009  # no fault
                 if i == 0:
-                    stub.stop.wait(2.0)  # longer than the client waits
+                    stub.stop.wait()  # until the stub closes: longer than any client timeout, however loaded
                     self.close_connection = True
                     return None
                 if i == 1 and n == 1:
@@ -361,14 +361,17 @@ def test_replicate_client_against_the_faults(token):
     from vlmgrpo.imagegen.replicate import ReplicateGenerator
 
     with FaultyReplicate() as stub:
-        gen = ReplicateGenerator(base_url=stub.url, **GEN_FAST)
+        # 1 s, not GEN_FAST's 0.4 s: a healthy answer on a loaded machine must not time out here
+        gen = ReplicateGenerator(base_url=stub.url, **{**GEN_FAST, "request_timeout": 1.0})
         base = 64 * 1009
         images = gen.generate([f"prompt {i}" for i in range(8)], seeds=[base + i for i in range(8)])
     assert [i for i, im in enumerate(images) if im is None] == sorted(FaultyReplicate.SKIPPED)
     assert gen.failures == 3
-    assert stub.counts[("create", 0)] == 4 and stub.counts[("create", 2)] == 4  # 2 tries x 2 attempts
-    assert stub.counts[("create", 1)] == 2 and stub.counts[("create", 5)] == 2  # one retry each
-    assert stub.counts[("file", 3)] == 2 and stub.counts[("file", 4)] == 2
+    # faults on every request: exactly 2 tries x 2 attempts; one-time faults: at least one retry (a
+    # slow machine may add a timeout-retry, never remove one)
+    assert stub.counts[("create", 0)] == 4 and stub.counts[("create", 2)] == 4
+    assert stub.counts[("create", 1)] >= 2 and stub.counts[("create", 5)] >= 2
+    assert stub.counts[("file", 3)] == 2 and stub.counts[("file", 4)] >= 2
 
 
 @pytest.mark.timeout(60)
