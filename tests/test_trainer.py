@@ -138,11 +138,16 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_vlm_dir, tmp_path, agg
 
 
 def test_grad_accum_over_rollouts_equals_one_big_batch(tiny_vlm_dir, tmp_path):
-    """update([b1, b2]) (accumulation over two rollouts) equals update([b1 + b2 rows])."""
+    """update([b1, b2]) (accumulation over two rollouts) equals update([b1 + b2 rows]), with
+    completions of 1-8 tokens (dapo: one token normaliser over both rollouts)."""
+    from test_reference_step import force_lengths, lengths_for
+
     cfg = _cfg(tiny_vlm_dir, tmp_path, "optim.lr=1.0", "optim.eps=1.0", "optim.weight_decay=0")
     torch.manual_seed(0)
     tr = Trainer(cfg)
     batch = tr.rollout([build_prompt(tr.sampler.next(), cfg) for _ in range(2)])
+    tok = hf_rollout.tokenizer_of(tr.proc)
+    batch = force_lengths(batch, lengths_for(8), tok, tok.convert_tokens_to_ids("<|im_end|>"))
     adv = torch.linspace(-1, 1, 8)
     state = {k: v.clone() for k, v in tr.model.state_dict().items()}
     opt_state = tr.optimizer.state_dict()
