@@ -12,6 +12,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# per-test limits (pyproject's `timeout` is 300 s): long opt-in runs get more, still never unbounded
+_LIMITS = {"slow": 1800, "soak": 4 * 3600}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        limits = [s for name, s in _LIMITS.items() if item.get_closest_marker(name) is not None]
+        if limits:
+            item.add_marker(pytest.mark.timeout(max(limits)))
+
 
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory):

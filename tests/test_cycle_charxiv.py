@@ -134,7 +134,8 @@ def test_cycle_charxiv_local_end_to_end(tmp_path, tmp_path_factory, tiny_vlm_dir
 
 
 def test_cycle_charxiv_tiny_step(tmp_path, tmp_path_factory, tiny_vlm_dir, charxiv_out):
-    """The fast variant of the above for the default test run: one step, one chart per update."""
+    """The fast variant of the above for the default test run: one step, two charts per update (one
+    per accumulated rollout)."""
     flux = tiny_model_dir("flux", tmp_path_factory)
     dino = tiny_model_dir("dinov2", tmp_path_factory)
     gen_kw = {"model": str(flux), "height": 64, "width": 64, "max_sequence_length": 32}
@@ -151,12 +152,13 @@ def test_cycle_charxiv_tiny_step(tmp_path, tmp_path_factory, tiny_vlm_dir, charx
             "train.steps=1",
             "train.eval_every=0",
             "train.tensorboard=false",
-            "optim.grad_accum=1",
+            "optim.grad_accum=2",  # the recipe's is 4: fit() accumulates over rollouts
             "rollout.max_new_tokens=8",
         ],
     )
     out = Trainer(cfg).fit()
     (row,) = read_metrics(out / "metrics.jsonl")
+    assert row["update/micro_batches"] == 2
     assert math.isfinite(row["reward/similarity/mean"]) and row["reward/similarity/failed"] == 0
     assert "grad_norm" in row
 

@@ -153,3 +153,26 @@ def test_clean_shutdown_in_ten_runs(strategy, tiny_vlm_dir, tmp_path):
             "train.steps=1",
         )
         assert "abort" not in r.stderr.lower() and "Traceback" not in r.stderr
+
+
+def test_fsdp2_run_saves_and_resumes_under_fsdp2(tiny_vlm_dir, tmp_path):
+    """A 2-process FSDP2 run checkpoints every step (full weights + full optimizer state gathered
+    from the shards); with its last checkpoint removed, a 2-process FSDP2 resume from ckpt-1 ends
+    with the uninterrupted run's weights, exactly (same world size, same reduction order)."""
+    fsdp = ("--set", "train.dist_strategy=fsdp2")
+    _run(tiny_vlm_dir, tmp_path / "run", 2, *fsdp, dump=tmp_path / "full")
+    assert min(_grad_norms(tmp_path / "run")) > 0  # both steps trained
+    state = torch.load(tmp_path / "run" / "ckpts" / "ckpt-1" / "trainer_state.pt", weights_only=False)
+    assert state["optimizer_format"] == "full" and state["optimizer"]["state"]  # the moments were saved
+    shutil.rmtree(tmp_path / "run" / "ckpts" / "ckpt-2")
+    row1 = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]
+    _run(tiny_vlm_dir, tmp_path / "run", 2, *fsdp, dump=tmp_path / "resumed", resume=("--resume",))
+    # it resumed (step 1's row, timings included, is the first run's), not started over
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0] == row1
+    full = _load(tmp_path / "full" / "rank-0.pt")
+    _assert_same(full, _load(tmp_path / "resumed" / "rank-0.pt"), atol=0)
+    _assert_same(full, _load(tmp_path / "resumed" / "rank-1.pt"), atol=0)
+    assert [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+    ]

@@ -61,8 +61,8 @@ def _slow_reward(sleep: float, log_path: Path | str = "") -> str:
 
 
 def test_remote_generator_calls_of_2s_run_concurrently_in_a_step(tiny_vlm_dir, tmp_path, monkeypatch):
-    """8 completions, a generator whose every call takes 2 s: the reward phase takes about one call,
-    well under the 16 s of calls made one after another."""
+    """8 completions, a generator whose every call takes 2 s: all 8 requests are in flight at once
+    (every create starts before the first one ends; an order of events, not a clock reading)."""
     monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_test_token")
     with ReplicateStub(honour_wait=True, create_delay=2.0) as stub:
         gen_kw = json.dumps({"base_url": stub.url, "wait": 30, "poll_interval": 0.05})
@@ -82,9 +82,8 @@ def test_remote_generator_calls_of_2s_run_concurrently_in_a_step(tiny_vlm_dir, t
         creates = stub.creates()
     row = _rows(tmp_path / "run")[-1]
     assert len(creates) == 8 and row["reward/cycle/failed"] == 0
-    assert row["time/reward"] < 8.0, row["time/reward"]  # sequential calls would take >= 16 s
-    starts = sorted(c[4] for c in creates)
-    assert starts[-1] - starts[0] < 2.0  # the last request began before the first one ended
+    events = stub.events
+    assert events.count("start") == 8 and events.index("end") == 8, events  # sequential: start, end, ...
 
 
 # --------------------------------------------------------------------------- overlap
@@ -197,13 +196,51 @@ def test_offloaders_keep_values_and_release_the_originals():
     opt.step()  # still a working optimizer
 
 
-def test_offload_options_leave_training_bit_identical(tiny_vlm_dir, tmp_path, monkeypatch):
+def test_offload_options_leave_training_bit_identical(tiny_vlm_dir, tmp_path, tmp_path_factory, monkeypatch):
+    """Optimizer-state and reward-model offload change where tensors live, not the training: the
+    runs end with equal weights (zero tolerance). First shown: training changed (a reward with
+    spread inside every group, grad_norm > 0 at every step, the weights moved from the initial
+    model) and the offloaders really ran (a tiny DINOv2 embedder moved in and out, AdamW moments
+    moved out after every step)."""
+    from vlmgrpo.embed.hf import HFImageEmbedder
+    from vlmgrpo.models import load_policy
+
+    dino = tiny_model_dir("dinov2", tmp_path_factory)
+    rewards = (
+        f"rewards=[{{name: '{FNS}:hashed_slow'}}, {{name: cycle, weight: 0.5, kwargs: {{generator: render, "
+        f"generator_kwargs: {{size: 56}}, embedder: dinov2, embedder_kwargs: {{model: '{dino}', device: cpu}}, "
+        "resize: 56}}]"
+    )
+    calls = {"embedder": 0, "optimizer": 0}
+    real_onload, real_opt_offload = HFImageEmbedder.onload, OptimizerOffloader.offload
+
+    def onload(self):
+        calls["embedder"] += 1
+        return real_onload(self)
+
+    def opt_offload(self):
+        calls["optimizer"] += 1
+        return real_opt_offload(self)
+
+    monkeypatch.setattr(HFImageEmbedder, "onload", onload)
+    monkeypatch.setattr(OptimizerOffloader, "offload", opt_offload)
     dumps = {}
     for name, extra in (("plain", ()), ("offload", ("placement.offload_optimizer=true",
                                                     "placement.offload_reward_models=true"))):  # fmt: skip
         monkeypatch.setenv("VLMGRPO_DUMP_PARAMS", str(tmp_path / f"{name}-params"))
-        Trainer(_cfg(tiny_vlm_dir, tmp_path / name, *extra, "grpo.loss=is")).fit()
+        Trainer(_cfg(tiny_vlm_dir, tmp_path / name, *extra, "grpo.loss=is", rewards)).fit()
         dumps[name] = torch.load(tmp_path / f"{name}-params" / "rank-0.pt")
+        rows = _rows(tmp_path / name)
+        assert len(rows) == 3 and all(r["grad_norm"] > 0 and r["reward/std"] > 0 for r in rows), rows
+        if name == "plain":
+            assert calls == {"embedder": 0, "optimizer": 0}
+    assert calls["embedder"] >= 3 and calls["optimizer"] >= 3, calls
+    initial = {
+        k: v.detach()
+        for k, v in load_policy(_cfg(tiny_vlm_dir, tmp_path / "x").model)[0].state_dict().items()
+    }
+    moved = [k for k, v in dumps["plain"].items() if k in initial and not torch.equal(v, initial[k])]
+    assert len(moved) > 0.9 * len(dumps["plain"]), (len(moved), len(dumps["plain"]))
     assert dumps["plain"].keys() == dumps["offload"].keys()
     for k, v in dumps["plain"].items():
         torch.testing.assert_close(dumps["offload"][k], v, rtol=0, atol=0, msg=k)

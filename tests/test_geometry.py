@@ -416,14 +416,21 @@ def _adapter(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_equals_uninterrupted_training(tiny_vlm_dir, tmp_path):
-    """4 steps == 2 steps, checkpoint, resume, 2 more: same losses, rewards and LoRA weights."""
+    """4 steps == 2 steps, checkpoint, resume, 2 more: same losses, rewards and LoRA weights; with
+    grad_accum 2 (fit() accumulating over two rollouts per update, as the seed recipes do)."""
     from vlmgrpo.runlog import read_metrics
     from vlmgrpo.trainer import Trainer
 
     data = _data_root(tmp_path, "intergps", n=6)
 
     def cfg(out: Path, steps: int):
-        c = _tiny_cfg("geometry3k", tiny_vlm_dir, data, out, [f"train.steps={steps}", "optim.lr=1e-3"])
+        c = _tiny_cfg(
+            "geometry3k",
+            tiny_vlm_dir,
+            data,
+            out,
+            [f"train.steps={steps}", "optim.lr=1e-3", "optim.grad_accum=2"],
+        )
         # a random policy never earns the geometry rewards: a length term gives GRPO a signal
         c.rewards.append(RewardEntry(name="length", weight=1.0, kwargs={"per_char": 0.01}))
         return c
@@ -441,6 +448,7 @@ def test_resume_equals_uninterrupted_training(tiny_vlm_dir, tmp_path):
         for key in ("loss", "reward/mean", "grad_norm", "completion/len_mean"):
             assert full[step][key] == split[step][key], (step, key)
     assert any(full[s]["loss"] != 0 for s in full)  # the updates did something
+    assert all(full[s]["update/micro_batches"] == 2 for s in full)  # both rollouts of a step in each update
     a, b = _adapter(tmp_path / "full/ckpts/ckpt-4"), _adapter(tmp_path / "split/ckpts/ckpt-4")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

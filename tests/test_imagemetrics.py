@@ -120,8 +120,9 @@ def test_unknown_or_invalid_metric_weights_are_config_errors():
 
 
 def test_dinov2_metric_uses_the_embedder_when_selected(tmp_path_factory):
-    builders = pytest.importorskip("tiny_builders")  # the session's tiny DINOv2, shared with other tests
-    model_dir = builders.tiny_model_dir("dinov2", tmp_path_factory)
+    import tiny_builders  # the session's tiny DINOv2, shared with other tests
+
+    model_dir = tiny_builders.tiny_model_dir("dinov2", tmp_path_factory)
     a, b = _figure(), _random_image(1, (240, 160))
     kwargs = {"model": str(model_dir), "device": "cpu"}
     rows = im.similarity([a, a], [a.copy(), b], {"dinov2": 1.0}, dinov2_kwargs=kwargs)

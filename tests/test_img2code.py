@@ -271,7 +271,10 @@ def test_tiny_recipe_runs_end_to_end_on_cpu(tiny_qwen3_vl_dir, sample_dir, tmp_p
     from vlmgrpo.trainer import Trainer
 
     overrides = [f"model.name_or_path={tiny_qwen3_vl_dir}", f"data.kwargs.path={sample_dir}"]
-    cfg = load_config("img2code-tiny", [*overrides, f"train.output_dir={tmp_path / 'run'}"])
+    # grad_accum 2 as the img2code recipe: fit() accumulates over two rollouts per update
+    cfg = load_config(
+        "img2code-tiny", [*overrides, f"train.output_dir={tmp_path / 'run'}", "optim.grad_accum=2"]
+    )
     assert cfg.train.steps == 2
     Trainer(cfg).fit()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -281,5 +284,6 @@ def test_tiny_recipe_runs_end_to_end_on_cpu(tiny_qwen3_vl_dir, sample_dir, tmp_p
         for sub in ("exec_success", "similarity", "penalty", *CLASSES, "code_lines"):
             assert f"reward/img2code/{sub}/mean" in row, sub
         assert row["reward/img2code/failed"] == 0.0
+        assert row["update/micro_batches"] == 2
         assert sum(row[f"reward/img2code/{c}/mean"] for c in CLASSES) == pytest.approx(1.0)
     assert (tmp_path / "run" / "samples" / "step-000000" / "samples.json").is_file()

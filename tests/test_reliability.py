@@ -273,7 +273,7 @@ class FaultyReplicate:
                 if not stub.faults:
                     i = 1009  # no fault
                 if i == 0:
-                    stub.stop.wait(2.0)  # longer than the client waits
+                    stub.stop.wait()  # until the stub closes: longer than any client timeout, however loaded
                     self.close_connection = True
                     return None
                 if i == 1 and n == 1:
@@ -361,33 +361,37 @@ def test_replicate_client_against_the_faults(token):
     from vlmgrpo.imagegen.replicate import ReplicateGenerator
 
     with FaultyReplicate() as stub:
-        gen = ReplicateGenerator(base_url=stub.url, **GEN_FAST)
+        # 1 s, not GEN_FAST's 0.4 s: a healthy answer on a loaded machine must not time out here
+        gen = ReplicateGenerator(base_url=stub.url, **{**GEN_FAST, "request_timeout": 1.0})
         base = 64 * 1009
         images = gen.generate([f"prompt {i}" for i in range(8)], seeds=[base + i for i in range(8)])
     assert [i for i, im in enumerate(images) if im is None] == sorted(FaultyReplicate.SKIPPED)
     assert gen.failures == 3
-    assert stub.counts[("create", 0)] == 4 and stub.counts[("create", 2)] == 4  # 2 tries x 2 attempts
-    assert stub.counts[("create", 1)] == 2 and stub.counts[("create", 5)] == 2  # one retry each
-    assert stub.counts[("file", 3)] == 2 and stub.counts[("file", 4)] == 2
+    # faults on every request: exactly 2 tries x 2 attempts; one-time faults: at least one retry (a
+    # slow machine may add a timeout-retry, never remove one)
+    assert stub.counts[("create", 0)] == 4 and stub.counts[("create", 2)] == 4
+    assert stub.counts[("create", 1)] >= 2 and stub.counts[("create", 5)] >= 2
+    assert stub.counts[("file", 3)] == 2 and stub.counts[("file", 4)] >= 2
 
 
+@pytest.mark.timeout(60)
 def test_replicate_down_past_max_down_s_raises_one_line(token):
     """Nothing listens on the port: connection refused, again and again, then a ServiceError."""
     import socket
 
     from vlmgrpo.imagegen.replicate import ReplicateGenerator
 
-    with socket.socket() as s:  # a free port with no server behind it
+    # a port held bound (never closed and reused) but not listening: every connect is refused
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    gen = ReplicateGenerator(
-        base_url=f"http://127.0.0.1:{port}", max_down_s=0.5, **{**GEN_FAST, "max_tries": 1000}
-    )
-    t0 = time.monotonic()
-    with pytest.raises(ServiceError) as e:
-        gen.generate(["a", "b", "c"], seeds=[1, 2, 3])
+        gen = ReplicateGenerator(
+            base_url=f"http://127.0.0.1:{port}", max_down_s=0.5, **{**GEN_FAST, "max_tries": 1000}
+        )
+        with pytest.raises(ServiceError) as e:
+            gen.generate(["a", "b", "c"], seeds=[1, 2, 3])
+    # gave up on max_down_s, long before 1000 tries (a retry loop would hit the 60 s timeout)
     assert str(e.value).startswith("service replicate down for ") and "stopping" in str(e.value)
-    assert time.monotonic() - t0 < 5
     assert gen.breaker.opened >= 1
 
 
@@ -397,15 +401,15 @@ def test_llm_judge_down_past_max_down_s_raises_one_line(tmp_path):
     from vlmgrpo.judges import JudgeItem
     from vlmgrpo.judges.llm import LLMJudge
 
-    with socket.socket() as s:
+    with socket.socket() as s:  # held bound, not listening: connections are refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    judge = LLMJudge(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_attempts=1000, backoff_s=0.01,
-        max_backoff_s=0.05, max_down_s=0.5, timeout_s=0.5,
-    )  # fmt: skip
-    with pytest.raises(ServiceError, match=r"^service llm-judge down for \d+ s; stopping"):
-        judge.grade([JudgeItem("q?", "42", "42", id=str(i)) for i in range(4)])
+        judge = LLMJudge(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_attempts=1000, backoff_s=0.01,
+            max_backoff_s=0.05, max_down_s=0.5, timeout_s=0.5,
+        )  # fmt: skip
+        with pytest.raises(ServiceError, match=r"^service llm-judge down for \d+ s; stopping"):
+            judge.grade([JudgeItem("q?", "42", "42", id=str(i)) for i in range(4)])
 
 
 # --------------------------------------------------------------------------- training against the faults
@@ -547,6 +551,9 @@ TINY = [
     "--set", "data.kwargs={n: 64, size: 56}", "--set", "data.eval_kwargs={n: 4, size: 56}",
     "--set", "train.tensorboard=false", "--set", "train.threads=1", "--set", "train.seed=3",
     "--set", "train.device=cpu",
+    # a reward with spread in every group, so the weights move and "resumes exactly" can fail (the
+    # demo's pixel reward is 0 for a random policy: no gradient)
+    "--set", f"rewards=[{{name: '{Path(__file__).parent / 'reward_fns_for_tests.py'}:hashed_slow'}}]",
 ]  # fmt: skip
 
 
@@ -574,7 +581,13 @@ def reference_run(tiny_vlm_dir, tmp_path_factory):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
+    assert all(row["grad_norm"] > 0 for row in _rows(out))  # it trained
+    _assert_moved(_model_params(out / "ckpts" / "ckpt-5"), _model_params(out / "ckpts" / "ckpt-40"))
     return out
+
+
+def _assert_moved(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sum(not torch.equal(a[k], b[k]) for k in a) > 0.9 * len(a)
 
 
 def test_sigterm_checkpoints_says_how_to_resume_and_resumes_exactly(tiny_vlm_dir, tmp_path, reference_run):

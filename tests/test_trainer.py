@@ -94,7 +94,11 @@ def test_lora_trains_only_adapters(tiny_vlm_dir, tmp_path):
 
 @pytest.mark.parametrize("aggregation", ["grpo", "bnpo", "dr_grpo", "dapo"])
 def test_batch_8_equals_batch_4_times_accumulation_2(tiny_vlm_dir, tmp_path, aggregation):
-    """One update on 8 rows equals the update accumulated over two micro-batches of 4 rows."""
+    """One update on 8 rows equals the update accumulated over two micro-batches of 4 rows, with
+    completions of 1-8 tokens (EOS forced per row: with equal lengths the four aggregations would
+    be one test). Tolerance: fp32 summation order, rtol 1e-5 / atol 1e-6 on weights of ~0.02-1."""
+    from test_reference_step import force_lengths, lengths_for
+
     results = []
     for micro in (0, 4):
         # Adam with a large eps is ~SGD: the test compares gradients, not Adam's sign-like first step
@@ -110,15 +114,22 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_vlm_dir, tmp_path, agg
         )
         torch.manual_seed(0)
         tr = Trainer(cfg)
+        before = [p.detach().clone() for p in tr.model.parameters()]
         torch.manual_seed(1)
         samples = [tr.sampler.next() for _ in range(2)]
         batch = tr.rollout([build_prompt(s, cfg) for s in samples])  # 2 prompts x 4 = 8 rows
         assert len(batch) == 8
+        tok = hf_rollout.tokenizer_of(tr.proc)
+        batch = force_lengths(batch, lengths_for(8), tok, tok.convert_tokens_to_ids("<|im_end|>"))
+        assert sorted(batch.completion_mask.sum(1).tolist()) == list(range(1, 9))
         adv = torch.linspace(-1, 1, 8)
         stats = tr.update([batch], [adv])
-        results.append(
-            ([p.detach().clone() for p in tr.model.parameters()], stats["loss"], batch.completions)
-        )
+        assert stats["update/micro_batches"] == (1 if micro == 0 else 2)
+        after = [p.detach().clone() for p in tr.model.parameters()]
+        assert stats["grad_norm"] > 0 and sum(
+            not torch.equal(a, b) for a, b in zip(after, before)
+        ) > 0.9 * len(before)
+        results.append((after, stats["loss"], batch.completions))
     (p_full, loss_full, c_full), (p_acc, loss_acc, c_acc) = results
     assert c_full == c_acc  # same rollout in both
     assert loss_full == pytest.approx(loss_acc, rel=1e-5, abs=1e-7)
@@ -127,16 +138,23 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_vlm_dir, tmp_path, agg
 
 
 def test_grad_accum_over_rollouts_equals_one_big_batch(tiny_vlm_dir, tmp_path):
-    """update([b1, b2]) (accumulation over two rollouts) equals update([b1 + b2 rows])."""
+    """update([b1, b2]) (accumulation over two rollouts) equals update([b1 + b2 rows]), with
+    completions of 1-8 tokens (dapo: one token normaliser over both rollouts)."""
+    from test_reference_step import force_lengths, lengths_for
+
     cfg = _cfg(tiny_vlm_dir, tmp_path, "optim.lr=1.0", "optim.eps=1.0", "optim.weight_decay=0")
     torch.manual_seed(0)
     tr = Trainer(cfg)
     batch = tr.rollout([build_prompt(tr.sampler.next(), cfg) for _ in range(2)])
+    tok = hf_rollout.tokenizer_of(tr.proc)
+    batch = force_lengths(batch, lengths_for(8), tok, tok.convert_tokens_to_ids("<|im_end|>"))
     adv = torch.linspace(-1, 1, 8)
     state = {k: v.clone() for k, v in tr.model.state_dict().items()}
     opt_state = tr.optimizer.state_dict()
-    tr.update([batch], [adv])
+    initial = [p.detach().clone() for p in tr.model.parameters()]
+    assert tr.update([batch], [adv])["grad_norm"] > 0
     full = [p.detach().clone() for p in tr.model.parameters()]
+    assert sum(not torch.equal(a, b) for a, b in zip(full, initial)) > 0.9 * len(full)  # it trained
     tr.model.load_state_dict(state)
     tr.optimizer.load_state_dict(opt_state)
     tr.update([batch.select([0, 1, 2, 3]), batch.select([4, 5, 6, 7])], [adv[:4], adv[4:]])
@@ -177,12 +195,14 @@ def test_run_folder_layout(tiny_vlm_dir, tmp_path):
         "train.save_every=1",
         "train.log_samples_every=1",
         "eval.num_items=4",
+        "optim.grad_accum=2",  # fit() accumulating two rollouts per update
     )
     Trainer(cfg).fit()
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["phase"] == "grpo" for r in rows)
+    assert rows[1]["update/micro_batches"] == rows[2]["update/micro_batches"] == 2
     for key in (
         "reward/mean",
         "reward/similarity/mean",
@@ -294,6 +314,7 @@ def test_token_budget_and_shared_vision_equal_the_plain_update(fixture, lora, re
         )
         torch.manual_seed(0)
         tr = Trainer(cfg)
+        before = [p.detach().clone() for p in tr.model.parameters()]
         patches = []
         visual = fastpath._trunk(tr.model).visual
         visual.register_forward_hook(lambda m, args, out, n=patches: n.append(args[0].shape[0]))
@@ -302,8 +323,10 @@ def test_token_budget_and_shared_vision_equal_the_plain_update(fixture, lora, re
         patches.clear()  # count the update's tower work only
         stats = tr.update([batch], [torch.linspace(-1, 1, 8)])
         results.append(([p.detach().clone() for p in tr.model.parameters()], stats, sum(patches)))
+        assert any(not torch.equal(a, b) for a, b in zip(results[-1][0], before))  # it trained
     (p_plain, s_plain, v_plain), (p_fast, s_fast, v_fast) = results
     assert s_plain["update/micro_batches"] == 1 and s_fast["update/micro_batches"] > 1
+    assert s_plain["grad_norm"] > 0 and s_fast["grad_norm"] > 0
     assert v_fast * (4 if lora else 2) == v_plain
     assert s_fast["loss"] == pytest.approx(s_plain["loss"], rel=1e-5, abs=1e-7)
     for a, b in zip(p_plain, p_fast):

@@ -101,7 +101,7 @@ class ReplicateStub:
     -> the image (a solid colour derived from the prompt, `size` px). Knobs: `fail_codes` = HTTP
     statuses returned (with `Retry-After`) to the first create requests; `hang` = never answer a
     create request; `create_delay` = seconds every create request sleeps before answering; `fail_status` = end predictions with this status. `requests` records
-    (method, path, headers, JSON body, time).
+    (method, path, headers, JSON body, time); `events` the order of create starts and ends.
     """
 
     def __init__(
@@ -125,6 +125,9 @@ class ReplicateStub:
         self.honour_wait = honour_wait
         self.requests: list[tuple[str, str, dict[str, str], Any, float]] = []
         self.predictions: dict[str, dict[str, Any]] = {}
+        # "start" / "end" of each create's work (after any fault), in the order they happened:
+        # concurrency shows as starts before the first end, with no clock involved
+        self.events: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         stub = self
@@ -161,8 +164,12 @@ class ReplicateStub:
                 if code is not None:
                     headers = {"Retry-After": stub.retry_after} if stub.retry_after is not None else {}
                     return self._json(code, {"detail": f"stub error {code}"}, headers)
+                with stub._lock:
+                    stub.events.append("start")
                 if stub.create_delay:
                     stub._stop.wait(stub.create_delay)
+                with stub._lock:
+                    stub.events.append("end")
                 pid = uuid.uuid4().hex[:12]
                 pred = {
                     "id": pid,

@@ -1058,8 +1058,13 @@ class Trainer:
         return err
 
     def _should_stop(self) -> bool:
-        """A signal may reach one rank only: all ranks stop together."""
-        return dist.all_sum([float(self.stop_requested)], self.dist, self.device)[0] > 0
+        """A signal may reach one rank only: all ranks stop together, and every rank then counts as
+        stopped by it (rank 0 prints the resume line). The flag is only ever set here, never
+        cleared: a signal handled during the all-reduce must not be overwritten."""
+        stop = dist.all_sum([float(self.stop_requested)], self.dist, self.device)[0] > 0
+        if stop:
+            self.stop_requested = True
+        return stop
 
     def _install_signal_handlers(self) -> None:
         def handler(signum: int, frame: Any) -> None:
