@@ -617,13 +617,7 @@ class Trainer:
                 if b.sample_logps is None:  # rollout.overlap already brought the sampling policy's
                     b.sample_logps = self.logp_model(b, self.cfg.rollout.temperature).detach()
         self.model.train(was_training)
-        rows = [self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)]
-        out: dict[str, float] = {}
-        for k in dict.fromkeys(k for r in rows for k in r):
-            vals = [r[k] for r in rows if k in r]
-            out[k] = rows[0][k] if k == "lr" else sum(vals) / len(vals)
-        out["update/iterations"] = float(n)
-        return out
+        return _mean_updates([self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)])
 
     def train_step(self) -> dict[str, float]:
         cfg, timer = self.cfg, Timer(device=self.device)
@@ -1089,9 +1083,25 @@ def _select_result(res: RewardResult, rows: list[int]) -> RewardResult:
     )
 
 
+def _mean_updates(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The metrics of grpo.num_iterations updates of one step as one row: the mean of each key over
+    the updates that logged it, "lr" the first update's rate; a non-finite update logs neither lr
+    nor grad_norm, so "update/skipped_nonfinite" is the share of skipped updates (1.0 = all)."""
+    out: dict[str, float] = {}
+    for k in dict.fromkeys(k for r in rows for k in r):
+        vals = [r[k] for r in rows if k in r]
+        out[k] = vals[0] if k == "lr" else sum(vals) / len(vals)
+    if "update/skipped_nonfinite" in out:
+        out["update/skipped_nonfinite"] = sum(r.get("update/skipped_nonfinite", 0.0) for r in rows) / len(
+            rows
+        )
+    out["update/iterations"] = float(len(rows))
+    return out
+
+
 def _skipped(metrics: dict[str, Any]) -> bool:
-    """Whether this step's update was skipped (too few rewards, or a non-finite loss)."""
-    return bool(metrics.get("update/skipped_rewards") or metrics.get("update/skipped_nonfinite"))
+    """Whether this step's update was skipped (too few rewards, or every update's loss non-finite)."""
+    return bool(metrics.get("update/skipped_rewards")) or metrics.get("update/skipped_nonfinite", 0.0) >= 1.0
 
 
 def _finite(value: Any, default: float | None) -> float | None:
