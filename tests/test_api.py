@@ -131,6 +131,28 @@ def test_batch_sizes_mean_what_they_mean_in_trl():
     assert (c.grpo.adv_scale, c.grpo.ref.kind, c.grpo.loss) == ("none", "copy", "ppo")
 
 
+def test_trl_step_counts_are_optimizer_steps_with_num_iterations():
+    """TRL's max_steps (and save/eval/logging/warmup steps) count optimizer steps, num_iterations of
+    them per generation: max_steps=100 with num_iterations=2 is 50 rollouts of 2 updates each (100
+    updates), not 100 rollouts and 200 updates. Epochs already count rollouts (TRL repeats each
+    generation batch num_iterations times within the epoch)."""
+    kw = dict(max_steps=100, save_steps=20, eval_strategy="steps", eval_steps=10, logging_steps=5)
+    kw.update(log_completions=True, warmup_steps=8, beta=0.0)
+    c = GRPOConfig(num_iterations=2, **kw).to_config(n_rows=None, world=1)
+    assert (c.train.steps, c.grpo.num_iterations) == (50, 2)
+    assert (c.train.save_every, c.train.eval_every, c.train.log_samples_every) == (10, 5, 3)
+    assert c.optim.warmup_steps == 4
+    one = GRPOConfig(**kw).to_config(n_rows=None, world=1)  # num_iterations 1: unchanged
+    assert (one.train.steps, one.train.save_every, one.train.eval_every, one.optim.warmup_steps) == (
+        100,
+        20,
+        10,
+        8,
+    )
+    by_epochs = GRPOConfig(num_iterations=2, num_train_epochs=3).to_config(n_rows=40, world=1)
+    assert by_epochs.train.steps == math.ceil(3.0 * 40 / by_epochs.rollout.prompts_per_step)
+
+
 def _image(color="red"):
     return Image.new("RGB", (32, 24), color)
 
