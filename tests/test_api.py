@@ -199,6 +199,33 @@ def _records(prompt, completions, answer):
     ]
 
 
+def test_a_trl_reward_that_raises_stops_the_run_naming_it_a_time_out_is_none():
+    """A TRL function that raises failed on the whole batch: a bug (here a misspelled column) that
+    TRL's trainer would stop on. It stops the run with one line naming the function and the
+    exception, as a native batched reward does; it used to count as None (a warning each step, and
+    every update skipped until the run's end). A TimeoutError stays None: the other function scores."""
+    from vlmgrpo.rewards.base import RewardError
+
+    def typo(completions, anwser, **kwargs):
+        return [1.0 for _ in completions]
+
+    def slow(completions, **kwargs):
+        raise TimeoutError("judge did not answer in 30 s")
+
+    def length(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    recs = _records("colour?", ["red", "blue"], "red")
+    with pytest.raises(RewardError, match=r"TRL reward typo raised TypeError: .*anwser"):
+        compute_rewards(
+            recs, [trl_spec([("typo", typo, 1.0, {}), ("length", length, 1.0, {})])], RewardContext()
+        )
+    res = compute_rewards(
+        recs, [trl_spec([("slow", slow, 1.0, {}), ("length", length, 1.0, {})])], RewardContext()
+    )
+    assert res.per_reward["trl"].tolist() == [3.0, 4.0]
+
+
 def test_trl_rewards_get_trl_arguments_none_async_and_mix_with_native():
     seen = {}
 
