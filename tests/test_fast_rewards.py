@@ -87,6 +87,23 @@ def test_remote_generator_calls_of_2s_run_concurrently_in_a_step(tiny_vlm_dir, t
     assert starts[-1] - starts[0] < 2.0  # the last request began before the first one ended
 
 
+def test_overlap_prefetch_does_not_hang_on_a_signal_seen_by_one_rank(tiny_vlm_dir, tmp_path):
+    """A stop signal handled mid-step sets `stop_requested` on the ranks it reached only (SLURM and
+    torchrun signal ranks one by one). Whether the next rollout is prefetched must not depend on it:
+    under FSDP2 the prefetch's generate is a collective, so one rank prefetching while another
+    skips it would hang both. The stop is agreed on at the next step's start instead."""
+    cfg = _cfg(tiny_vlm_dir, tmp_path / "run", "rollout.overlap=true", "grpo.loss=is", _slow_reward(0))
+    tr = Trainer(cfg)
+    tr.runlog = None
+    tr.stop_requested = True  # this rank got SIGTERM during the step; its peers did not (yet)
+    try:
+        tr.train_step()
+    finally:
+        if tr._pool is not None:
+            tr._pool.shutdown(wait=True)
+    assert tr._pending is not None  # prefetched like a rank whose flag is still clear
+
+
 # --------------------------------------------------------------------------- overlap
 
 

@@ -631,7 +631,10 @@ class Trainer:
             else:
                 batches, all_samples = self._rollout_phase(self.step)
         ctxs = [self.reward_ctx("train", k) for k in range(len(batches))]
-        if cfg.rollout.overlap and self.step + 1 < cfg.train.steps and not self.stop_requested:
+        # not `self.stop_requested`: a signal may have reached this rank only, mid-step, and under
+        # FSDP2 the prefetch's generate is a collective every rank must join; a stop agreed on at the
+        # next step's start (`_should_stop`) discards the prefetched rollout (`sampler_state`)
+        if cfg.rollout.overlap and self.step + 1 < cfg.train.steps:
             for c in ctxs:
                 c.policy = NoPolicy()
             if self._pool is None:
