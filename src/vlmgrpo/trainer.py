@@ -963,9 +963,11 @@ class Trainer:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
-        self._pending = None
         if not cfg.train.save_every or self.step % cfg.train.save_every:
+            # before dropping a prefetched rollout (rollout.overlap, a stop or max_time_s): the
+            # checkpoint's sampler is the one before its draws, so a resume draws those prompts again
             self.save()
+        self._pending = None
         if self.stop_requested and self.dist.is_main:
             print(f"stopped at step {self.step}; {self._resume_hint()}")
         self.runlog.close()
