@@ -294,6 +294,7 @@ deadline.warm_up("vlmgrpo.tasks.geometry_grader:_warm")
 
 _BOUNDED_CACHE: dict[tuple, Any] = {}  # (fn, args) -> result; references repeat every step
 _BOUNDED_CACHE_SIZE = 4096
+_BOUNDED_LOCK = threading.Lock()
 
 
 def _bounded(fn: Any, *args: str) -> Any:
@@ -310,9 +311,10 @@ def _bounded(fn: Any, *args: str) -> Any:
     except DeadlineExceeded:
         log.warning("geometry grader: gave up on %r after %g s", args[0][:80], SYMBOLIC_TIMEOUT_S)
         return None
-    if len(_BOUNDED_CACHE) >= _BOUNDED_CACHE_SIZE:
-        _BOUNDED_CACHE.pop(next(iter(_BOUNDED_CACHE)), None)  # the oldest entry
-    _BOUNDED_CACHE[key] = out
+    with _BOUNDED_LOCK:  # the rewards may grade in two threads (rollout.overlap)
+        if len(_BOUNDED_CACHE) >= _BOUNDED_CACHE_SIZE:
+            _BOUNDED_CACHE.pop(next(iter(_BOUNDED_CACHE)), None)  # the oldest entry
+        _BOUNDED_CACHE[key] = out
     return out
 
 
