@@ -199,6 +199,21 @@ def _records(prompt, completions, answer):
     ]
 
 
+def test_a_recipe_time_bound_on_a_trl_reward_is_an_error_not_ignored(tmp_path):
+    """`timeout_s` on a recipe entry whose function has TRL's signature: TRL functions run together,
+    in-process, so the bound cannot apply; it was silently dropped (an unbounded judge the recipe
+    says is bounded). Now one line naming the entry."""
+    from vlmgrpo.config import RewardEntry
+    from vlmgrpo.rewards.trl_compat import specs_from_entries
+
+    f = tmp_path / "judge.py"
+    f.write_text("def judge(completions, **kw):\n    return [1.0 for _ in completions]\n")
+    with pytest.raises(ConfigError, match=r"rewards\[1\]\.timeout_s: .*judge.py:judge has TRL's signature"):
+        specs_from_entries([RewardEntry(name="length"), RewardEntry(name=f"{f}:judge", timeout_s=30.0)])
+    specs = specs_from_entries([RewardEntry(name="length"), RewardEntry(name=f"{f}:judge")])
+    assert [s.key for s in specs] == ["length", "trl"]
+
+
 def test_a_trl_reward_that_raises_stops_the_run_naming_it_a_time_out_is_none():
     """A TRL function that raises failed on the whole batch: a bug (here a misspelled column) that
     TRL's trainer would stop on. It stops the run with one line naming the function and the

@@ -72,9 +72,15 @@ def specs_from_entries(entries: Sequence[Any]) -> list[RewardSpec]:
     specs: list[RewardSpec] = []
     funcs: list[tuple[str, Callable, float, dict[str, Any]]] = []
     at = -1
-    for e in entries:
+    for i, e in enumerate(entries):
         fn = resolve_reward(e.name).fn
         if is_trl_reward(fn):
+            if getattr(e, "timeout_s", None):  # never silently unbounded
+                raise ConfigError(
+                    f"rewards[{i}].timeout_s: {e.name} has TRL's signature; TRL rewards run together "
+                    "in the trainer's process, where no per-call bound applies (remove timeout_s and "
+                    "bound the function's own slow calls, e.g. its HTTP timeouts)"
+                )
             if at < 0:
                 at = len(specs)
             funcs.append((e.label or func_name(fn), fn, e.weight, dict(e.kwargs)))
