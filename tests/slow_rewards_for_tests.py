@@ -21,3 +21,10 @@ def sleepy_batch(records, ctx, seconds: float = 60.0):
 
 
 sleepy_batch.batched = True
+
+
+def broken_but_one_slow(rec, ctx, **kwargs):
+    """A bug on every sample (a TypeError), but the sample with id "slow" runs out of time first."""
+    if rec.sample.get("id") == "slow":
+        raise TimeoutError("ran past its 1 s bound and was stopped")
+    raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")

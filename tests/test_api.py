@@ -131,6 +131,28 @@ def test_batch_sizes_mean_what_they_mean_in_trl():
     assert (c.grpo.adv_scale, c.grpo.ref.kind, c.grpo.loss) == ("none", "copy", "ppo")
 
 
+def test_trl_step_counts_are_optimizer_steps_with_num_iterations():
+    """TRL's max_steps (and save/eval/logging/warmup steps) count optimizer steps, num_iterations of
+    them per generation: max_steps=100 with num_iterations=2 is 50 rollouts of 2 updates each (100
+    updates), not 100 rollouts and 200 updates. Epochs already count rollouts (TRL repeats each
+    generation batch num_iterations times within the epoch)."""
+    kw = dict(max_steps=100, save_steps=20, eval_strategy="steps", eval_steps=10, logging_steps=5)
+    kw.update(log_completions=True, warmup_steps=8, beta=0.0)
+    c = GRPOConfig(num_iterations=2, **kw).to_config(n_rows=None, world=1)
+    assert (c.train.steps, c.grpo.num_iterations) == (50, 2)
+    assert (c.train.save_every, c.train.eval_every, c.train.log_samples_every) == (10, 5, 3)
+    assert c.optim.warmup_steps == 4
+    one = GRPOConfig(**kw).to_config(n_rows=None, world=1)  # num_iterations 1: unchanged
+    assert (one.train.steps, one.train.save_every, one.train.eval_every, one.optim.warmup_steps) == (
+        100,
+        20,
+        10,
+        8,
+    )
+    by_epochs = GRPOConfig(num_iterations=2, num_train_epochs=3).to_config(n_rows=40, world=1)
+    assert by_epochs.train.steps == math.ceil(3.0 * 40 / by_epochs.rollout.prompts_per_step)
+
+
 def _image(color="red"):
     return Image.new("RGB", (32, 24), color)
 
@@ -175,6 +197,48 @@ def _records(prompt, completions, answer):
         )
         for i, c in enumerate(completions)
     ]
+
+
+def test_a_recipe_time_bound_on_a_trl_reward_is_an_error_not_ignored(tmp_path):
+    """`timeout_s` on a recipe entry whose function has TRL's signature: TRL functions run together,
+    in-process, so the bound cannot apply; it was silently dropped (an unbounded judge the recipe
+    says is bounded). Now one line naming the entry."""
+    from vlmgrpo.config import RewardEntry
+    from vlmgrpo.rewards.trl_compat import specs_from_entries
+
+    f = tmp_path / "judge.py"
+    f.write_text("def judge(completions, **kw):\n    return [1.0 for _ in completions]\n")
+    with pytest.raises(ConfigError, match=r"rewards\[1\]\.timeout_s: .*judge.py:judge has TRL's signature"):
+        specs_from_entries([RewardEntry(name="length"), RewardEntry(name=f"{f}:judge", timeout_s=30.0)])
+    specs = specs_from_entries([RewardEntry(name="length"), RewardEntry(name=f"{f}:judge")])
+    assert [s.key for s in specs] == ["length", "trl"]
+
+
+def test_a_trl_reward_that_raises_stops_the_run_naming_it_a_time_out_is_none():
+    """A TRL function that raises failed on the whole batch: a bug (here a misspelled column) that
+    TRL's trainer would stop on. It stops the run with one line naming the function and the
+    exception, as a native batched reward does; it used to count as None (a warning each step, and
+    every update skipped until the run's end). A TimeoutError stays None: the other function scores."""
+    from vlmgrpo.rewards.base import RewardError
+
+    def typo(completions, anwser, **kwargs):
+        return [1.0 for _ in completions]
+
+    def slow(completions, **kwargs):
+        raise TimeoutError("judge did not answer in 30 s")
+
+    def length(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    recs = _records("colour?", ["red", "blue"], "red")
+    with pytest.raises(RewardError, match=r"TRL reward typo raised TypeError: .*anwser"):
+        compute_rewards(
+            recs, [trl_spec([("typo", typo, 1.0, {}), ("length", length, 1.0, {})])], RewardContext()
+        )
+    res = compute_rewards(
+        recs, [trl_spec([("slow", slow, 1.0, {}), ("length", length, 1.0, {})])], RewardContext()
+    )
+    assert res.per_reward["trl"].tolist() == [3.0, 4.0]
 
 
 def test_trl_rewards_get_trl_arguments_none_async_and_mix_with_native():

@@ -86,6 +86,38 @@ def test_remote_generator_calls_of_2s_run_concurrently_in_a_step(tiny_vlm_dir, t
     assert events.count("start") == 8 and events.index("end") == 8, events  # sequential: start, end, ...
 
 
+def test_overlap_prefetch_does_not_hang_on_a_signal_seen_by_one_rank(tiny_vlm_dir, tmp_path):
+    """A stop signal handled mid-step sets `stop_requested` on the ranks it reached only (SLURM and
+    torchrun signal ranks one by one). Whether the next rollout is prefetched must not depend on it:
+    under FSDP2 the prefetch's generate is a collective, so one rank prefetching while another
+    skips it would hang both. The stop is agreed on at the next step's start instead."""
+    cfg = _cfg(tiny_vlm_dir, tmp_path / "run", "rollout.overlap=true", "grpo.loss=is", _slow_reward(0))
+    tr = Trainer(cfg)
+    tr.runlog = None
+    tr.stop_requested = True  # this rank got SIGTERM during the step; its peers did not (yet)
+    try:
+        tr.train_step()
+    finally:
+        if tr._pool is not None:
+            tr._pool.shutdown(wait=True)
+    assert tr._pending is not None  # prefetched like a rank whose flag is still clear
+
+
+def test_a_stop_with_a_prefetched_rollout_checkpoints_the_sampler_before_it(tiny_vlm_dir, tmp_path):
+    """rollout.overlap stopped early (here train.max_time_s; a signal alike) holds step 2's
+    prefetched rollout. The final checkpoint must hold the sampler before those draws, as a run
+    without overlap has it after step 1; else a resume skips step 2's prompts (they were dropped)."""
+    from vlmgrpo.checkpoint import load_trainer_state
+
+    common = ("grpo.loss=is", _slow_reward(0), "train.save_every=0")
+    Trainer(
+        _cfg(tiny_vlm_dir, tmp_path / "a", "rollout.overlap=true", "train.max_time_s=1e-6", *common)
+    ).fit()
+    Trainer(_cfg(tiny_vlm_dir, tmp_path / "b", "train.steps=1", *common)).fit()
+    a, b = (load_trainer_state(tmp_path / r / "ckpts" / "ckpt-1") for r in ("a", "b"))
+    assert a["sampler"] == b["sampler"]
+
+
 # --------------------------------------------------------------------------- overlap
 
 

@@ -564,3 +564,18 @@ def test_dynamic_sampling_and_iterations_under_two_processes(
     for r in rows:
         assert r["dynamic/bound_hit"] == bound_hit and r["update/iterations"] == 2
         assert (r["grad_norm"] > 0) == (bound_hit == 0.0)  # no spread anywhere: nothing to learn
+
+
+def test_iterations_metrics_when_the_first_update_is_not_finite():
+    """grpo.num_iterations = 2 whose first update's loss is non-finite (no lr, no grad_norm in its
+    row) and second is fine: one row with the good update's lr, not a KeyError that stops the run;
+    the step counts as trained (half its updates skipped), not as a skipped step."""
+    from vlmgrpo.trainer import _mean_updates, _skipped
+
+    bad = {"loss": float("nan"), "update/skipped_nonfinite": 1.0}
+    good = {"loss": 0.5, "grad_norm": 2.0, "lr": 1e-5, "loss/kl": 0.1}
+    row = _mean_updates([bad, good])
+    assert row["lr"] == 1e-5 and row["grad_norm"] == 2.0 and row["update/iterations"] == 2.0
+    assert row["update/skipped_nonfinite"] == 0.5 and not _skipped(row)
+    assert _skipped(_mean_updates([bad, bad])) and _skipped(bad)
+    assert _mean_updates([good, bad])["update/skipped_nonfinite"] == 0.5

@@ -101,3 +101,15 @@ def test_a_script_without_a_main_guard_can_use_bounded_rewards(tmp_path):
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert "SCORE 1.0 0" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_reward_broken_on_every_sample_stops_even_when_one_sample_timed_out():
+    """Time-outs are skipped, never a stop; but a reward that raises on every sample that did not
+    time out is a bug: one slow sample must not hide it (before: any time-out in the batch did)."""
+    from vlmgrpo.rewards.base import RewardError
+
+    spec = RewardSpec(f"{HERE / 'slow_rewards_for_tests.py'}:broken_but_one_slow", timeout_s=0)
+    with pytest.raises(RewardError, match="failed on all 3 samples.*TypeError"):
+        compute_rewards(_records(["a", "slow", "b"]), [spec], RewardContext())
+    res = compute_rewards(_records(["slow", "slow"]), [spec], RewardContext())  # only time-outs
+    assert res.failed["broken_but_one_slow"] == 2

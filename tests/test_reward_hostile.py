@@ -183,3 +183,17 @@ def test_img2code_hostile_completions_earn_nothing_they_did_not_draw():
     assert np.all(scores[:-1] <= 0.0), scores  # nothing drawn: no exec credit, no similarity
     assert scores[-1] > 0.9, scores
     assert elapsed < 120, elapsed
+
+
+def test_a_timed_out_symbolic_call_is_not_cached(monkeypatch):
+    """One sympy call past its bound (a loaded machine) gives "no value" for that call only; before,
+    the time-out was cached, so that reference (or a common answer) was compared as a string for
+    the rest of the run, and equal values in another form were graded wrong."""
+    from vlmgrpo.rewards import deadline
+    from vlmgrpo.tasks import geometry_grader as gg
+
+    deadline.call(time.time, timeout_s=60)  # a started worker: start-up is not the call
+    monkeypatch.setattr(gg, "SYMBOLIC_TIMEOUT_S", 1e-4)  # no call returns this fast
+    assert gg.to_number("7\\sqrt{3}") is None
+    monkeypatch.setattr(gg, "SYMBOLIC_TIMEOUT_S", 60.0)
+    assert gg.to_number("7\\sqrt{3}") == pytest.approx(7 * 3**0.5)

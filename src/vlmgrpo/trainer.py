@@ -617,13 +617,7 @@ class Trainer:
                 if b.sample_logps is None:  # rollout.overlap already brought the sampling policy's
                     b.sample_logps = self.logp_model(b, self.cfg.rollout.temperature).detach()
         self.model.train(was_training)
-        rows = [self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)]
-        out: dict[str, float] = {}
-        for k in dict.fromkeys(k for r in rows for k in r):
-            vals = [r[k] for r in rows if k in r]
-            out[k] = rows[0][k] if k == "lr" else sum(vals) / len(vals)
-        out["update/iterations"] = float(n)
-        return out
+        return _mean_updates([self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)])
 
     def train_step(self) -> dict[str, float]:
         cfg, timer = self.cfg, Timer(device=self.device)
@@ -637,7 +631,10 @@ class Trainer:
             else:
                 batches, all_samples = self._rollout_phase(self.step)
         ctxs = [self.reward_ctx("train", k) for k in range(len(batches))]
-        if cfg.rollout.overlap and self.step + 1 < cfg.train.steps and not self.stop_requested:
+        # not `self.stop_requested`: a signal may have reached this rank only, mid-step, and under
+        # FSDP2 the prefetch's generate is a collective every rank must join; a stop agreed on at the
+        # next step's start (`_should_stop`) discards the prefetched rollout (`sampler_state`)
+        if cfg.rollout.overlap and self.step + 1 < cfg.train.steps:
             for c in ctxs:
                 c.policy = NoPolicy()
             if self._pool is None:
@@ -966,9 +963,11 @@ class Trainer:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
-        self._pending = None
         if not cfg.train.save_every or self.step % cfg.train.save_every:
+            # before dropping a prefetched rollout (rollout.overlap, a stop or max_time_s): the
+            # checkpoint's sampler is the one before its draws, so a resume draws those prompts again
             self.save()
+        self._pending = None
         if self.stop_requested and self.dist.is_main:
             print(f"stopped at step {self.step}; {self._resume_hint()}")
         self.runlog.close()
@@ -1094,9 +1093,25 @@ def _select_result(res: RewardResult, rows: list[int]) -> RewardResult:
     )
 
 
+def _mean_updates(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The metrics of grpo.num_iterations updates of one step as one row: the mean of each key over
+    the updates that logged it, "lr" the first update's rate; a non-finite update logs neither lr
+    nor grad_norm, so "update/skipped_nonfinite" is the share of skipped updates (1.0 = all)."""
+    out: dict[str, float] = {}
+    for k in dict.fromkeys(k for r in rows for k in r):
+        vals = [r[k] for r in rows if k in r]
+        out[k] = vals[0] if k == "lr" else sum(vals) / len(vals)
+    if "update/skipped_nonfinite" in out:
+        out["update/skipped_nonfinite"] = sum(r.get("update/skipped_nonfinite", 0.0) for r in rows) / len(
+            rows
+        )
+    out["update/iterations"] = float(len(rows))
+    return out
+
+
 def _skipped(metrics: dict[str, Any]) -> bool:
-    """Whether this step's update was skipped (too few rewards, or a non-finite loss)."""
-    return bool(metrics.get("update/skipped_rewards") or metrics.get("update/skipped_nonfinite"))
+    """Whether this step's update was skipped (too few rewards, or every update's loss non-finite)."""
+    return bool(metrics.get("update/skipped_rewards")) or metrics.get("update/skipped_nonfinite", 0.0) >= 1.0
 
 
 def _finite(value: Any, default: float | None) -> float | None:

@@ -40,7 +40,7 @@ MAPPING: dict[str, str] = {
     "max_prompt_length": "longer prompts (image tokens included) are skipped and counted, never truncated",
     "per_device_train_batch_size": "optim.micro_batch_seqs; with the next two, rollout.prompts_per_step",
     "gradient_accumulation_steps": "rollout.prompts_per_step = batch x processes x accumulation / num_generations",
-    "max_steps": "train.steps",
+    "max_steps": "train.steps = max_steps / num_iterations (TRL counts optimizer steps, as in every *_steps)",
     "num_train_epochs": "train.steps = ceil(epochs x rows / prompts per step) when max_steps <= 0",
     "beta": "grpo.beta (> 0: grpo.ref.kind adapter with LoRA, else copy)",
     "epsilon": "grpo.clip_low (grpo.loss ppo: the clipped ratio, as TRL)",
@@ -330,8 +330,16 @@ class GRPOConfig(_TRLFields):
         cfg.eval.temperature = float(self.temperature)
         cfg.eval.num_chains = int(self.num_generations_eval or g)
         # steps
+        # TRL's step counts (max_steps, save/eval/logging/warmup steps) are optimizer steps, and TRL
+        # makes num_iterations of them per generation; a vlmgrpo step is one rollout with
+        # grpo.num_iterations updates, so these counts divide by num_iterations
+        mu = max(1, int(self.num_iterations))
+
+        def rollouts(n: float) -> int:
+            return max(1, math.ceil(int(n) / mu))  # int(n) as before for num_iterations 1
+
         if self.max_steps and self.max_steps > 0:
-            cfg.train.steps = int(self.max_steps)
+            cfg.train.steps = rollouts(self.max_steps)
         elif n_rows is None:
             raise ConfigError("GRPOConfig.max_steps: must be set (> 0) for a streamed (iterable) dataset")
         else:
@@ -368,7 +376,9 @@ class GRPOConfig(_TRLFields):
         cfg.optim.schedule = SCHEDULES[self.lr_scheduler_type]  # type: ignore[assignment]
         warm = self.warmup_steps
         cfg.optim.warmup_steps = (
-            math.ceil(warm * steps) if 0 < warm < 1 else int(warm) or math.ceil(self.warmup_ratio * steps)
+            math.ceil(warm * steps)
+            if 0 < warm < 1
+            else math.ceil(int(warm) / mu) or math.ceil(self.warmup_ratio * steps)
         )
         # model
         init = dict(self.model_init_kwargs or {})
@@ -405,14 +415,17 @@ class GRPOConfig(_TRLFields):
         cfg.train.wandb = "wandb" in trackers
         cfg.train.wandb_name = self.run_name or ""
         every = max(
-            1, int(self.logging_steps if self.logging_steps >= 1 else math.ceil(self.logging_steps * steps))
+            1,
+            rollouts(self.logging_steps)
+            if self.logging_steps >= 1
+            else math.ceil(self.logging_steps * steps),
         )
         cfg.train.log_samples_every = every if self.log_completions else 0
         if self.save_strategy not in ("steps", "no"):
             raise ConfigError(
                 f"GRPOConfig.save_strategy={self.save_strategy!r}: vlmgrpo implements steps, no"
             )
-        save = self.save_steps if self.save_steps >= 1 else math.ceil(self.save_steps * steps)
+        save = rollouts(self.save_steps) if self.save_steps >= 1 else math.ceil(self.save_steps * steps)
         cfg.train.save_every = int(save) if self.save_strategy == "steps" else 0
         cfg.train.keep_last = int(self.save_total_limit or 0)
         if self.eval_strategy not in ("steps", "no"):
@@ -421,7 +434,7 @@ class GRPOConfig(_TRLFields):
             )
         ev = self.eval_steps if self.eval_steps is not None else self.logging_steps
         cfg.train.eval_every = (
-            int(ev if ev >= 1 else math.ceil(ev * steps)) if self.eval_strategy == "steps" else 0
+            (rollouts(ev) if ev >= 1 else math.ceil(ev * steps)) if self.eval_strategy == "steps" else 0
         )
         cfg.warmup.steps = 0
         validate(cfg)

@@ -318,7 +318,7 @@ def compute_rewards(
                 ok[i], values[i] = False, None
                 first_error = first_error or f"returned nan on {_sample_name(records[i], i)}"
         n_failed = ok.count(False)
-        if n and n_failed == n and not timeouts:
+        if n and n_failed == n and timeouts < n:  # time-outs aside, it failed on every sample
             raise RewardError(
                 f"{_who(spec, index)} failed on all {n} samples of step {ctx.step} ({ctx.phase}); "
                 f"first: {first_error}"

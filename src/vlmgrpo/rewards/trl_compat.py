@@ -11,8 +11,11 @@ them as TRL does: total = sum over functions of weight x value, where a `None` c
 (a sample keeps the other functions' rewards; it is skipped only when every TRL function returned
 `None`). Each function's raw value is logged as `reward/trl/<function>/mean`. A native reward in
 the same run adds to that total with the native rule (its `None` skips the sample). An `async def`
-function is awaited; several run concurrently. A function that raises counts as `None` on that
-batch, with a warning; a `VlmgrpoError` (the user's setup, a service given up) stops the run.
+function is awaited; several run concurrently. A function that raises failed on every sample of
+the batch: that is a bug (a misspelled column, a wrong type), and the run stops with one line
+naming the function and its exception, as TRL's own trainer would and as a native batched reward
+does (`vlmgrpo.rewards.base`); a `TimeoutError` counts as `None` on that batch, with a warning (slow,
+not broken).
 
 As in TRL, the keyword arguments also hold `trainer_state` (here `global_step` and `max_steps`),
 `log_extra(column, values)` (per-completion values, written beside each completion in the step's
@@ -69,9 +72,15 @@ def specs_from_entries(entries: Sequence[Any]) -> list[RewardSpec]:
     specs: list[RewardSpec] = []
     funcs: list[tuple[str, Callable, float, dict[str, Any]]] = []
     at = -1
-    for e in entries:
+    for i, e in enumerate(entries):
         fn = resolve_reward(e.name).fn
         if is_trl_reward(fn):
+            if getattr(e, "timeout_s", None):  # never silently unbounded
+                raise ConfigError(
+                    f"rewards[{i}].timeout_s: {e.name} has TRL's signature; TRL rewards run together "
+                    "in the trainer's process, where no per-call bound applies (remove timeout_s and "
+                    "bound the function's own slow calls, e.g. its HTTP timeouts)"
+                )
             if at < 0:
                 at = len(specs)
             funcs.append((e.label or func_name(fn), fn, e.weight, dict(e.kwargs)))
@@ -129,7 +138,9 @@ def _values(name: str, out: Any, n: int) -> list[float]:
     if isinstance(out, BaseException):
         if isinstance(out, VlmgrpoError):
             raise out
-        log.warning("TRL reward %s failed on a batch of %d: %s", name, n, out)
+        if not isinstance(out, TimeoutError):  # raised on the whole batch: a bug, never skipped
+            raise RuntimeError(f"TRL reward {name} raised {type(out).__name__}: {out}") from out
+        log.warning("TRL reward %s timed out on a batch of %d: %s", name, n, out)
         return [math.nan] * n
     vals = list(out)
     if len(vals) != n:
@@ -162,7 +173,7 @@ def trl_rewards(
             res = fn(**args, **kwargs)
         except VlmgrpoError:
             raise
-        except Exception as e:  # a bug in one function must not cost the others' scores
+        except Exception as e:  # `_values` decides: a time-out is None, anything else stops the run
             res = e
         if inspect.isawaitable(res):
             pending.append((j, res))

@@ -39,7 +39,6 @@ inside it wins; several blocks that differ give no answer), with lenient fallbac
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import re
@@ -293,16 +292,30 @@ def _warm() -> None:
 deadline.warm_up("vlmgrpo.tasks.geometry_grader:_warm")
 
 
-@functools.lru_cache(maxsize=4096)
+_BOUNDED_CACHE: dict[tuple, Any] = {}  # (fn, args) -> result; references repeat every step
+_BOUNDED_CACHE_SIZE = 4096
+_BOUNDED_LOCK = threading.Lock()
+
+
 def _bounded(fn: Any, *args: str) -> Any:
-    """`fn(*args)` under the deadline; None past it (cached: references repeat every step)."""
+    """`fn(*args)` under the deadline; None past it. Results are cached, time-outs are not: a call
+    slowed by a loaded machine must not leave a reference (or a common answer) at "no value" for
+    the rest of the run."""
     from vlmgrpo.rewards.deadline import DeadlineExceeded, call
 
+    key = (fn, args)
+    if key in _BOUNDED_CACHE:
+        return _BOUNDED_CACHE[key]
     try:
-        return call(fn, *args, timeout_s=SYMBOLIC_TIMEOUT_S)
+        out = call(fn, *args, timeout_s=SYMBOLIC_TIMEOUT_S)
     except DeadlineExceeded:
         log.warning("geometry grader: gave up on %r after %g s", args[0][:80], SYMBOLIC_TIMEOUT_S)
         return None
+    with _BOUNDED_LOCK:  # the rewards may grade in two threads (rollout.overlap)
+        if len(_BOUNDED_CACHE) >= _BOUNDED_CACHE_SIZE:
+            _BOUNDED_CACHE.pop(next(iter(_BOUNDED_CACHE)), None)  # the oldest entry
+        _BOUNDED_CACHE[key] = out
+    return out
 
 
 def to_number(s: str) -> float | None:
