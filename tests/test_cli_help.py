@@ -17,3 +17,19 @@ def test_every_command_description_is_whole_sentences():
     }
     assert not cut, cut
     assert "\n" not in sub.choices["demo"].description
+
+
+def test_download_hints_name_the_installed_hub_cli():
+    # huggingface_hub >= 1.0 ships `hf` only; the one-line "not in the cache" errors told users to
+    # run `huggingface-cli download`, a command the installed package no longer has
+    import sys
+    from pathlib import Path
+
+    import vlmgrpo
+
+    assert (Path(sys.executable).parent / "hf").exists()
+    src = Path(vlmgrpo.__file__).parent
+    stale = [
+        str(p) for p in src.rglob("*") if p.suffix in (".py", ".yaml") and "huggingface-cli" in p.read_text()
+    ]
+    assert not stale, stale

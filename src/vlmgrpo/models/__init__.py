@@ -68,7 +68,7 @@ def hub_files_only(name: str) -> bool:
     if not _in_hub_cache(name):
         raise ModelLoadError(
             f"{name}: not in the local Hugging Face cache, and the Hub is out of reach ({why}); "
-            f"download it where there is network (huggingface-cli download {name}) or give a local folder"
+            f"download it where there is network (hf download {name}) or give a local folder"
         )
     return True
 
