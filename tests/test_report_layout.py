@@ -1,0 +1,23 @@
+"""The report's figures as a reader sees them side by side (walk-through findings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmgrpo.config import load_config, save_config
+from vlmgrpo.report.plots import make_figures
+from vlmgrpo.runlog import RunLog
+
+
+def test_a_one_panel_components_figure_is_as_wide_as_the_others(tmp_path: Path):
+    # a single-reward run (the demo's `similarity`) drew a 4.4 in components figure, which the report
+    # stretched to page width: its text came out three times the size of the figure above it
+    save_config(load_config("demo"), tmp_path / "config.yaml")
+    log = RunLog(tmp_path, tensorboard=False)
+    for s in range(1, 11):
+        r = 0.1 + 0.01 * s
+        log.log(s, "grpo", {"reward/mean": r, "reward/similarity/mean": r, "reward/similarity/raw/mean": r})
+    log.close()
+    figs, _ = make_figures(tmp_path, window=3)
+    assert len(figs["components"].axes) == 1
+    assert figs["components"].get_figwidth() == figs["training"].get_figwidth()
