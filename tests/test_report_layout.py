@@ -21,3 +21,20 @@ def test_a_one_panel_components_figure_is_as_wide_as_the_others(tmp_path: Path):
     figs, _ = make_figures(tmp_path, window=3)
     assert len(figs["components"].axes) == 1
     assert figs["components"].get_figwidth() == figs["training"].get_figwidth()
+
+
+def test_diagnostics_of_a_two_step_run_have_whole_steps_and_plain_values(tmp_path: Path):
+    # img2code-tiny (2 steps): the diagnostics ticks read 1.0, 1.2, ... and the entropy axis
+    # "+6.711" over ticks of 0.00012; adversarial runs' panels said "GRPO step" beside "round"
+    save_config(load_config("img2code-tiny"), tmp_path / "config.yaml")
+    log = RunLog(tmp_path, tensorboard=False)
+    for s in (1, 2):
+        log.log(s, "grpo", {"reward/mean": -1.0, "loss/entropy": 6.7112 + 1e-4 * s})
+    log.close()
+    figs, _ = make_figures(tmp_path, window=3)
+    fig = figs["diagnostics"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert ax.get_title() == "token entropy" and ax.get_xlabel() == "GRPO step"
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    assert ax.yaxis.get_major_formatter().get_offset() == ""
