@@ -1,4 +1,4 @@
-"""`vlmgrpo COMMAND --help` texts as a new user reads them."""
+"""What a new user meets walking the README: help texts, one-line errors, eval labels."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ def test_download_hints_name_the_installed_hub_cli():
         str(p) for p in src.rglob("*") if p.suffix in (".py", ".yaml") and "huggingface-cli" in p.read_text()
     ]
     assert not stale, stale
+
+
+def test_geometry_metric_says_greedy_only_when_it_is():
+    # `vlmgrpo eval` on geometry-tiny printed "accuracy (greedy)" beside "temperature 1.0", 4 samples
+    from vlmgrpo.config import load_config
+    from vlmgrpo.evaluate import metric_name
+
+    assert "greedy" in metric_name("geometry", load_config("geometry3k"))
+    tiny = metric_name("geometry", load_config("geometry-tiny"))
+    assert "greedy" not in tiny and "temperature 1" in tiny
