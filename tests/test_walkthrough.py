@@ -43,3 +43,19 @@ def test_geometry_metric_says_greedy_only_when_it_is():
     assert "greedy" in metric_name("geometry", load_config("geometry3k"))
     tiny = metric_name("geometry", load_config("geometry-tiny"))
     assert "greedy" not in tiny and "temperature 1" in tiny
+
+
+def test_gradient_checkpointing_loads_without_a_deprecation_warning(tmp_path):
+    # the Python API (examples/grpo_vlm_offline.py) printed transformers' FutureWarning
+    # "`gradient_checkpointing_enable` is deprecated" from vlmgrpo's own call on every run
+    import warnings
+
+    from vlmgrpo.config import ModelConfig
+    from vlmgrpo.models import load_policy, tiny
+
+    path = tiny.build_tiny_vlm(tmp_path / "m", arch="qwen2_5_vl", seed=0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model, _ = load_policy(ModelConfig(name_or_path=str(path), gradient_checkpointing=True))
+    assert model.is_activation_checkpointing
+    assert not [w for w in seen if "gradient_checkpointing_enable" in str(w.message)]
