@@ -59,3 +59,14 @@ def test_gradient_checkpointing_loads_without_a_deprecation_warning(tmp_path):
         model, _ = load_policy(ModelConfig(name_or_path=str(path), gradient_checkpointing=True))
     assert model.is_activation_checkpointing
     assert not [w for w in seen if "gradient_checkpointing_enable" in str(w.message)]
+
+
+def test_export_names_the_checkpoint_it_wrote(tmp_path, capsys):
+    # `vlmgrpo export --checkpoint RUN` said only "exported to OUT": which of the run's save_model
+    # folder and ckpts/ckpt-N went out was left to guess
+    from vlmgrpo.cli import main
+    from vlmgrpo.models import tiny
+
+    path = tiny.build_tiny_vlm(tmp_path / "m", arch="qwen2_5_vl", seed=0)
+    assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.strip() == f"exported {path} to {tmp_path / 'out'}"
