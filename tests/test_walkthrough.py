@@ -70,3 +70,20 @@ def test_export_names_the_checkpoint_it_wrote(tmp_path, capsys):
     path = tiny.build_tiny_vlm(tmp_path / "m", arch="qwen2_5_vl", seed=0)
     assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.strip() == f"exported {path} to {tmp_path / 'out'}"
+
+
+def test_data_builders_take_output_and_show_their_defaults(capsys):
+    # `vlmgrpo data img2code` alone wanted --out where the README and the other builders say
+    # --output; `vlmgrpo data geometry-synthetic --help` had no description and no defaults
+    import pytest
+
+    from vlmgrpo.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["data", "img2code", "--create-sample", "--output", "figs"])
+    assert args.out == "figs"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "geometry-synthetic", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Geometry3K-layout diagrams" in text and "training items (default: 400)" in text
+    assert "(default: None)" not in text
