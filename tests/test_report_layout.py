@@ -38,3 +38,29 @@ def test_diagnostics_of_a_two_step_run_have_whole_steps_and_plain_values(tmp_pat
     assert ax.get_title() == "token entropy" and ax.get_xlabel() == "GRPO step"
     assert all(float(t).is_integer() for t in ax.get_xticks())
     assert ax.yaxis.get_major_formatter().get_offset() == ""
+
+
+def test_a_demo_task_report_leads_with_the_task_metric_of_its_summary(tmp_path: Path):
+    # `vlmgrpo demo --task geometry` printed "eval/accuracy/mean 0.000 -> 0.005, ceiling 1.000, gap
+    # closed 1%" but its report led with "held-out total reward 0.083 -> 0.128", mostly format reward
+    import json
+
+    from vlmgrpo.report.headline import headline
+    from vlmgrpo.report.rundata import load_run
+
+    save_config(load_config("geometry-tiny"), tmp_path / "config.yaml")
+    log = RunLog(tmp_path, tensorboard=False)
+    for s in (0, 10, 20):
+        log.log(
+            s, "grpo", {"reward/mean": 0.1, "eval/reward/mean": 0.08 + s / 400, "eval/accuracy/mean": 0.0}
+        )
+    log.close()
+    summary = {"metric": "eval/accuracy/mean", "first_grpo_eval": 0.0, "last3_eval_mean": 0.25,
+               "ceiling": 1.0, "shuffled": 0.0, "gap_closed": 0.25}  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    figs = headline(load_run(tmp_path))
+    labels = [f.label for f in figs]
+    assert labels[:5] == ["gap to the ceiling closed", "held-out accuracy, first eval",
+                          "held-out accuracy, last evals", "ceiling", "shuffled control"]  # fmt: skip
+    assert figs[0].value == "25%" and figs[2].value == "0.250"
+    assert not any("total reward" in lab for lab in labels)
