@@ -87,3 +87,15 @@ def test_data_builders_take_output_and_show_their_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "Geometry3K-layout diagrams" in text and "training items (default: 400)" in text
     assert "(default: None)" not in text
+
+
+def test_an_output_dir_that_is_a_file_says_so(tmp_path):
+    # "--output-dir afile" said "afile cannot be a folder: choose another path", not why
+    import pytest
+
+    from vlmgrpo.errors import ConfigError
+    from vlmgrpo.runlog import check_output_dir
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"afile cannot be a folder \(it is a file\)"):
+        check_output_dir(tmp_path / "afile")
