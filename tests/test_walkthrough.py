@@ -99,3 +99,20 @@ def test_an_output_dir_that_is_a_file_says_so(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match=r"afile cannot be a folder \(it is a file\)"):
         check_output_dir(tmp_path / "afile")
+
+
+def test_a_misspelled_recipe_fails_before_torch_loads():
+    # `vlmgrpo train --recipe are-tiny` took 6 s on the shared 2-core box to say "did you mean
+    # 'area-tiny'?": the accelerate-config check imported torch first, launched by accelerate or not
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from vlmgrpo.cli import main; rc = main(['train', '--recipe', 'are-tiny']); "
+        "print(rc, 'torch' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert "did you mean 'area-tiny'" in r.stderr
+    assert r.stdout.split() == ["2", "False"], r.stdout
