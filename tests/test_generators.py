@@ -93,9 +93,7 @@ def test_diffusers_uncached_hub_id_is_one_line():
 
     with pytest.raises(ModelLoadError) as e:  # HF_HUB_OFFLINE=1 (conftest): nothing to download from
         DiffusersGenerator(model="black-forest-labs/FLUX.1-schnell", device="cpu")
-    assert "\n" not in str(e.value) and "hf download black-forest-labs/FLUX.1-schnell" in str(
-        e.value
-    )
+    assert "\n" not in str(e.value) and "hf download black-forest-labs/FLUX.1-schnell" in str(e.value)
 
 
 # --------------------------------------------------------------------------- replicate
