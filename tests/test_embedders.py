@@ -108,7 +108,7 @@ def test_missing_weights_folder_is_one_line(tmp_path):
     with pytest.raises(ModelLoadError) as e:
         HFImageEmbedder(model=str(missing))
     msg = str(e.value)
-    assert "\n" not in msg and str(missing) in msg and "huggingface-cli download facebook/dinov2-large" in msg
+    assert "\n" not in msg and str(missing) in msg and "hf download facebook/dinov2-large" in msg
 
 
 # --------------------------------------------------------------------------- the reward's mapping

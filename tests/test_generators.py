@@ -85,7 +85,7 @@ def test_diffusers_missing_weights_folder_is_one_line(tmp_path):
         DiffusersGenerator(model=str(missing))
     msg = str(e.value)
     assert "\n" not in msg and str(missing) in msg
-    assert "huggingface-cli download black-forest-labs/FLUX.1-schnell" in msg
+    assert "hf download black-forest-labs/FLUX.1-schnell" in msg
 
 
 def test_diffusers_uncached_hub_id_is_one_line():
@@ -93,9 +93,7 @@ def test_diffusers_uncached_hub_id_is_one_line():
 
     with pytest.raises(ModelLoadError) as e:  # HF_HUB_OFFLINE=1 (conftest): nothing to download from
         DiffusersGenerator(model="black-forest-labs/FLUX.1-schnell", device="cpu")
-    assert "\n" not in str(e.value) and "huggingface-cli download black-forest-labs/FLUX.1-schnell" in str(
-        e.value
-    )
+    assert "\n" not in str(e.value) and "hf download black-forest-labs/FLUX.1-schnell" in str(e.value)
 
 
 # --------------------------------------------------------------------------- replicate

@@ -17,7 +17,10 @@ import warnings
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vlmgrpo.commands.train", "Run GRPO training from a recipe."),
-    "demo": ("vlmgrpo.commands.demo", "Run the embedded offline cycle-consistency demo, end to end."),
+    "demo": (
+        "vlmgrpo.commands.demo",
+        "Run an embedded offline demo (cycle, geometry, area, img2code), end to end.",
+    ),
     "recipes": ("vlmgrpo.commands.recipes", "List or show the packaged recipes."),
     "tiny-model": ("vlmgrpo.commands.tiny", "Build a tiny random-init model of a real architecture."),
     "eval": ("vlmgrpo.commands.eval", "Evaluate the base model and every checkpoint of a run."),
@@ -54,6 +57,12 @@ def _quiet_libraries(verbose: bool) -> None:
         sys.modules["transformers"].logging.set_verbosity_error()
 
 
+def _first_paragraph(doc: str) -> str:
+    """A module docstring's first paragraph, joined into one line (argparse rewraps it): its first
+    line alone cut sentences that wrap, e.g. `vlmgrpo demo --help` ended in "on a task's own"."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vlmgrpo import __version__
 
@@ -78,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
             help=help_text,
-            description=(mod.__doc__ or help_text).strip().splitlines()[0],
+            description=_first_paragraph(mod.__doc__ or help_text),
             add_help=False,
         )
         p.add_argument("-h", "--help", action="help", help=HELP)

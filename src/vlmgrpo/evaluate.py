@@ -92,6 +92,9 @@ def metric_name(task: str, cfg: Any = None) -> str:
     if task == "rewards" and cfg is not None and cfg.rewards:
         labels = [r.label or r.name for r in cfg.rewards if r.weight]
         return "held-out reward: " + " + ".join(labels)
+    temperature = getattr(getattr(cfg, "eval", None), "temperature", 0.0)
+    if task == "geometry" and temperature:  # geometry-tiny samples 4 answers at 1.0: not "greedy"
+        return f"accuracy (sampled at temperature {temperature:g}), Geometry3K"
     return METRIC_NAMES.get(task, f"{task} score")
 
 

@@ -62,7 +62,7 @@ def check_output_dir(out: Path, what: str = "train.output_dir") -> None:
     out = Path(out)
     for p in (out, *out.parents):
         if p.exists() and not p.is_dir():
-            where = "" if p == out else f" ({p} is a file)"
+            where = " (it is a file)" if p == out else f" ({p} is a file)"
             raise ConfigError(f"{what}: {out} cannot be a folder{where}: choose another path")
 
 

@@ -20,6 +20,16 @@ BUILDERS = {
 }
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help, except for the uninformative None / False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if text and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="builder", metavar="DATASET", required=True)
     for name, (module, help_text) in BUILDERS.items():
@@ -31,7 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             raise
         if not hasattr(mod, "add_cli_arguments"):
             continue
-        sp = sub.add_parser(name, help=help_text)
+        # a description and each option's default in `vlmgrpo data NAME --help` (the sizes were
+        # documented only in docs/)
+        sp = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=_DefaultsShown,
+        )
         mod.add_cli_arguments(sp)
         sp.set_defaults(_builder_run=mod.run_cli)
 

@@ -109,6 +109,9 @@ def export(checkpoint: Path, out: Path, base: str | None = None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = export(Path(args.checkpoint), Path(args.out), args.base)
-    print(f"exported to {out}")
+    # name what was exported: a run folder resolves to its save_model output or latest checkpoint
+    checkpoint = find_checkpoint(Path(args.checkpoint))
+    out = export(checkpoint, Path(args.out), args.base)
+    merged = " (LoRA merged into its base)" if (checkpoint / "adapter_config.json").is_file() else ""
+    print(f"exported {checkpoint}{merged} to {out}")
     return 0

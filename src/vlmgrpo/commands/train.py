@@ -36,10 +36,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace):
     from vlmgrpo.config import load_config
-    from vlmgrpo.dist import accelerate_overrides
 
-    # an `accelerate launch` config applies on top of the recipe; the user's --set wins over both
-    overrides = [*accelerate_overrides(), *args.overrides]
+    # an `accelerate launch` config applies on top of the recipe; the user's --set wins over both.
+    # vlmgrpo.dist imports torch (seconds on a busy CPU): only under accelerate (the variable it
+    # always exports), so a misspelled recipe or key fails at once
+    accel: list[str] = []
+    if "ACCELERATE_MIXED_PRECISION" in os.environ:
+        from vlmgrpo.dist import accelerate_overrides
+
+        accel = accelerate_overrides()
+    overrides = [*accel, *args.overrides]
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.model:

@@ -44,7 +44,7 @@ N_SELECTED = 100
 N_TRAIN = 75
 HF_DATASET = "princeton-nlp/CharXiv"
 IMAGES_HINT = (
-    "download images.zip of the HF hub dataset princeton-nlp/CharXiv (`huggingface-cli download "
+    "download images.zip of the HF hub dataset princeton-nlp/CharXiv (`hf download "
     "princeton-nlp/CharXiv images.zip --repo-type dataset --local-dir {dir}`) and unzip it there"
 )
 JSON_HINT = "get them from https://github.com/princeton-nlp/CharXiv (folder data/)"

@@ -387,7 +387,12 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--create-sample", action="store_true", help="render sample figures with their code")
     mode.add_argument("--to-base64", metavar="JSONL", help="write the image_base64 variant of a JSONL")
     mode.add_argument("--split", metavar="JSONL", help="write <stem>_train/_eval/_test.jsonl beside a JSONL")
-    p.add_argument("--out", help="--create-sample: folder (default data/img2code); --to-base64: file")
+    p.add_argument(  # --output as every other builder takes it
+        "--out",
+        "--output",
+        dest="out",
+        help="--create-sample: folder (default data/img2code); --to-base64: file",
+    )
     p.add_argument("--n", type=int, default=36, help="--create-sample: number of figures")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

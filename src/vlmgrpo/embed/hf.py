@@ -103,7 +103,7 @@ class HFImageEmbedder(OffloadableModels):
     def _load(self) -> tuple[Any, Any]:
         import transformers
 
-        how = f"huggingface-cli download {self.default_model} --local-dir {self.model_name}"
+        how = f"hf download {self.default_model} --local-dir {self.model_name}"
         check_local_source(self.model_name, "the image embedder's", how)
         try:
             processor = transformers.AutoImageProcessor.from_pretrained(self.model_name)
@@ -196,12 +196,12 @@ class CLIPEmbedder(HFImageEmbedder):
 def load_error(name: str, what: str, default: str, section: str, e: BaseException) -> ModelLoadError:
     """A one-line `ModelLoadError` for a failed `from_pretrained`, with how to get the weights."""
     if Path(name).expanduser().exists():
-        how = f"huggingface-cli download {default} --local-dir {name}"
+        how = f"hf download {default} --local-dir {name}"
         return ModelLoadError(
             f"{name}: cannot load {what} from this folder ({_first_line(e)}); get the weights with `{how}`"
         )
     return ModelLoadError(
-        f"{name}: cannot load {what} ({_first_line(e)}); download it with `huggingface-cli download {name}` "
+        f"{name}: cannot load {what} ({_first_line(e)}); download it with `hf download {name}` "
         f"on a machine with hub access, or set {section}.model to a local folder"
     )
 

@@ -129,7 +129,7 @@ class DiffusersGenerator(OffloadableModels):
     def _load(self) -> Any:
         import diffusers
 
-        how = f"huggingface-cli download {DEFAULT_MODEL} --local-dir {self.model_name}"
+        how = f"hf download {DEFAULT_MODEL} --local-dir {self.model_name}"
         check_local_source(self.model_name, "the diffusers pipeline's", how)
         try:
             try:

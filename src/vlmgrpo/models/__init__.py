@@ -68,7 +68,7 @@ def hub_files_only(name: str) -> bool:
     if not _in_hub_cache(name):
         raise ModelLoadError(
             f"{name}: not in the local Hugging Face cache, and the Hub is out of reach ({why}); "
-            f"download it where there is network (huggingface-cli download {name}) or give a local folder"
+            f"download it where there is network (hf download {name}) or give a local folder"
         )
     return True
 
@@ -127,7 +127,11 @@ def prepare_policy(model: Any, proc: Any, cfg: ModelConfig, device: Any = "cpu")
             if "visual" in name:
                 p.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model

@@ -80,6 +80,7 @@ def diagnostics_figure(run: Any, theme: dict[str, Any], window: int) -> Any | No
     (rc, colors, title). Raw values are drawn faint, a trailing mean over `window` steps on top."""
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     panels = [(t, y, [(k, lab) for k, lab in keys if _has_data(run, k)]) for t, y, keys in PANELS]
     panels = [p for p in panels if p[2]]
@@ -108,7 +109,12 @@ def diagnostics_figure(run: Any, theme: dict[str, Any], window: int) -> Any | No
                     ms=3,
                 )
             ax.set_title(title, fontsize=10)
-            ax.set_xlabel("GRPO step")
+            # the run's own step name ("round" for adversarial runs), whole steps only (a 2-step
+            # run got ticks at 1.2, 1.4, ...), and plain y values (an entropy of 6.7112 +- 1e-4
+            # was labelled "+6.711" above ticks of 0.00012)
+            ax.set_xlabel(run.step_name() if hasattr(run, "step_name") else "GRPO step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.ticklabel_format(axis="y", useOffset=False)
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=7, loc="best")
         for ax in axes[len(panels) :]:

@@ -5,6 +5,8 @@
   evaluation, the mean of the last 3, the ceiling (mean over evaluations), the shuffled control
   (mean of the last 3) and the share of the gap to the ceiling closed, (last - first) / (ceiling -
   first); the same formulas as `vlmgrpo demo`'s summary.json;
+- `vlmgrpo demo --task T` runs (a summary.json): the same figures for the task's metric it names
+  (accuracy for geometry, never a format reward), from that file;
 - otherwise the held-out evaluation of the task's metric (`eval/reward/mean`): first -> mean of the
   last 3 evaluations;
 - the training reward: mean of the first -> last tenth of the GRPO steps;
@@ -64,6 +66,23 @@ def cycle_summary(run: RunData) -> dict[str, float]:
             "ceiling": ceiling, "shuffled": shuffled, "gap_closed": gap}  # fmt: skip
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def demo_summary(run: RunData) -> dict[str, Any]:
+    """`vlmgrpo demo --task T`'s summary.json ({} if none or unreadable): its task metric (accuracy,
+    the area score, ...) is what the run measures; the total reward is mostly format rewards."""
+    import json
+
+    try:
+        s = json.loads((run.path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(s, dict) and str(s.get("metric", "")).startswith("eval/")
+    return s if ok and _finite(s.get("first_grpo_eval")) and _finite(s.get("last3_eval_mean")) else {}
+
+
 def headline(run: RunData) -> list[Figure]:
     """The run's headline figures (see the module docstring)."""
     out: list[Figure] = []
@@ -80,6 +99,18 @@ def headline(run: RunData) -> list[Figure]:
         out.append(Figure("ceiling", _f(cyc["ceiling"]), "true descriptions rendered"))
         if math.isfinite(cyc["shuffled"]):
             out.append(Figure("shuffled control", _f(cyc["shuffled"]), "descriptions of other images"))
+    elif demo := demo_summary(run):
+        name = demo["metric"].split("/")[1]
+        gap, first, last3 = demo.get("gap_closed"), demo["first_grpo_eval"], demo["last3_eval_mean"]
+        if _finite(gap):
+            out.append(Figure("gap to the ceiling closed", f"{round(100 * gap) + 0:d}%",
+                              "(last - first) / (ceiling - first)"))  # fmt: skip
+        out.append(Figure(f"held-out {name}, first eval", _f(first), "first GRPO evaluation"))
+        out.append(Figure(f"held-out {name}, last evals", _f(last3), "mean of the last 3"))
+        if _finite(demo.get("ceiling")):
+            out.append(Figure("ceiling", _f(demo["ceiling"]), "the reference answers scored"))
+        if _finite(demo.get("shuffled")):
+            out.append(Figure("shuffled control", _f(demo["shuffled"]), "references of other items"))
     else:
         x, y = run.series("eval/reward/mean")
         if len(y):

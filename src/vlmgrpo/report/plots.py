@@ -387,8 +387,10 @@ def components_figure(ctx: PlotContext) -> Any:
         return None
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
+    # at least the other figures' 10 in: the report draws every figure at page width, and a one-panel
+    # 4.4 in figure was blown up to fonts three times the size of its neighbours'
     fig, axes = new_figure(ctx, f"Reward components: {ctx.main.reward_title()}", ncols, nrows,
-                           (4.4 * ncols, 3.0 * nrows + 0.9))  # fmt: skip
+                           (max(10.0, 4.4 * ncols), 3.0 * nrows + 0.9))  # fmt: skip
     for n, (ax, (title, drawn)) in enumerate(zip(axes, panels)):
         for i, ln in drawn:
             color, ls = ctx.style(i, 0) if ctx.compare else ctx.style(0, n)
