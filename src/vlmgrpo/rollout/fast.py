@@ -52,6 +52,7 @@ from vlmgrpo.rollout import Prompt, RolloutBatch
 from vlmgrpo.rollout import hf as hf_rollout
 from vlmgrpo.rollout.decode_ops import (
     FusedWeights,
+    base_linear,
     draw,
     filter_scores,
     post_attn,
@@ -212,10 +213,17 @@ class FastEngine:
         self.graph_error = ""
         # The functional step (fused q/k/v GEMM, joint RoPE, residuals in GEMM epilogues: about half
         # the kernels of the module step) for plain layers; the module step runs LoRA layers.
-        can_fuse = FusedWeights.supported(self.layers)
+        # LoRA layers run as merged sampling copies (W + s B A, see FusedWeights) unless
+        # VLMGRPO_FAST_LORA_MERGE=0; adapters a merge cannot express (DoRA, ...) use the module step.
+        can_fuse = FusedWeights.supported(self.layers, self.head) and type(self.embed) is torch.nn.Embedding
+        if fused is None and os.environ.get("VLMGRPO_FAST_LORA_MERGE", "1") == "0":
+            fused = False if _has_adapters(self.layers, self.head) else None
         if fused and not can_fuse:
-            raise ValueError("fast rollout engine: fused=True needs plain nn.Linear layers (no LoRA)")
-        self.fused = FusedWeights(self.layers) if (can_fuse if fused is None else fused) else None
+            raise ValueError(
+                "fast rollout engine: fused=True needs nn.Linear layers or mergeable LoRA adapters "
+                "(not DoRA, lora_bias or fan_in_fan_out)"
+            )
+        self.fused = FusedWeights(self.layers, self.head) if (can_fuse if fused is None else fused) else None
         self.compile, self.compile_error = bool(compile) and self.fused is not None, ""
         self._pre, self._post = pre_attn, post_attn
         # one activation object for every layer (stateless, same class): a compiled function that
@@ -350,7 +358,7 @@ class FastEngine:
         cos = st.cos[st.pos][:, None]  # [B, 1, D], broadcast over heads
         sin_s = st.sin_signed[st.pos][:, None]
         for i, ly in enumerate(self.layers):
-            a, m = ly.self_attn, ly.mlp
+            a = ly.self_attn
             q, k, v = self._pre(
                 h,
                 ly.input_layernorm.weight,
@@ -370,19 +378,20 @@ class FastEngine:
             st.v[i].index_copy_(2, st.slot, v)
             with self._sdpa_backends():
                 o = F.scaled_dot_product_attention(q, st.k[i], st.v[i], attn_mask=st.mask, scale=self.scaling)
+            w = fw.w[i]
             h = self._post(
                 h,
                 o.reshape(b, self.n_heads * self.head_dim),
-                a.o_proj.weight,
-                a.o_proj.bias,
+                w["o_proj"],
+                base_linear(a.o_proj).bias,
                 ly.post_attention_layernorm.weight,
-                m.gate_proj.weight,
-                m.up_proj.weight,
-                m.down_proj.weight,
+                w["gate_proj"],
+                w["up_proj"],
+                w["down_proj"],
                 self._act,
                 ly.post_attention_layernorm.variance_epsilon,
             )
-        logits = F.linear(rms(h, self.norm.weight, self.norm.variance_epsilon), self.head.weight).float()
+        logits = F.linear(rms(h, self.norm.weight, self.norm.variance_epsilon), fw.w_head).float()
         tok, logp = self._sample(st, logits)
         st.pos += 1
         st.slot += 1
@@ -570,6 +579,11 @@ class FastEngine:
             sample_logps=sample_logps,
             group_size=group_size,
         )
+
+
+def _has_adapters(layers: list[Any], head: Any) -> bool:
+    mods = [head] + [m for ly in layers for m in (*ly.self_attn.children(), *ly.mlp.children())]
+    return any(m is not base_linear(m) for m in mods)
 
 
 def _sync_time(dev: torch.device) -> float:
