@@ -27,7 +27,12 @@
 #   D  item 3: geometry3k (3B LoRA), area (7B, KL reference), img2code (Qwen3-VL-8B LoRA + sandbox).
 #   E  item 4 + 5: the fast-path sections that exist by then (LoRA rollout, FSDP2 rollout, length
 #      spread: each runs only if bench_step.py has its option, else it says "not built") and the
-#      training pass with Liger's kernels against without, in one run.
+#      training pass with Liger's kernels against without, in one run. Built now: --lora
+#      (rollout_lora: merged sampling copies vs module step vs HF generate) and --eos-lengths
+#      (rollout_lengths: compaction vs none vs HF generate); --fsdp2 is not.
+#      CPU dry run of these two sections (timings there are noise; decode_rows_frac is not):
+#      python bench/bench_step.py --tiny --out /tmp/fp --sections rollout_lora,rollout_lengths \
+#          --lora --eos-lengths --no-seed-a --group 8 --max-new 24
 #
 # Dry run of C and D on a CPU (tiny widths, the repo's venv, no wheels), to check the plan before a
 # device is spent on it:   TINY=1 PYTHON=.venv/bin/python OUT=/tmp/gs-out bash bench/gpu_session.sh C
@@ -107,8 +112,14 @@ E)
         has "$opt" && echo "$opt: built" || echo "$opt: not built (issue #20 item 4): skipped" | tee -a $OUT/not_built.txt
     done
     extra=""; for opt in --lora --fsdp2 --eos-lengths; do has "$opt" && extra="$extra $opt"; done
+    # rollout_lora: geometry3k's adapters (q,v) then img2code's (q,v,o), 3B widths, 64 rows x 256
+    # tokens: HF generate (unmerged) vs module step vs merged copies (+ compiled); rollout_lengths:
+    # EOS at lognormal lengths (median 0.3 x 256, sigma 0.6), compaction vs none vs HF generate
     [ -n "$extra" ] && python3 bench/bench_step.py --out $OUT/fast --models 3b --reps 3 --compile --no-seed-a $extra \
-        --time-budget 280 2>&1 | tee $OUT/fast.log
+        --lora-targets q_proj,v_proj --sections rollout_lora,rollout_lengths,rollout_fast \
+        --time-budget 200 2>&1 | tee $OUT/fast.log
+    has --lora && python3 bench/bench_step.py --out $OUT/fast_qvo --models 3b --reps 3 --compile --no-seed-a --lora \
+        --lora-targets q_proj,v_proj,o_proj --sections rollout_lora --time-budget 100 >> $OUT/fast.log 2>&1  # 8 files in all
     for v in plain liger; do  # the training pass without and with Liger's kernels, one process each
         python3 bench/bench_step.py --out $OUT/$v --models 3b --reps 3 --no-seed-a --sections rollout_fast,train \
             $([ $v = liger ] && echo --liger) --time-budget 120 > $OUT/$v.log 2>&1
