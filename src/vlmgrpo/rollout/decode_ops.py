@@ -93,6 +93,20 @@ def post_attn(
     return torch.addmm(h, act(F.linear(x, w_g)) * F.linear(x, w_u), w_d.t())
 
 
+def module_class(m: Any) -> type:
+    """type(m), through FSDP2's wrapper class (fully_shard makes an nn.Linear an `FSDPLinear`, a
+    subclass of FSDPModule and nn.Linear)."""
+    cls = type(m)
+    if cls.__name__.startswith("FSDP"):
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:
+            return cls
+        if issubclass(cls, FSDPModule):
+            return next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    return cls
+
+
 def lora_parts(m: Any) -> list[tuple[torch.Tensor, torch.Tensor, float]] | None:
     """The (B [out, r], A [r, in], scaling) of the adapters that `m`'s forward adds to its base
     layer now; [] for a plain nn.Linear or disabled adapters; None when the merged weight cannot
@@ -100,10 +114,10 @@ def lora_parts(m: Any) -> list[tuple[torch.Tensor, torch.Tensor, float]] | None:
     merged, a base layer that is not an nn.Linear)."""
     from torch import nn
 
-    if type(m) is nn.Linear:
+    if module_class(m) is nn.Linear:
         return []
     base = getattr(m, "base_layer", None)
-    if type(base) is not nn.Linear or not hasattr(m, "lora_A") or type(m).__name__ != "Linear":
+    if module_class(base) is not nn.Linear or not hasattr(m, "lora_A") or type(m).__name__ != "Linear":
         return None
     if getattr(m, "fan_in_fan_out", False):
         return None

@@ -55,6 +55,7 @@ from vlmgrpo.rollout.decode_ops import (
     base_linear,
     draw,
     filter_scores,
+    module_class,
     post_attn,
     pre_attn,
     rms,
@@ -261,7 +262,9 @@ class FastEngine:
         # the kernels of the module step) for plain layers; the module step runs LoRA layers.
         # LoRA layers run as merged sampling copies (W + s B A, see FusedWeights) unless
         # VLMGRPO_FAST_LORA_MERGE=0; adapters a merge cannot express (DoRA, ...) use the module step.
-        can_fuse = FusedWeights.supported(self.layers, self.head) and type(self.embed) is torch.nn.Embedding
+        can_fuse = (
+            FusedWeights.supported(self.layers, self.head) and module_class(self.embed) is torch.nn.Embedding
+        )
         if fused is None and os.environ.get("VLMGRPO_FAST_LORA_MERGE", "1") == "0":
             fused = False if _has_adapters(self.layers, self.head) else None
         if fused and not can_fuse:
@@ -711,6 +714,35 @@ def engine_for(model: Any, use_graphs: bool | None = None, compile: bool | None 
     return eng
 
 
+def fsdp_units(model: Any) -> list[Any]:
+    """The FSDP2 units (fully_shard'ed modules) in `model`, in module order ([] when not sharded)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def gathered(units: list[Any]):
+    """FSDP2: the full weights on this rank for one rollout. Every unit is all-gathered once (one
+    collective per unit, the same order on every rank), stays unsharded through the rollout (its
+    forwards do not reshard), and is resharded at the end. Inside, the decode loop runs on local
+    full weights with no collective per token, so ranks need not decode in lock step (HF generate
+    with synced_gpus all-gathers every unit for every token). Costs the full weights' memory on
+    each rank during the rollout."""
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        for m in units:
+            m.unshard()
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)  # dist.wrap's setting (vlmgrpo's only)
+
+
 def sample(
     model: Any,
     proc: Any,
@@ -728,8 +760,13 @@ def sample(
     synced_gpus: bool = False,
 ) -> RolloutBatch:
     """`rollout.hf.sample` with the static-cache engine; falls back to HF generate (logged once)
-    for architectures the engine does not support and for FSDP (`synced_gpus`: sharded weights)."""
-    reason = "FSDP (synced_gpus)" if synced_gpus else unsupported_reason(model)
+    for architectures the engine does not support. FSDP2 (`synced_gpus` with fully_shard'ed units):
+    the weights are gathered once for the rollout (`gathered`), not per token; other sharding
+    under synced_gpus goes to HF generate."""
+    units = fsdp_units(model) if synced_gpus else []
+    reason = unsupported_reason(model)
+    if synced_gpus and not units and not reason:
+        reason = "synced_gpus without FSDP2 units"
     kw = dict(
         temperature=temperature,
         top_p=top_p,
@@ -743,6 +780,10 @@ def sample(
             _WARNED.add(reason)
             log.warning("fast rollout: %s; using HF generate", reason)
         return hf_rollout.sample(model, proc, prompts, group_size, synced_gpus=synced_gpus, **kw)
+    if units:
+        with gathered(units):
+            eng = engine_for(model, use_graphs, compile)  # built on full weights (q/k/v copies)
+            return eng.sample(proc, prompts, group_size, **kw)
     eng = engine_for(model, use_graphs, compile)
     return eng.sample(proc, prompts, group_size, **kw)
 
