@@ -21,6 +21,8 @@ recorded and the others still run):
   rollout_lora  (--lora) peft LoRA adapters: HF generate (unmerged), the engine's module step, and
                 its fused step on merged sampling copies (+ compiled with --compile); greedy
                 agreement, log-probs vs the training forward, base weights bit-identical
+  rollout_fsdp2 (--fsdp2, last) the model sharded by FSDP2 on a 1-rank process group: HF generate
+                with synced_gpus (all-gathers per token) vs the engine (weights gathered once)
   seed_a        (3b) seed A's full fine-tune: 4 images (224x224) x 8 chains x 512 tokens, AdamW,
                 one update; its peak memory (must fit in 80 GB without offload)
 then TRL 1.13 GRPOTrainer's step through ../shared/anchors/trl_anchor.py in a subprocess (needs the
@@ -134,6 +136,10 @@ SHAPES = {
         tie=True,
     ),
 }
+# tiny with its own LM head: a CPU check of rollout_fsdp2 (dist.wrap cannot shard a tied head yet)
+SHAPES["tiny-untied"] = dict(
+    text=dict(SHAPES["tiny"]["text"], tie_word_embeddings=False), vision=SHAPES["tiny"]["vision"], tie=False
+)
 # 3B's widths with 4 layers: the fp32 exactness check of the engine on the GPU (graphs on)
 SHAPES["3b-4layer"] = dict(
     text=dict(SHAPES["3b"]["text"], num_hidden_layers=4),
@@ -706,6 +712,8 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                     r["device_total_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2)
                 del batches
 
+    if args.fsdp2:  # last: it leaves the model sharded
+        run_fsdp2(model, key, args, rec, device, proc, prompts, kw)
     fast.engine_for(model).free()
     model = opt = params = logp_model = None  # free the GPU memory before the next model
     gc.collect()
@@ -787,7 +795,8 @@ def run_lengths(model, key: str, args, rec: Recorder, proc, prompts, kw) -> None
             lengths_at_budget=sum(x == new for x in lengths),
         )
         for name, compact in (("compact", True), ("no_compact", False)):
-            eng = fast.FastEngine(model, compact=compact, compile=args.compile, compact_min=args.compact_min)
+            # uncompiled (compilation per row count would take minutes): compaction is the variable
+            eng = fast.FastEngine(model, compact=compact, compact_min=args.compact_min)
             eng.sample(proc, prompts, g, stop_at=lengths, **kw)  # warm-up: graphs (and compile)
             times = []
             for _ in range(args.reps):
@@ -802,7 +811,6 @@ def run_lengths(model, key: str, args, rec: Recorder, proc, prompts, kw) -> None
                 decode_rows_frac=round(eng.stats["decode_rows_frac"], 4),
                 decode_steps=eng.stats["decode_steps"],
                 graphs=eng.use_graphs,
-                compiled=eng.compile,
             )
             eng.free()
             del eng
@@ -897,6 +905,57 @@ def run_lora(model, key: str, args, rec: Recorder, device, proc, prompts, kw) ->
             lora.unload()  # the plain model again for the other sections (peft froze the base)
             for n, p in model.named_parameters():
                 p.requires_grad_(trainable[n])
+
+
+def run_fsdp2(model, key: str, args, rec: Recorder, device, proc, prompts, kw) -> None:
+    """FSDP2 rollout on a 1-rank process group (issue #20 accepts one): the trainer's units
+    (dist.wrap), then HF generate with synced_gpus (the former path: every unit all-gathered for
+    every token) against the engine with the weights gathered once per rollout; greedy tokens
+    checked against the unsharded engine's. The model stays sharded: the shape's last section."""
+    import socket
+
+    import torch
+    import torch.distributed as tdist
+    from torch.distributed.tensor import DTensor
+
+    from vlmgrpo import dist
+    from vlmgrpo.grpo.logps import LogpModel
+    from vlmgrpo.rollout import fast
+    from vlmgrpo.rollout import hf as hf_rollout
+
+    g = args.group
+    with rec.section(f"{key}/rollout_fsdp2", 90) as r:
+        if r is None:
+            return
+        gk = dict(temperature=0.0, max_new_tokens=args.check_new)
+        ref = fast.sample(model, proc, prompts, 2, **gk)  # unsharded
+        if not tdist.is_initialized():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+        # world=2 only gets past wrap's "one process: nothing to shard"; the mesh is the 1-rank group
+        dist.wrap(LogpModel(model), "fsdp2", dist.DistInfo(0, 2, 0), device)
+        ids = torch.tensor([[hf_rollout.tokenizer_of(proc).pad_token_id]], device=device)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))  # FSDP2 lazy init
+        skw = dict(kw, synced_gpus=True)
+        for name, fn in (("fast", fast.sample), ("hf", hf_rollout.sample)):
+            fn(model, proc, prompts[:1], 1, **dict(skw, max_new_tokens=4))
+            times, toks = [], []
+            for _ in range(args.reps if name == "fast" else 1):
+                t = sync()
+                b = fn(model, proc, prompts, g, **skw)
+                times.append(sync() - t)
+                toks.append(gen_tokens(b))
+            r[name] = dict(s=round(sum(times) / len(times), 3), tok_per_s=round(sum(toks) / sum(times), 1))
+        r["fast_vs_hf_tok_per_s"] = round(r["fast"]["tok_per_s"] / r["hf"]["tok_per_s"], 2)
+        a = fast.sample(model, proc, prompts, 2, synced_gpus=True, **gk)
+        r["greedy_vs_unsharded_equal_rows"] = _equal_rows(a, ref)
+        r["resharded_after"] = all(isinstance(p, DTensor) for p in model.parameters())
+        eng = fast.engine_for(model)
+        r.update(fused=eng.fused is not None, graphs=eng.use_graphs, compiled=eng.compile)
 
 
 def apply_liger() -> str:
@@ -1273,6 +1332,11 @@ def main() -> int:
     ap.add_argument("--compact-min", type=int, default=None, help="engine compact_min (default 8; tiny: 2)")
     ap.add_argument("--lora", action="store_true", help="rollout_lora section: peft LoRA, merged vs unmerged")
     ap.add_argument("--lora-targets", default="q_proj,v_proj,o_proj", help="LoRA target modules (img2code's)")
+    ap.add_argument(
+        "--fsdp2",
+        action="store_true",
+        help="rollout_fsdp2 section (last: shards the model): 1-rank FSDP2, engine vs HF generate",
+    )
     ap.add_argument("--time-budget", type=float, default=540.0)
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
