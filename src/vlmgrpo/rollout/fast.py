@@ -765,8 +765,11 @@ def sample(
     under synced_gpus goes to HF generate."""
     units = fsdp_units(model) if synced_gpus else []
     reason = unsupported_reason(model)
-    if synced_gpus and not units and not reason:
-        reason = "synced_gpus without FSDP2 units"
+    if synced_gpus and not reason:
+        if not units:
+            reason = "synced_gpus without FSDP2 units"
+        elif os.environ.get("VLMGRPO_FAST_FSDP", "1") == "0":
+            reason = "VLMGRPO_FAST_FSDP=0 (FSDP2 rollout through HF generate)"
     kw = dict(
         temperature=temperature,
         top_p=top_p,
