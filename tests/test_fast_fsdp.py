@@ -15,7 +15,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)])  # ~20 s each
 def test_fsdp2_rollout_equals_one_process(lora, tiny_vlm_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += [str(HERE / "fsdp_rollout_worker.py"), str(tiny_vlm_dir), str(tmp_path)]
