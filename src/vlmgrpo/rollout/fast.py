@@ -11,7 +11,9 @@ Same contract as `rollout.hf.sample` (same prompt encoding, suppressed ids, EOS 
    head as its "queries" (no K/V repeat, no mask building). Two implementations of the step, same
    maths: the functional step (`decode_ops.pre_attn` / `post_attn` on the layers' weights: one GEMM for
    q/k/v, q and k rotated together, residual adds in the GEMM epilogues, ~half the kernels), used
-   for plain layers, and the module step (the layers' own modules), used for LoRA/peft layers.
+   for plain layers and for LoRA layers (read as merged sampling copies W + s B A, see
+   `decode_ops.FusedWeights`; the trained weights are never written), and the module step (the
+   layers' own modules), used for adapters a merge cannot express (DoRA, ...).
    `compile=True` (or env VLMGRPO_FAST_COMPILE=1) torch.compiles the two per-layer functions once
    (every layer reuses them), fusing the small ops; a compile failure falls back, loudly.
 3. Every step, sampling included (temperature, top-k, top-p, suppressed ids, per-row EOS stop, the
@@ -19,6 +21,11 @@ Same contract as `rollout.hf.sample` (same prompt encoding, suppressed ids, EOS 
    step is captured once in a CUDA graph and replayed (`use_graphs`, default: on CUDA). The host
    checks "all rows finished" every `check_every` steps only. A failed capture falls back to
    eager steps (logged; `graph_error`).
+
+4. Finished rows stop costing: at a host check where at most half the stepped rows still decode,
+   they move to the front (`_compact`) and the step runs on fewer rows (a graph per row count).
+5. FSDP2 (`synced_gpus` with fully_shard'ed units): `gathered` all-gathers every unit once per
+   rollout; the decode runs on those full weights with no collective per token.
 
 Positions. Decode tokens are text, so all three M-RoPE components equal one position p, which
 makes the 3D rotary embedding an ordinary 1D one: cos/sin come from a table built once with the
