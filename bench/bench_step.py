@@ -16,6 +16,13 @@ recorded and the others still run):
                 fp32 Adam states for bf16 weights (AdamWFP32State); MFU = bench/flops.py model
                 FLOPs / t / 989e12 (mfu_old: the former 6 x params x tokens)
   step          rollout + rewards (completion length) + advantages + update, end to end
+  rollout_lengths  (--eos-lengths) EOS forced at per-row lengths drawn like a real policy's spread:
+                the engine with compaction (finished rows stop costing) vs without, and HF generate
+  rollout_lora  (--lora) peft LoRA adapters: HF generate (unmerged), the engine's module step, and
+                its fused step on merged sampling copies (+ compiled with --compile); greedy
+                agreement, log-probs vs the training forward, base weights bit-identical
+  rollout_fsdp2 (--fsdp2, last) the model sharded by FSDP2 on a 1-rank process group: HF generate
+                with synced_gpus (all-gathers per token) vs the engine (weights gathered once)
   seed_a        (3b) seed A's full fine-tune: 4 images (224x224) x 8 chains x 512 tokens, AdamW,
                 one update; its peak memory (must fit in 80 GB without offload)
 then TRL 1.13 GRPOTrainer's step through ../shared/anchors/trl_anchor.py in a subprocess (needs the
@@ -129,6 +136,10 @@ SHAPES = {
         tie=True,
     ),
 }
+# tiny with its own LM head: a CPU check of rollout_fsdp2 (dist.wrap cannot shard a tied head yet)
+SHAPES["tiny-untied"] = dict(
+    text=dict(SHAPES["tiny"]["text"], tie_word_embeddings=False), vision=SHAPES["tiny"]["vision"], tie=False
+)
 # 3B's widths with 4 layers: the fp32 exactness check of the engine on the GPU (graphs on)
 SHAPES["3b-4layer"] = dict(
     text=dict(SHAPES["3b"]["text"], num_hidden_layers=4),
@@ -473,6 +484,10 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
         image_px=args.image_size,
     )
     batch = None
+    if args.eos_lengths:
+        run_lengths(model, key, args, rec, proc, prompts, kw)
+    if args.lora:
+        run_lora(model, key, args, rec, device, proc, prompts, kw)
 
     # ------------------------------------------------------------------ rollout (fast engine)
     with rec.section(f"{key}/rollout_fast", 30) as r:
@@ -697,11 +712,250 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                     r["device_total_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2)
                 del batches
 
+    if args.fsdp2:  # last: it leaves the model sharded
+        run_fsdp2(model, key, args, rec, device, proc, prompts, kw)
     fast.engine_for(model).free()
     model = opt = params = logp_model = None  # free the GPU memory before the next model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------- fast path coverage (#20 item 4)
+
+
+def draw_lengths(spec: str, rows: int, max_new: int, seed: int = 0) -> list[int]:
+    """Per-row completion lengths (EOS included) like a real policy's spread. spec
+    "lognormal:MEDIAN,SIGMA": median = MEDIAN x max_new, log-sd SIGMA, clipped to [1, max_new]
+    (the clip puts the long tail at the budget, as truncated completions are)."""
+    import numpy as np
+
+    kind, _, params = spec.partition(":")
+    if kind != "lognormal":
+        raise SystemExit(f"--eos-lengths {spec!r}: expected lognormal:MEDIAN,SIGMA")
+    med, sigma = (float(x) for x in params.split(","))
+    x = np.random.default_rng(seed).lognormal(np.log(med * max_new), sigma, rows)
+    return [int(v) for v in np.clip(np.rint(x), 1, max_new)]
+
+
+def _forced_hf(model, proc, prompts, g, lengths, kw):
+    """HF generate with the same forced lengths: a logits processor that leaves only EOS for row r
+    at its token number lengths[r] (rollout/hf.py's encoding, EOS and suppressed ids)."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from vlmgrpo.rollout import hf as hf_rollout
+
+    eos = hf_rollout.eos_ids(proc, model)
+    dev = next(model.parameters()).device
+    enc, _ = hf_rollout.encode_prompts(proc, prompts, g, dev)
+    plen = enc["input_ids"].shape[1]
+    stop = torch.tensor(lengths, device=dev) - 1
+
+    class Force(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            hit = stop == input_ids.shape[1] - plen
+            forced = torch.full_like(scores, float("-inf"))
+            forced[:, eos[0]] = 0.0
+            return torch.where(hit[:, None], forced, scores)
+
+    tok = hf_rollout.tokenizer_of(proc)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    out = model.generate(
+        **enc,
+        max_new_tokens=kw["max_new_tokens"],
+        do_sample=True,
+        temperature=kw["temperature"],
+        top_p=1.0,
+        top_k=None,
+        eos_token_id=eos,
+        pad_token_id=tok.pad_token_id,
+        suppress_tokens=hf_rollout.suppressed_ids(proc, vocab),
+        logits_processor=LogitsProcessorList([Force()]),
+    )
+    seq = out[:, plen:]
+    return int(sum(int((r == eos[0]).nonzero()[0, 0]) + 1 if (r == eos[0]).any() else len(r) for r in seq))
+
+
+def run_lengths(model, key: str, args, rec: Recorder, proc, prompts, kw) -> None:
+    """Realistic lengths: EOS forced at lengths drawn from `--eos-lengths` (random weights never
+    sample EOS). The engine with compaction (finished rows stop costing) against without, and HF
+    generate (which drops nothing: finished rows keep decoding pad)."""
+    from vlmgrpo.rollout import fast
+
+    g, new = args.group, args.max_new
+    lengths = draw_lengths(args.eos_lengths, len(prompts) * g, new)
+    with rec.section(f"{key}/rollout_lengths", 60) as r:
+        if r is None:
+            return
+        r.update(
+            spec=args.eos_lengths,
+            lengths_mean=round(sum(lengths) / len(lengths), 1),
+            lengths_max=max(lengths),
+            lengths_at_budget=sum(x == new for x in lengths),
+        )
+        for name, compact in (("compact", True), ("no_compact", False)):
+            # uncompiled (compilation per row count would take minutes): compaction is the variable
+            eng = fast.FastEngine(model, compact=compact, compact_min=args.compact_min)
+            eng.sample(proc, prompts, g, stop_at=lengths, **kw)  # warm-up: graphs (and compile)
+            times = []
+            for _ in range(args.reps):
+                t = sync()
+                b = eng.sample(proc, prompts, g, stop_at=lengths, **kw)
+                times.append(sync() - t)
+            assert b.completion_mask.sum(1).tolist() == lengths, "forced lengths not honoured"
+            r[name] = dict(
+                s=round(sum(times) / len(times), 3),
+                s_all=[round(x, 3) for x in times],
+                tok_per_s=round(sum(lengths) * len(times) / sum(times), 1),
+                decode_rows_frac=round(eng.stats["decode_rows_frac"], 4),
+                decode_steps=eng.stats["decode_steps"],
+                graphs=eng.use_graphs,
+            )
+            eng.free()
+            del eng
+        r["compact_speedup"] = round(r["no_compact"]["s"] / r["compact"]["s"], 2)
+        if key in args.hf_models:
+            t = sync()
+            n_tok = _forced_hf(model, proc, prompts, g, lengths, kw)
+            r["hf"] = dict(s=round(sync() - t, 3), gen_tokens=n_tok)
+            r["hf"]["tok_per_s"] = round(n_tok / r["hf"]["s"], 1)
+            r["compact_vs_hf"] = round(r["hf"]["s"] / r["compact"]["s"], 2)
+
+
+def run_lora(model, key: str, args, rec: Recorder, device, proc, prompts, kw) -> None:
+    """LoRA rollout (the geometry3k / img2code recipes' case): peft adapters (non-zero B) on the
+    policy; HF generate on the unmerged model, the engine's module step (adapters as extra GEMMs,
+    the former path) and its fused step on merged sampling copies (W + s B A); the base weights are
+    checked bit-identical afterwards. The adapters are removed again (peft unload) at the end."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from vlmgrpo.grpo.logps import LogpModel
+    from vlmgrpo.rollout import fast
+    from vlmgrpo.rollout import hf as hf_rollout
+
+    g = args.group
+    targets = args.lora_targets.split(",")
+    with rec.section(f"{key}/rollout_lora", 90) as r:
+        if r is None:
+            return
+        trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+        lora = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets)
+        )
+        try:
+            with torch.no_grad():
+                for n, p in lora.named_parameters():
+                    if "lora_B" in n:
+                        p.normal_(0, 0.02)
+            base = {n: p.detach().clone() for n, p in lora.named_parameters() if "lora_" not in n}
+            r["targets"] = targets
+            variants = [("module", dict(fused=False)), ("merged", {})]
+            if args.compile:
+                variants.append(("merged_compiled", dict(compile=True)))
+            batch = None
+            for name, ekw in variants:
+                eng = fast.FastEngine(lora, **ekw)
+                t = sync()
+                eng.sample(proc, prompts, g, **kw)
+                warm = sync() - t
+                times, toks = [], []
+                for _ in range(args.reps):
+                    t = sync()
+                    batch = eng.sample(proc, prompts, g, **kw)
+                    times.append(sync() - t)
+                    toks.append(gen_tokens(batch))
+                r[name] = dict(
+                    warmup_s=round(warm, 2),
+                    s=round(sum(times) / len(times), 3),
+                    tok_per_s=round(sum(toks) / sum(times), 1),
+                    fused=eng.fused is not None,
+                    compiled=eng.compile,
+                    graphs=eng.use_graphs,
+                    decode_ms_per_step=round(eng.stats["decode_ms_per_step"], 3),
+                )
+                if name == "merged":  # greedy agreement with the unmerged adapter model, log-probs
+                    gk = dict(temperature=0.0, max_new_tokens=args.check_new)
+                    a = eng.sample(proc, prompts, 2, **gk)
+                    h = hf_rollout.sample(lora, proc, prompts, 2, **gk)
+                    r["greedy_merged_vs_hf_equal_rows"] = _equal_rows(a, h)
+                    r["greedy_merged_vs_hf_mean_common_prefix"] = _common_prefix(a, h)
+                    lora.eval()
+                    with torch.no_grad():
+                        lp = LogpModel(lora)(batch.select(list(range(min(8, len(batch))))), kw["temperature"])
+                    lora.train()
+                    m = batch.completion_mask[: lp.shape[0]].bool()
+                    d = (lp - batch.sample_logps[: lp.shape[0]]).abs()[m]
+                    r["logp_max_abs_diff"] = float(f"{float(d.max()):.3g}")
+                    r["logp_mean_abs_diff"] = float(f"{float(d.mean()):.3g}")
+                eng.free()
+                del eng
+            if key in args.hf_models:
+                hf_rollout.sample(lora, proc, prompts[:1], 1, **dict(kw, max_new_tokens=4))
+                t = sync()
+                hb = hf_rollout.sample(lora, proc, prompts, g, **kw)
+                r["hf"] = dict(s=round(sync() - t, 3), gen_tokens=gen_tokens(hb))
+                r["hf"]["tok_per_s"] = round(r["hf"]["gen_tokens"] / r["hf"]["s"], 1)
+                r["merged_vs_hf_tok_per_s"] = round(r["merged"]["tok_per_s"] / r["hf"]["tok_per_s"], 2)
+            r["merged_vs_module_tok_per_s"] = round(r["merged"]["tok_per_s"] / r["module"]["tok_per_s"], 2)
+            after = {n: p for n, p in lora.named_parameters() if "lora_" not in n}
+            r["base_weights_bit_identical"] = all(torch.equal(base[n], after[n]) for n in base)
+        finally:
+            lora.unload()  # the plain model again for the other sections (peft froze the base)
+            for n, p in model.named_parameters():
+                p.requires_grad_(trainable[n])
+
+
+def run_fsdp2(model, key: str, args, rec: Recorder, device, proc, prompts, kw) -> None:
+    """FSDP2 rollout on a 1-rank process group (issue #20 accepts one): the trainer's units
+    (dist.wrap), then HF generate with synced_gpus (the former path: every unit all-gathered for
+    every token) against the engine with the weights gathered once per rollout; greedy tokens
+    checked against the unsharded engine's. The model stays sharded: the shape's last section."""
+    import socket
+
+    import torch
+    import torch.distributed as tdist
+    from torch.distributed.tensor import DTensor
+
+    from vlmgrpo import dist
+    from vlmgrpo.grpo.logps import LogpModel
+    from vlmgrpo.rollout import fast
+    from vlmgrpo.rollout import hf as hf_rollout
+
+    g = args.group
+    with rec.section(f"{key}/rollout_fsdp2", 90) as r:
+        if r is None:
+            return
+        gk = dict(temperature=0.0, max_new_tokens=args.check_new)
+        ref = fast.sample(model, proc, prompts, 2, **gk)  # unsharded
+        if not tdist.is_initialized():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+        # world=2 only gets past wrap's "one process: nothing to shard"; the mesh is the 1-rank group
+        dist.wrap(LogpModel(model), "fsdp2", dist.DistInfo(0, 2, 0), device)
+        ids = torch.tensor([[hf_rollout.tokenizer_of(proc).pad_token_id]], device=device)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))  # FSDP2 lazy init
+        skw = dict(kw, synced_gpus=True)
+        for name, fn in (("fast", fast.sample), ("hf", hf_rollout.sample)):
+            fn(model, proc, prompts[:1], 1, **dict(skw, max_new_tokens=4))
+            times, toks = [], []
+            for _ in range(args.reps if name == "fast" else 1):
+                t = sync()
+                b = fn(model, proc, prompts, g, **skw)
+                times.append(sync() - t)
+                toks.append(gen_tokens(b))
+            r[name] = dict(s=round(sum(times) / len(times), 3), tok_per_s=round(sum(toks) / sum(times), 1))
+        r["fast_vs_hf_tok_per_s"] = round(r["fast"]["tok_per_s"] / r["hf"]["tok_per_s"], 2)
+        a = fast.sample(model, proc, prompts, 2, synced_gpus=True, **gk)
+        r["greedy_vs_unsharded_equal_rows"] = _equal_rows(a, ref)
+        r["resharded_after"] = all(isinstance(p, DTensor) for p in model.parameters())
+        eng = fast.engine_for(model)
+        r.update(fused=eng.fused is not None, graphs=eng.use_graphs, compiled=eng.compile)
 
 
 def apply_liger() -> str:
@@ -1067,6 +1321,22 @@ def main() -> int:
         action="store_true",
         help="torch.profiler over one training pass: OUT/profile_train_<m>.txt",
     )
+    ap.add_argument(
+        "--eos-lengths",
+        nargs="?",
+        const="lognormal:0.3,0.6",
+        default="",
+        help="rollout_lengths section: EOS forced at lengths lognormal:MEDIAN(x max_new),SIGMA; "
+        "the engine with and without compaction, and HF generate",
+    )
+    ap.add_argument("--compact-min", type=int, default=None, help="engine compact_min (default 8; tiny: 2)")
+    ap.add_argument("--lora", action="store_true", help="rollout_lora section: peft LoRA, merged vs unmerged")
+    ap.add_argument("--lora-targets", default="q_proj,v_proj,o_proj", help="LoRA target modules (img2code's)")
+    ap.add_argument(
+        "--fsdp2",
+        action="store_true",
+        help="rollout_fsdp2 section (last: shards the model): 1-rank FSDP2, engine vs HF generate",
+    )
     ap.add_argument("--time-budget", type=float, default=540.0)
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
@@ -1080,6 +1350,7 @@ def main() -> int:
     args.image_size = args.image_size or (112 if tiny else 448)
     args.prompt_len = args.prompt_len or (40 if tiny else 304)
     args.check_new = args.check_new or (16 if tiny else 32)
+    args.compact_min = args.compact_min or (2 if tiny else 8)
     args.seed_a_new = args.seed_a_new or (24 if tiny else 512)
     if tiny:
         args.seed_a_image = 56

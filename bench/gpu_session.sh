@@ -6,10 +6,11 @@
 # 0. Here, on the CPU machine, once (repo root): the wheels the image lacks and the anchors.
 #        bash bench/gpu_session.sh wheels        # 8.7 MiB of wheels in .whl/ (git-ignored), under 64 MiB
 # 1. Then one `run` call per step below, in this order, kind nvidia-h200, timeout_s 600,
-#    carry [".whl"], command `bash bench/gpu_session.sh A` (then B, C, D, E). Issue them back to back:
+#    carry [".whl"], command `bash bench/gpu_session.sh A` (then B, C, D, E, F). Issue them back to back:
 #    the machine stays warm only ~30 s between calls, and each fresh start costs 1-2 min of the
-#    session's 30 device minutes. A ~9 min, B ~5, C ~9, D ~9, E ~5 (estimates; each has a budget).
-#    If time runs short, A, C and D carry issue #20's "must be shown" figures; B and E come after.
+#    session's 30 device minutes. A ~9 min, B ~5, C ~9, D ~9, E ~5, F ~9 (estimates; each has a
+#    budget). If time runs short, A, C, D and F carry issue #20's "must be shown" figures; B and E
+#    come after.
 #    Each call's $OUT comes back (<= 8 files, 2 folders deep): copy it to
 #    bench/results/h200-<date>-<step>/ and commit it before writing any figure.
 # 2. Afterwards, here: python bench/recount.py (add the new runs to its lists) and
@@ -25,14 +26,19 @@
 #      adversarial-charxiv: random-init 3B policy, FLUX.1-schnell and DINOv2-large shapes, synthetic
 #      CharXiv-shaped charts.
 #   D  item 3: geometry3k (3B LoRA), area (7B, KL reference), img2code (Qwen3-VL-8B LoRA + sandbox).
-#   E  item 4 + 5: the fast-path sections that exist by then (LoRA rollout, FSDP2 rollout, length
-#      spread: each runs only if bench_step.py has its option, else it says "not built") and the
-#      training pass with Liger's kernels against without, in one run.
+#   E  item 5: the training pass with Liger's kernels against without.
+#   F  item 4: the fast path's coverage: rollout_lora (LoRA through merged sampling copies vs the
+#      module step vs HF generate, q,v and q,v,o adapters), rollout_lengths (EOS at lengths drawn
+#      like a policy's: compaction vs none vs HF generate), rollout_fsdp2 (7B sharded on a 1-rank
+#      group: weights gathered once per rollout vs HF generate's per-token all-gathers).
+#      CPU dry run (timings there are noise; decode_rows_frac and the agreement checks are not):
+#      python bench/bench_step.py --tiny --out /tmp/fp --sections rollout_lora,rollout_lengths \
+#          --lora --eos-lengths --no-seed-a --group 8 --max-new 24
 #
 # Dry run of C and D on a CPU (tiny widths, the repo's venv, no wheels), to check the plan before a
 # device is spent on it:   TINY=1 PYTHON=.venv/bin/python OUT=/tmp/gs-out bash bench/gpu_session.sh C
 set -uo pipefail
-STEP=${1:?usage: bash bench/gpu_session.sh wheels|A|B|C|D|E}
+STEP=${1:?usage: bash bench/gpu_session.sh wheels|A|B|C|D|E|F}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 OUT=${OUT:-/tmp/gpu_session_out}
 M=/tmp/gs/models D=/tmp/gs/data
@@ -100,19 +106,28 @@ D)
     train geometry3k $M/q3b 5 170
     $G build-policy --shape 7b --out $M/q7b $TINYF && train area $M/q7b 5 190 && rm -rf $M/q7b
     $G build-policy --shape qwen3vl-8b --out $M/q3vl8b $TINYF && train img2code $M/q3vl8b 4 190 ;;
-E)
+E)  # item 5: the training pass with Liger's kernels against without, one process each
     setup
-    has() { python3 bench/bench_step.py --help | grep -q -- "$1"; }
-    for opt in --lora --fsdp2 --eos-lengths; do
-        has "$opt" && echo "$opt: built" || echo "$opt: not built (issue #20 item 4): skipped" | tee -a $OUT/not_built.txt
-    done
-    extra=""; for opt in --lora --fsdp2 --eos-lengths; do has "$opt" && extra="$extra $opt"; done
-    [ -n "$extra" ] && python3 bench/bench_step.py --out $OUT/fast --models 3b --reps 3 --compile --no-seed-a $extra \
-        --time-budget 280 2>&1 | tee $OUT/fast.log
-    for v in plain liger; do  # the training pass without and with Liger's kernels, one process each
+    for v in plain liger; do
         python3 bench/bench_step.py --out $OUT/$v --models 3b --reps 3 --no-seed-a --sections rollout_fast,train \
             $([ $v = liger ] && echo --liger) --time-budget 120 > $OUT/$v.log 2>&1
     done
     rm -f $OUT/*/bench.md ;;  # at most 8 files come back; bench.json holds everything
+F)  # item 4: the fast path's coverage (LoRA, realistic lengths, FSDP2), ~9 min
+    setup
+    # rollout_lora: geometry3k's adapters (q,v), then img2code's (q,v,o), 3B widths, 64 rows x 256
+    # tokens: HF generate (unmerged) vs the module step vs merged sampling copies (+ compiled);
+    # rollout_lengths: EOS at lognormal lengths (median 0.3 x 256, sigma 0.6), compaction vs none
+    # vs HF generate; rollout_fast for the baseline of the same run
+    python3 bench/bench_step.py --out $OUT/fast --models 3b --reps 3 --compile --no-seed-a --lora --eos-lengths \
+        --lora-targets q_proj,v_proj --sections rollout_fast,rollout_lora,rollout_lengths \
+        --time-budget 230 > $OUT/fast.log 2>&1
+    python3 bench/bench_step.py --out $OUT/fast_qvo --models 3b --reps 3 --compile --no-seed-a --lora \
+        --lora-targets q_proj,v_proj,o_proj --sections rollout_lora --time-budget 110 >> $OUT/fast.log 2>&1
+    # rollout_fsdp2 on 7B (untied: dist.wrap cannot shard 3B's tied embedding/LM head yet), 1-rank
+    # group: HF generate with synced_gpus vs the engine with the weights gathered once per rollout
+    python3 bench/bench_step.py --out $OUT/fsdp2 --models 7b --hf-models 7b --reps 3 --no-seed-a --fsdp2 \
+        --sections rollout_fsdp2 --time-budget 200 >> $OUT/fast.log 2>&1
+    rm -f $OUT/*/bench.md ;;
 *) echo "unknown step $STEP"; exit 2 ;;
 esac

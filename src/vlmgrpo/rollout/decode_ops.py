@@ -93,53 +93,165 @@ def post_attn(
     return torch.addmm(h, act(F.linear(x, w_g)) * F.linear(x, w_u), w_d.t())
 
 
-class FusedWeights:
-    """What the functional decode step reads: per layer the q/k/v weights concatenated into one
-    matrix (a copy, refreshed in place before every rollout so captured graphs keep their
-    addresses) and references to the other weights. Only for plain nn.Linear layers (no LoRA)."""
+def module_class(m: Any) -> type:
+    """type(m), through FSDP2's wrapper class (fully_shard makes an nn.Linear an `FSDPLinear`, a
+    subclass of FSDPModule and nn.Linear)."""
+    cls = type(m)
+    if cls.__name__.startswith("FSDP"):
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:
+            return cls
+        if issubclass(cls, FSDPModule):
+            return next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    return cls
 
-    def __init__(self, layers: list[Any]) -> None:
-        self.layers = layers
+
+def lora_parts(m: Any) -> list[tuple[torch.Tensor, torch.Tensor, float]] | None:
+    """The (B [out, r], A [r, in], scaling) of the adapters that `m`'s forward adds to its base
+    layer now; [] for a plain nn.Linear or disabled adapters; None when the merged weight cannot
+    stand in for the forward (DoRA or another variant, lora_bias, fan_in_fan_out, adapters already
+    merged, a base layer that is not an nn.Linear)."""
+    from torch import nn
+
+    if module_class(m) is nn.Linear:
+        return []
+    base = getattr(m, "base_layer", None)
+    if module_class(base) is not nn.Linear or not hasattr(m, "lora_A") or type(m).__name__ != "Linear":
+        return None
+    if getattr(m, "fan_in_fan_out", False):
+        return None
+    if getattr(m, "merged", False):  # peft merged W in place: the forward is the base layer's,
+        return None if getattr(m, "disable_adapters", False) else []  # unless it unmerges first
+    if getattr(m, "disable_adapters", False):
+        return []
+    parts = []
+    for name in m.active_adapters:
+        if name not in m.lora_A:
+            continue
+        if name in getattr(m, "lora_variant", {}) or getattr(m, "lora_bias", {}).get(name, False):
+            return None
+        parts.append((m.lora_B[name].weight, m.lora_A[name].weight, float(m.scaling[name])))
+    return parts
+
+
+def base_linear(m: Any) -> Any:
+    """The nn.Linear under a peft LoRA layer (or `m` itself)."""
+    return getattr(m, "base_layer", m)
+
+
+@torch.no_grad()
+def merged_weight_into(m: Any, out: torch.Tensor) -> None:
+    """out [out, in] <- the weight `m`'s forward applies now: W + sum_a s_a B_a A_a, summed in fp32
+    and rounded once to out's dtype. W itself is only read (the trained weights stay bit-identical,
+    unlike peft's merge_adapter/unmerge_adapter round trip on bf16 weights)."""
+    w = base_linear(m).weight
+    parts = lora_parts(m)
+    if parts is None:
+        raise ValueError(f"fast rollout engine: cannot merge the adapters of {type(m).__name__} for sampling")
+    if not parts:
+        out.copy_(w)
+        return
+    acc = w.to(torch.float32, copy=True)
+    for b, a, s in parts:
+        acc.addmm_(b.float(), a.float(), alpha=s)
+    out.copy_(acc)
+
+
+class FusedWeights:
+    """What the functional decode step reads, per layer: the q/k/v weights concatenated into one
+    matrix (a copy), o_proj / gate / up / down, and the LM head. A plain nn.Linear is read where it
+    is; a peft LoRA layer is read as its merged weight W + s B A, held in a sampling copy (so the
+    adapter costs no extra GEMMs per token and the trained W is never written). The copies are
+    refreshed in place before every rollout, so captured graphs keep their addresses and the
+    optimiser's updates (base or adapter) are seen."""
+
+    LINEARS = ("o_proj", "gate_proj", "up_proj", "down_proj")
+
+    def __init__(self, layers: list[Any], head: Any | None = None) -> None:
+        self.layers, self.head = layers, head
         with torch.no_grad():
             self.w_qkv = [self._cat(ly, "weight") for ly in layers]
             self.b_qkv = [
-                self._cat(ly, "bias") if ly.self_attn.q_proj.bias is not None else None for ly in layers
+                self._cat(ly, "bias") if base_linear(ly.self_attn.q_proj).bias is not None else None
+                for ly in layers
             ]
+            # [layer][name] -> the weight the step reads (a merged copy for LoRA layers)
+            self.w = [{n: self._weight(self._mod(ly, n)) for n in self.LINEARS} for ly in layers]
+            self.w_head = None if head is None else self._weight(head)
+        self.lora = any(m is not base_linear(m) for m in self._mods())  # some layer has adapters
+        self.refresh()
+
+    @staticmethod
+    def _mod(layer: Any, name: str) -> Any:
+        return getattr(layer.self_attn if name == "o_proj" else layer.mlp, name)
+
+    def _mods(self) -> list[Any]:
+        qkv = [getattr(ly.self_attn, n) for ly in self.layers for n in ("q_proj", "k_proj", "v_proj")]
+        rest = [self._mod(ly, n) for ly in self.layers for n in self.LINEARS]
+        return qkv + rest + ([self.head] if self.head is not None else [])
+
+    @staticmethod
+    def _weight(m: Any) -> torch.Tensor:
+        w = base_linear(m).weight
+        return w if m is base_linear(m) else torch.empty_like(w.detach())
 
     @staticmethod
     def _cat(layer: Any, name: str) -> torch.Tensor:
         a = layer.self_attn
-        return torch.cat([getattr(a.q_proj, name), getattr(a.k_proj, name), getattr(a.v_proj, name)]).detach()
+        parts = [getattr(base_linear(x), name) for x in (a.q_proj, a.k_proj, a.v_proj)]
+        return torch.cat(parts).detach()
 
     @torch.no_grad()
     def refresh(self) -> None:
         for i, ly in enumerate(self.layers):
             a = ly.self_attn
-            torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], out=self.w_qkv[i])
-            if self.b_qkv[i] is not None:
-                torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], out=self.b_qkv[i])
+            qkv = (a.q_proj, a.k_proj, a.v_proj)
+            if all(x is base_linear(x) for x in qkv):
+                torch.cat([x.weight for x in qkv], out=self.w_qkv[i])
+            else:
+                row = 0
+                for x in qkv:
+                    n = base_linear(x).weight.shape[0]
+                    merged_weight_into(x, self.w_qkv[i][row : row + n])
+                    row += n
+            if self.b_qkv[i] is not None:  # LoRA leaves biases alone
+                torch.cat([base_linear(x).bias for x in qkv], out=self.b_qkv[i])
+            for n, w in self.w[i].items():
+                m = self._mod(ly, n)
+                if m is not base_linear(m):
+                    merged_weight_into(m, w)
+                else:  # a reference: follow a re-allocated weight (the engine re-captures its graphs)
+                    self.w[i][n] = m.weight
+        if self.head is not None:
+            if self.head is not base_linear(self.head):
+                merged_weight_into(self.head, self.w_head)
+            else:
+                self.w_head = self.head.weight
 
     @staticmethod
-    def supported(layers: list[Any]) -> bool:
-        from torch import nn
+    def supported(layers: list[Any], head: Any | None = None) -> bool:
+        """Every linear a plain nn.Linear or a LoRA layer whose merged weight equals its forward;
+        no biases on the MLP; one activation class; Qwen RMSNorms."""
 
-        def plain(m: Any) -> bool:
-            return type(m) is nn.Linear
+        def ok(m: Any) -> bool:
+            return lora_parts(m) is not None
 
         for ly in layers:
             a, m = ly.self_attn, ly.mlp
             lin = [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
-            if not all(plain(x) for x in lin) or not hasattr(m, "act_fn"):
+            if not all(ok(x) for x in lin) or not hasattr(m, "act_fn"):
                 return False
             norms = [ly.input_layernorm, ly.post_attention_layernorm]
             norms += [a.q_norm, a.k_norm] if hasattr(a, "q_norm") else []
             if not all(hasattr(n, "weight") and hasattr(n, "variance_epsilon") for n in norms):
                 return False
-            if (m.gate_proj.bias, m.up_proj.bias, m.down_proj.bias) != (None, None, None):
+            biases = [base_linear(x).bias for x in (m.gate_proj, m.up_proj, m.down_proj)]
+            if biases != [None, None, None]:
                 return False
             if type(m.act_fn) is not type(layers[0].mlp.act_fn):
                 return False
-        return True
+        return head is None or (ok(head) and base_linear(head).bias is None)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ Same contract as `rollout.hf.sample` (same prompt encoding, suppressed ids, EOS 
    head as its "queries" (no K/V repeat, no mask building). Two implementations of the step, same
    maths: the functional step (`decode_ops.pre_attn` / `post_attn` on the layers' weights: one GEMM for
    q/k/v, q and k rotated together, residual adds in the GEMM epilogues, ~half the kernels), used
-   for plain layers, and the module step (the layers' own modules), used for LoRA/peft layers.
+   for plain layers and for LoRA layers (read as merged sampling copies W + s B A, see
+   `decode_ops.FusedWeights`; the trained weights are never written), and the module step (the
+   layers' own modules), used for adapters a merge cannot express (DoRA, ...).
    `compile=True` (or env VLMGRPO_FAST_COMPILE=1) torch.compiles the two per-layer functions once
    (every layer reuses them), fusing the small ops; a compile failure falls back, loudly.
 3. Every step, sampling included (temperature, top-k, top-p, suppressed ids, per-row EOS stop, the
@@ -19,6 +21,11 @@ Same contract as `rollout.hf.sample` (same prompt encoding, suppressed ids, EOS 
    step is captured once in a CUDA graph and replayed (`use_graphs`, default: on CUDA). The host
    checks "all rows finished" every `check_every` steps only. A failed capture falls back to
    eager steps (logged; `graph_error`).
+
+4. Finished rows stop costing: at a host check where at most half the stepped rows still decode,
+   they move to the front (`_compact`) and the step runs on fewer rows (a graph per row count).
+5. FSDP2 (`synced_gpus` with fully_shard'ed units): `gathered` all-gathers every unit once per
+   rollout; the decode runs on those full weights with no collective per token.
 
 Positions. Decode tokens are text, so all three M-RoPE components equal one position p, which
 makes the 3D rotary embedding an ordinary 1D one: cos/sin come from a table built once with the
@@ -52,8 +59,10 @@ from vlmgrpo.rollout import Prompt, RolloutBatch
 from vlmgrpo.rollout import hf as hf_rollout
 from vlmgrpo.rollout.decode_ops import (
     FusedWeights,
+    base_linear,
     draw,
     filter_scores,
+    module_class,
     post_attn,
     pre_attn,
     rms,
@@ -130,6 +139,9 @@ class _State:
         self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # its KV slot (same for all rows)
         self.col = torch.zeros(1, dtype=torch.long, device=dev)  # output column it produces
         self.done = torch.zeros(b, dtype=torch.bool, device=dev)
+        # a row's token at output column >= stop_at is replaced by EOS (`sample(stop_at=...)`: forced
+        # lengths for benches and tests; by default past the cache, so never)
+        self.stop_at = torch.full((b,), cap + 1, dtype=torch.long, device=dev)
         self.out_tok = torch.zeros(b, cap, dtype=torch.long, device=dev)
         self.out_logp = torch.zeros(b, cap, dtype=torch.float32, device=dev)
         cos, sin = eng.rope_table(pos_cap)
@@ -142,6 +154,39 @@ class _State:
         self.eos = torch.zeros(0, dtype=torch.long, device=dev)
         self.suppress = torch.zeros(eng.vocab, dtype=torch.bool, device=dev)
         self.graphs: dict[tuple, Any] = {}
+        self.views: dict[int, _State] = {}  # n -> the first n rows (compaction), graphs included
+
+    ROWS = ("mask", "tok", "pos", "done", "stop_at", "out_tok", "out_logp")  # per-row, on dim 0
+
+    def view(self, n: int) -> _State:
+        """The first n rows as a state of their own (slices of this one's tensors, so a step on it
+        advances those rows; the counters, rotary tables and token ids are shared). Kept, with its
+        captured graphs, for later rollouts."""
+        if n == self.b:
+            return self
+        v = self.views.get(n)
+        if v is None:
+            v = object.__new__(_State)
+            v.__dict__.update(self.__dict__)
+            v.b, v.kv, v.graphs, v.views = n, self.kv[:, :, :n], {}, {}
+            v.k, v.v = [t[:n] for t in self.k], [t[:n] for t in self.v]
+            for name in self.ROWS:
+                setattr(v, name, getattr(self, name)[:n])
+            self.views[n] = v
+        return v
+
+    def move_rows(self, src: list[int], dst: list[int]) -> None:
+        """Compaction: rows src (still decoding) take the places of rows dst (ended). Their KV is
+        copied (an ended row's KV is not needed again); the per-row tensors are swapped, so the
+        ended rows' outputs live on at src, outside the rows still stepped."""
+        s = torch.tensor(src, dtype=torch.long, device=self.kv.device)
+        d = torch.tensor(dst, dtype=torch.long, device=self.kv.device)
+        self.kv.index_copy_(2, d, self.kv.index_select(2, s))
+        for name in self.ROWS:
+            t = getattr(self, name)
+            a, b = t.index_select(0, s), t.index_select(0, d)
+            t.index_copy_(0, d, a)
+            t.index_copy_(0, s, b)
 
     def set_tokens(self, pad: int, eos: list[int], suppress: list[int]) -> None:
         """Token ids the step reads. Updated in place: a captured graph holds these tensors'
@@ -150,6 +195,7 @@ class _State:
         if self.eos.numel() != len(eos):
             self.eos = torch.tensor(eos, dtype=torch.long, device=self.pad.device)
             self.graphs.clear()
+            self.views.clear()  # they hold the old tensor
         else:
             self.eos.copy_(torch.tensor(eos, dtype=torch.long))
         self.suppress.zero_()
@@ -162,7 +208,10 @@ class FastEngine:
 
     use_graphs: capture the decode step in a CUDA graph (None = on CUDA). check_every: decode
     steps between host checks of "every row has ended". len_multiple: the cache length is rounded
-    up to it, so that prompts of slightly different lengths reuse one captured graph.
+    up to it, so that prompts of slightly different lengths reuse one captured graph. compact:
+    finished rows stop costing: at a host check where at most half the stepped rows still decode,
+    those rows are moved to the front and the step runs on fewer rows (halvings of B, down to
+    compact_min).
     """
 
     def __init__(
@@ -174,6 +223,8 @@ class FastEngine:
         compile: bool = False,
         check_every: int = 16,
         len_multiple: int = 64,
+        compact: bool = True,
+        compact_min: int = 8,
     ) -> None:
         reason = unsupported_reason(model)
         if reason:
@@ -203,6 +254,10 @@ class FastEngine:
         if self.use_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA model")
         self.check_every = max(1, check_every)
+        # compaction: at a host check, once at most half the stepped rows are still decoding, they
+        # move to the front and only the first ceil(n/2^k) rows are stepped (graphs for every such
+        # size are captured up front); never below compact_min rows
+        self.compact, self.compact_min = bool(compact), max(1, compact_min)
         self.len_multiple = max(1, len_multiple)
         self.max_states = 2
         self.states: dict[tuple, _State] = {}
@@ -212,10 +267,19 @@ class FastEngine:
         self.graph_error = ""
         # The functional step (fused q/k/v GEMM, joint RoPE, residuals in GEMM epilogues: about half
         # the kernels of the module step) for plain layers; the module step runs LoRA layers.
-        can_fuse = FusedWeights.supported(self.layers)
+        # LoRA layers run as merged sampling copies (W + s B A, see FusedWeights) unless
+        # VLMGRPO_FAST_LORA_MERGE=0; adapters a merge cannot express (DoRA, ...) use the module step.
+        can_fuse = (
+            FusedWeights.supported(self.layers, self.head) and module_class(self.embed) is torch.nn.Embedding
+        )
+        if fused is None and os.environ.get("VLMGRPO_FAST_LORA_MERGE", "1") == "0":
+            fused = False if _has_adapters(self.layers, self.head) else None
         if fused and not can_fuse:
-            raise ValueError("fast rollout engine: fused=True needs plain nn.Linear layers (no LoRA)")
-        self.fused = FusedWeights(self.layers) if (can_fuse if fused is None else fused) else None
+            raise ValueError(
+                "fast rollout engine: fused=True needs nn.Linear layers or mergeable LoRA adapters "
+                "(not DoRA, lora_bias or fan_in_fan_out)"
+            )
+        self.fused = FusedWeights(self.layers, self.head) if (can_fuse if fused is None else fused) else None
         self.compile, self.compile_error = bool(compile) and self.fused is not None, ""
         self._pre, self._post = pre_attn, post_attn
         # one activation object for every layer (stateless, same class): a compiled function that
@@ -313,6 +377,7 @@ class FastEngine:
             tok = logits.masked_fill(st.suppress, float("-inf")).argmax(-1)
         else:
             tok = draw(filter_scores(x, st.suppress, s.top_k, s.top_p).softmax(-1))
+        tok = torch.where(st.col >= st.stop_at, st.eos[:1], tok)  # forced lengths (sample(stop_at))
         logp = x.gather(1, tok[:, None])[:, 0] - torch.logsumexp(x, -1)
         return tok, logp
 
@@ -350,7 +415,7 @@ class FastEngine:
         cos = st.cos[st.pos][:, None]  # [B, 1, D], broadcast over heads
         sin_s = st.sin_signed[st.pos][:, None]
         for i, ly in enumerate(self.layers):
-            a, m = ly.self_attn, ly.mlp
+            a = ly.self_attn
             q, k, v = self._pre(
                 h,
                 ly.input_layernorm.weight,
@@ -370,23 +435,48 @@ class FastEngine:
             st.v[i].index_copy_(2, st.slot, v)
             with self._sdpa_backends():
                 o = F.scaled_dot_product_attention(q, st.k[i], st.v[i], attn_mask=st.mask, scale=self.scaling)
+            w = fw.w[i]
             h = self._post(
                 h,
                 o.reshape(b, self.n_heads * self.head_dim),
-                a.o_proj.weight,
-                a.o_proj.bias,
+                w["o_proj"],
+                base_linear(a.o_proj).bias,
                 ly.post_attention_layernorm.weight,
-                m.gate_proj.weight,
-                m.up_proj.weight,
-                m.down_proj.weight,
+                w["gate_proj"],
+                w["up_proj"],
+                w["down_proj"],
                 self._act,
                 ly.post_attention_layernorm.variance_epsilon,
             )
-        logits = F.linear(rms(h, self.norm.weight, self.norm.variance_epsilon), self.head.weight).float()
+        logits = F.linear(rms(h, self.norm.weight, self.norm.variance_epsilon), fw.w_head).float()
         tok, logp = self._sample(st, logits)
         st.pos += 1
         st.slot += 1
         self._emit(st, tok, logp)
+
+    def _compact_sizes(self, b: int) -> list[int]:
+        """The row counts the decode step may run on: b, then halvings (rounded up) down to
+        compact_min."""
+        sizes = [b]
+        while self.compact and sizes[-1] > self.compact_min and sizes[-1] > 1:
+            sizes.append(max(self.compact_min, -(-sizes[-1] // 2)))
+        return sizes
+
+    def _compact(self, st: _State, n: int, live: int, sizes: list[int], order: list[int]) -> int:
+        """The rows to step from now on: the smallest size that holds the `live` rows still
+        decoding among the first n; those beyond it move into ended rows' places (`order`, the
+        output row of each state row, follows the moves)."""
+        m = min((x for x in sizes if x >= live), default=n)
+        if m >= n:
+            return n
+        done = st.done[:n].tolist()
+        src = [i for i in range(m, n) if not done[i]]
+        dst = [i for i in range(m) if done[i]][: len(src)]
+        if src:
+            st.move_rows(src, dst)
+            for i, j in zip(src, dst):
+                order[i], order[j] = order[j], order[i]
+        return m
 
     def _graph(self, st: _State) -> Any:
         """The CUDA graph of one decode step for this state and sampling setting (captured once)."""
@@ -482,8 +572,11 @@ class FastEngine:
         max_new_tokens: int = 64,
         return_logps: bool = False,
         generator_seed: int | None = None,
+        stop_at: list[int] | None = None,
     ) -> RolloutBatch:
-        """Same arguments and result as `rollout.hf.sample` (B = len(prompts) x group_size rows)."""
+        """Same arguments and result as `rollout.hf.sample` (B = len(prompts) x group_size rows).
+        stop_at [B] (benches, tests): row r emits EOS as its token number stop_at[r] (1-based) if
+        it has not ended before: a policy's length spread forced on a model that never ends."""
         import time
 
         t0 = time.perf_counter()
@@ -500,42 +593,56 @@ class FastEngine:
         need_pos = plen + max_new_tokens + 1
         st = self._state_for(b, plen + max_new_tokens, need_pos)
         st.set_tokens(pad_id, eos, hf_rollout.suppressed_ids(proc, self.vocab))
+        if stop_at is not None:
+            if len(stop_at) != b or not eos:
+                raise ValueError(f"stop_at: {len(stop_at)} lengths for {b} rows (and EOS ids {eos})")
+            st.stop_at.copy_(torch.tensor(stop_at, dtype=torch.long).clamp_min(1) - 1)
+        else:
+            st.stop_at.fill_(st.cap + 1)
+        sizes = self._compact_sizes(b)
         if self.fused is not None:
-            self.fused.refresh()  # the optimiser changed q/k/v since the last rollout
+            self.fused.refresh()  # the optimiser changed the weights (or adapters) since the last rollout
         if generator_seed is not None:
             torch.manual_seed(generator_seed)
         was_training = model.training
         model.eval()
         try:
-            graph = None
+            graphs: dict[int, Any] = {}
             self._ensure_compiled(st)
             if self.use_graphs:
-                try:
-                    graph = self._graph(st)
+                try:  # every size compaction can step, before the prefill (capture clobbers the state)
+                    graphs = {n: self._graph(st.view(n)) for n in sizes}
                 except RuntimeError as e:  # keep going without graphs, loudly
                     log.warning("fast rollout: CUDA graph capture failed (%s); decoding without graphs", e)
                     self.use_graphs, self.graph_error = False, f"{type(e).__name__}: {e}"
                     st.graphs.clear()
+                    st.views.clear()
+                    graphs = {}
                     torch.cuda.synchronize()
             t_pre = _sync_time(dev)
             self._prefill(enc, st, g, has_images)
             if int(st.pos.max()) + max_new_tokens > st.pos_cap:
                 raise RuntimeError("rotary table too short")  # cannot happen for text decode tokens
             t1 = _sync_time(dev)
-            steps = 1
+            steps, row_steps, n = 1, 0, b  # the first n rows of st are stepped
+            order = list(range(b))  # order[i]: the output row that state row i holds
             while steps < max_new_tokens:
-                if graph is not None:
-                    graph.replay()
+                if graphs:
+                    graphs[n].replay()
                 else:
-                    self._step(st)
-                steps += 1
-                check = steps % self.check_every == 0 or (graph is None and steps % 4 == 0)
-                if check and bool(st.done.all()):  # the host's only sync in the loop
-                    break
+                    self._step(st.view(n))
+                steps, row_steps = steps + 1, row_steps + n
+                check = steps % self.check_every == 0 or (not graphs and steps % 4 == 0)
+                if check:
+                    live = int((~st.done[:n]).sum())  # the host's only sync in the loop
+                    if live == 0:
+                        break
+                    n = self._compact(st, n, live, sizes, order)
             t2 = _sync_time(dev)
         finally:
             model.train(was_training)
-        out_tok = st.out_tok[:, :steps]
+        where = torch.tensor(sorted(range(b), key=order.__getitem__), device=dev)  # row -> state row
+        out_tok, out_logp = st.out_tok[where, :steps], st.out_logp[where]
         from vlmgrpo.grpo.core import completion_mask_from_eos
 
         cmask = completion_mask_from_eos(out_tok, eos, pad_id)
@@ -543,7 +650,7 @@ class FastEngine:
         completion_ids = out_tok[:, :c_len].clone()
         cmask = cmask[:, :c_len]
         completion_ids = torch.where(cmask.bool(), completion_ids, torch.full_like(completion_ids, pad_id))
-        sample_logps = (st.out_logp[:, :c_len] * cmask).clone() if return_logps else None
+        sample_logps = (out_logp[:, :c_len] * cmask).clone() if return_logps else None
         rows = [i for i in range(n_prompt) for _ in range(g)]
         ridx = torch.tensor(rows, device=dev)
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
@@ -558,6 +665,8 @@ class FastEngine:
             "decode_steps": float(steps),
             "gen_tokens": float(gen_tokens),
             "decode_ms_per_step": 1e3 * (t2 - t1) / max(1, steps - 1),
+            # rows stepped over all decode steps / (B x steps): what compaction left of the work
+            "decode_rows_frac": row_steps / max(1, b * (steps - 1)),
         }
         return RolloutBatch(
             prompt_ids=enc["input_ids"][ridx],
@@ -570,6 +679,11 @@ class FastEngine:
             sample_logps=sample_logps,
             group_size=group_size,
         )
+
+
+def _has_adapters(layers: list[Any], head: Any) -> bool:
+    mods = [head] + [m for ly in layers for m in (*ly.self_attn.children(), *ly.mlp.children())]
+    return any(m is not base_linear(m) for m in mods)
 
 
 def _sync_time(dev: torch.device) -> float:
@@ -607,6 +721,35 @@ def engine_for(model: Any, use_graphs: bool | None = None, compile: bool | None 
     return eng
 
 
+def fsdp_units(model: Any) -> list[Any]:
+    """The FSDP2 units (fully_shard'ed modules) in `model`, in module order ([] when not sharded)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def gathered(units: list[Any]):
+    """FSDP2: the full weights on this rank for one rollout. Every unit is all-gathered once (one
+    collective per unit, the same order on every rank), stays unsharded through the rollout (its
+    forwards do not reshard), and is resharded at the end. Inside, the decode loop runs on local
+    full weights with no collective per token, so ranks need not decode in lock step (HF generate
+    with synced_gpus all-gathers every unit for every token). Costs the full weights' memory on
+    each rank during the rollout."""
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        for m in units:
+            m.unshard()
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)  # dist.wrap's setting (vlmgrpo's only)
+
+
 def sample(
     model: Any,
     proc: Any,
@@ -624,8 +767,16 @@ def sample(
     synced_gpus: bool = False,
 ) -> RolloutBatch:
     """`rollout.hf.sample` with the static-cache engine; falls back to HF generate (logged once)
-    for architectures the engine does not support and for FSDP (`synced_gpus`: sharded weights)."""
-    reason = "FSDP (synced_gpus)" if synced_gpus else unsupported_reason(model)
+    for architectures the engine does not support. FSDP2 (`synced_gpus` with fully_shard'ed units):
+    the weights are gathered once for the rollout (`gathered`), not per token; other sharding
+    under synced_gpus goes to HF generate."""
+    units = fsdp_units(model) if synced_gpus else []
+    reason = unsupported_reason(model)
+    if synced_gpus and not reason:
+        if not units:
+            reason = "synced_gpus without FSDP2 units"
+        elif os.environ.get("VLMGRPO_FAST_FSDP", "1") == "0":
+            reason = "VLMGRPO_FAST_FSDP=0 (FSDP2 rollout through HF generate)"
     kw = dict(
         temperature=temperature,
         top_p=top_p,
@@ -639,6 +790,10 @@ def sample(
             _WARNED.add(reason)
             log.warning("fast rollout: %s; using HF generate", reason)
         return hf_rollout.sample(model, proc, prompts, group_size, synced_gpus=synced_gpus, **kw)
+    if units:
+        with gathered(units):
+            eng = engine_for(model, use_graphs, compile)  # built on full weights (q/k/v copies)
+            return eng.sample(proc, prompts, group_size, **kw)
     eng = engine_for(model, use_graphs, compile)
     return eng.sample(proc, prompts, group_size, **kw)
 
