@@ -130,6 +130,39 @@ def test_two_processes_equal_one_process(strategy, tiny_vlm_dir, single_run, tmp
     assert min(_grad_norms(single_run / "run")) > 0 and min(_grad_norms(tmp_path / "run")) > 0  # real updates
 
 
+@pytest.fixture(scope="module")
+def tied_vlm_dir(tiny_vlm_dir, tmp_path_factory):
+    """The tiny Qwen2.5-VL with its LM head tied to the input embeddings, as Qwen2.5-VL-3B has
+    (tie_word_embeddings: true): one parameter owned by two modules."""
+    from transformers import AutoModelForImageTextToText
+
+    out = tmp_path_factory.mktemp("tied")
+    base = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir)
+    cfg = base.config
+    cfg.tie_word_embeddings = True
+    cfg.get_text_config().tie_word_embeddings = True
+    model = type(base)(cfg)
+    model.load_state_dict(base.state_dict(), strict=False)
+    model.tie_weights()
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    model.save_pretrained(out)
+    for f in Path(tiny_vlm_dir).iterdir():  # tokenizer, processor, chat template
+        if not (out / f.name).exists():
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def test_fsdp2_with_tied_embeddings_equals_one_process(tied_vlm_dir, tmp_path):
+    """fully_shard refused the tied embedding/LM-head weight when the two modules became two units
+    ("shared with a parameter already managed by another FSDP group"): they now share one unit."""
+    _run(tied_vlm_dir, tmp_path / "one", 1, dump=tmp_path / "dump1")
+    _run(tied_vlm_dir, tmp_path / "two", 2, "--set", "train.dist_strategy=fsdp2", dump=tmp_path / "dump2")
+    rank0, rank1 = _load(tmp_path / "dump2" / "rank-0.pt"), _load(tmp_path / "dump2" / "rank-1.pt")
+    _assert_same(rank0, rank1, atol=0)
+    _assert_same(rank0, _load(tmp_path / "dump1" / "rank-0.pt"))
+    assert min(_grad_norms(tmp_path / "two")) > 0
+
+
 def test_two_process_run_resumes_in_one_process(tiny_vlm_dir, tmp_path):
     _run(tiny_vlm_dir, tmp_path / "run", 2, dump=tmp_path / "dump2")
     shutil.rmtree(tmp_path / "run" / "ckpts" / "ckpt-2")

@@ -320,14 +320,24 @@ def wrap(
         covered = {id(p) for u in units for p in u.parameters()}
         # the remaining parameter owners (embeddings, final norm, lm_head) get units of their own, so
         # the root owns no parameter: a root left unsharded after generation then cannot hide the
-        # optimizer's sharded parameters from the state-dict APIs
+        # optimizer's sharded parameters from the state-dict APIs. Owners of one tied parameter
+        # (embed_tokens and lm_head of Qwen2.5-VL-3B, tie_word_embeddings) share one unit:
+        # fully_shard refuses a parameter that another unit already manages.
+        groups: list[list[torch.nn.Module]] = [[u] for u in units]
+        group_of: dict[int, int] = {}  # parameter id -> index in groups
         for m in base.modules():
             own = list(m.parameters(recurse=False))
-            if own and not any(id(p) in covered for p in own):
-                units.append(m)
-                covered.update(id(p) for p in own)
-        for module in units:  # the vision tower, each decoder layer, and the leftovers: one unit each
-            fsdp_api.fully_shard(module, **kw)
+            if not own or any(id(p) in covered for p in own):
+                continue
+            k = next((group_of[id(p)] for p in own if id(p) in group_of), None)
+            if k is None:
+                groups.append([m])
+                k = len(groups) - 1
+            else:
+                groups[k].append(m)
+            group_of.update((id(p), k) for p in own)
+        for group in groups:  # the vision tower, each decoder layer, and the leftovers: one unit each
+            fsdp_api.fully_shard(group[0] if len(group) == 1 else group, **kw)
         fsdp_api.fully_shard(policy, **kw)
         logp_model.full_forward = True  # go through the root module so FSDP2's hooks run
         return logp_model
