@@ -56,6 +56,9 @@ def constant(rec, ctx):
 
 def slow(rec, ctx):
     raise TimeoutError("ran past its 1 s bound")
+
+def no_ctx(rec, target=100):
+    return -abs(len(rec.completion) - target)
 """
 
 
@@ -110,6 +113,19 @@ def test_a_misspelled_reward_kwarg_names_the_reward_and_the_kwarg(
     assert main(_train(tiny_vlm_dir, tmp_path / "run", f"{{name: '{spec}', kwargs: {{targt: 5}}}}")) == 2
     line = _error_line(capsys)
     assert f"rewards[0] ({spec})" in line and "unexpected keyword argument 'targt'" in line
+
+
+def test_a_reward_signature_that_cannot_take_the_call_fails_before_the_model_loads(
+    tmp_path, rewards_file, capsys
+):
+    """fn(record, target) has no ctx: the call fn(record, ctx, target=5) cannot bind. That is one
+    line naming the reward before anything loads (the model path here does not even exist)."""
+    spec = f"{rewards_file}:no_ctx"
+    missing_model = tmp_path / "no-model-here"
+    assert main(_train(missing_model, tmp_path / "run", f"{{name: '{spec}', kwargs: {{target: 5}}}}")) == 2
+    line = _error_line(capsys)
+    assert f"rewards[0] ({spec}): cannot be called as fn(record, ctx, **kwargs)" in line
+    assert "no-model-here" not in line
 
 
 def test_time_outs_on_every_sample_are_skipped_not_a_stop(tiny_vlm_dir, tmp_path, rewards_file, capsys):

@@ -147,8 +147,10 @@ class Trainer:
         self.train_set, self.eval_set, self.specs = c.train_set, c.eval_set, c.specs
         if not self.specs:
             raise ConfigError("rewards: the recipe lists no reward")
-        for s in self.specs:
-            fn = resolve_reward(s.name).fn  # fail now, not at step 1, on an unknown reward
+        for i, s in enumerate(self.specs):
+            rf = resolve_reward(s.name)  # fail now, not at step 1, on an unknown reward
+            _check_reward_call(rf, s, i)  # ... or on a signature that cannot take its kwargs
+            fn = rf.fn
             if hasattr(fn, "prepare"):  # load services/models now: a missing token fails here
                 fn.prepare(**s.kwargs)
         self.model, self.proc = c.load_model(cfg, self.resume_from, self.device)
@@ -1116,6 +1118,25 @@ def _skipped(metrics: dict[str, Any]) -> bool:
 
 def _finite(value: Any, default: float | None) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else default
+
+
+def _check_reward_call(rf: Any, spec: RewardSpec, index: int) -> None:
+    """A reward is called as fn(record_or_records, ctx, **kwargs): a function that cannot take that
+    call (a misspelled kwarg, a missing ctx) is a config error before any model loads, not a
+    failure on every sample of step 0."""
+    import inspect
+
+    try:
+        sig = inspect.signature(rf.fn)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    try:
+        sig.bind(None, None, **spec.kwargs)
+    except TypeError as e:
+        raise ConfigError(
+            f"rewards[{index}] ({spec.name}): cannot be called as fn(record, ctx, **kwargs) with "
+            f"kwargs {sorted(spec.kwargs)}: {e}"
+        ) from None
 
 
 class _PeerServiceError(ServiceError):
