@@ -11,7 +11,8 @@ Isolation is bubblewrap's (`bwrap`, Debian package `bubblewrap`), where it can b
 (as root; without root where user namespaces are allowed). It gives the launcher a fresh root
 with only what a Python program needs: /usr and its symlinks, a few /etc files (library cache,
 fonts), the interpreter's prefixes and the launcher, all read-only; a size-capped private tmpfs
-at /tmp as the working directory (its path exists inside, so `os.path.abspath` works); new /proc
+at /sbx/work as the working directory (its path exists inside, so `os.path.abspath` works) and
+another at /tmp; new /proc
 and /dev; new mount, PID, network, IPC and UTS namespaces. The launcher joins a fresh session
 keyring. As root the program also runs as a leased unprivileged uid (RLIMIT_NPROC per program,
 every process of the uid killed after the run). Without bubblewrap, or with `isolate: false`,
@@ -72,7 +73,8 @@ NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "user", "cgroup")
 NS_KEYS = {"mnt": "mount_ns", "pid": "pid_ns", "net": "network", "ipc": "ipc_ns", "uts": "uts_ns"}
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 # paths inside the bwrap view: the launcher, matplotlib's font list (read-only), a writable copy
-SBX_LAUNCHER, SBX_MPL_CACHE, SBX_MPL, SBX_WORK = "/sbx/launcher.py", "/sbx/mpl-cache", "/sbx/mpl", "/tmp"
+# the cwd is not /tmp: an interpreter below /tmp (a CI clone's venv) puts its mount point there
+SBX_LAUNCHER, SBX_MPL_CACHE, SBX_MPL, SBX_WORK = "/sbx/launcher.py", "/sbx/mpl-cache", "/sbx/mpl", "/sbx/work"
 # what a Python program may need besides its interpreter: the shared libraries' cache, fonts
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/fonts", "/etc/localtime")
 UID_POOL = 1024  # uids leased to concurrent runs: base .. base + UID_POOL - 1
@@ -86,7 +88,7 @@ class SandboxConfig:
     cpu_s: float = 0.0  # CPU seconds per process; 0 = timeout_s
     memory_mb: int = 1024  # address space per process (RLIMIT_AS); matplotlib needs ~300
     max_procs: int = 8  # tasks (processes + threads) of the program, where enforceable
-    disk_mb: int = 64  # size of the private tmpfs working directory (and /dev/shm), with bwrap
+    disk_mb: int = 64  # size of each private tmpfs (working directory, /tmp, /dev/shm), with bwrap
     max_file_mb: int = 64  # largest file a program may write (RLIMIT_FSIZE)
     max_open_files: int = 64
     dpi: int = 100  # figure saved at this dpi ...
@@ -369,7 +371,8 @@ def bwrap_works() -> str:
 
 def _bwrap_args(dirs: Sequence[str], mpl_cache: str, c: SandboxConfig, root: bool) -> list[str]:
     """bubblewrap's command line: a fresh root with only the OS libraries, the interpreter's
-    directories, fonts and the launcher (all read-only), a size-capped private /tmp as the cwd,
+    directories, fonts and the launcher (all read-only), a size-capped private /sbx/work as the cwd
+    and another private /tmp,
     new /proc and /dev, and new mount, PID, network (unless `network`), IPC and UTS namespaces."""
     disk = str(c.disk_mb << 20)
     args = [shutil.which("bwrap") or "bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-uts"]
@@ -386,8 +389,9 @@ def _bwrap_args(dirs: Sequence[str], mpl_cache: str, c: SandboxConfig, root: boo
     for f in ETC_FILES:
         args += ["--ro-bind-try", f, f]
     args += ["--proc", "/proc", "--dev", "/dev", "--size", disk, "--perms", "1777", "--tmpfs", "/dev/shm"]
+    args += ["--size", disk, "--perms", "1777", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/sbx"]
     args += ["--size", disk, "--perms", "1777", "--tmpfs", SBX_WORK]
-    made = {"/", "/usr", "/tmp"}
+    made = {"/", "/usr", "/tmp", "/sbx"}
     for d in [*dirs, SBX_LAUNCHER]:  # parents bwrap would create 0700 (closed to the leased uid)
         for parent in reversed(Path(d).parents):
             if str(parent) not in made:
