@@ -154,6 +154,8 @@ class DemoTask:
 # The area demo's warm start (docs/area.md): the task's format with the true area rounded to 100
 # (`area_coarse`), so the correctness reward has spread within groups from the first GRPO step; a
 # pure-GRPO policy never wrote a valid number in 400 steps. GRPO then runs at a warm-started lr.
+# Evaluation: 64 held-out shapes x 2 sampled answers (temperature 1.0) instead of the recipe's 16
+# greedy ones, whose answer jumps between the warm start's values (docs/area.md: tries 1 and 3).
 AREA_OVERRIDES: tuple[str, ...] = (
     "warmup.steps=300",
     "warmup.lr=2e-3",
@@ -162,6 +164,10 @@ AREA_OVERRIDES: tuple[str, ...] = (
     "warmup.eval_every=100",
     "optim.lr=5e-4",
     "rollout.prompts_per_step=4",
+    "data.kwargs.n=64",
+    "eval.num_items=64",
+    "eval.num_chains=2",
+    "eval.temperature=1.0",
 )
 # Demo budgets: what each task's recipe runs under `vlmgrpo demo` (the recipes stay as they are).
 _EVERY = ("train.eval_every=25", "train.save_every=100", "train.log_samples_every=25")
