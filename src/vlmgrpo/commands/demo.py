@@ -4,6 +4,8 @@ rewards, held-out evaluation against the ceiling, plots and report (`vlmgrpo dem
 - `cycle` (the default, `make demo`): build a tiny Qwen3-VL, warm-start it, run cycle-consistency
   GRPO on synthetic scenes, and report held-out similarity against the ceiling and the shuffled
   control. The text-to-image model is the procedural renderer, the embedder the pixel similarity.
+  Then the transfer check: the base model and every checkpoint answer questions about held-out
+  scenes (`scenes-qa`, graded by rules); pass@1 per model goes to summary.json's `transfer`.
 - `geometry`, `area`, `img2code`: the task's offline recipe (`TASKS`) on data this command writes
   (synthetic Geometry3K diagrams, the area task's own stream, img2code's sample figures).
 
