@@ -14,7 +14,8 @@ temperature 0.7, 512 tokens, the chart assistant prompt). Command-line options w
 Tasks plug in through the `EVAL_TASKS` registry ("module:function", imported when selected) with the
 contract `fn(model, proc, ctx: TaskContext) -> dict` holding at least `pass@1` (or `score`); `ctx`
 gives the options, the run's config, the items (`ctx.samples()`), a seeded `ctx.generate` and the judge.
-Built in: `charxiv` / `charts` (`tasks/qa_eval.py`, seed A's judged pass@k), `rewards` and
+Built in: `charxiv` / `charts` (`tasks/qa_eval.py`, seed A's judged pass@k), `scenes-qa`
+(`tasks/scene_qa_eval.py`, questions about held-out scenes, rules-graded), `rewards` and
 `img2code` (`tasks/reward_eval.py`, the run's own rewards), `geometry` and `area` (`tasks/`).
 Each result records what its headline measures (`metric`) and who graded it (`judge` / `grader`).
 
@@ -47,6 +48,7 @@ EVAL_TASKS.register("rewards", "vlmgrpo.tasks.reward_eval:reward_task")
 EVAL_TASKS.register("img2code", "vlmgrpo.tasks.reward_eval:img2code_task")
 EVAL_TASKS.register("geometry", "vlmgrpo.tasks.geometry_eval:evaluate_geometry")
 EVAL_TASKS.register("area", "vlmgrpo.tasks.area_eval:evaluate_area")
+EVAL_TASKS.register("scenes-qa", "vlmgrpo.tasks.scene_qa_eval:scene_qa_task")
 
 # the run's eval dataset -> the task that grades it; anything else gets the offline charts benchmark
 TASK_FOR_DATASET = {
@@ -69,6 +71,7 @@ DEFAULT_KS = (1, 5, 10)
 METRIC_NAMES = {
     "charts": "pass@1, offline charts benchmark",
     "charxiv": "pass@1, CharXiv reasoning questions",
+    "scenes-qa": "pass@1, questions about held-out scenes (colour, shape, position; rules)",
     "geometry": "accuracy (greedy), Geometry3K",
     "area": "total reward (seed's strict area rewards, -3..4)",
     "img2code": "img2code reward (execution + image similarity)",
@@ -232,6 +235,8 @@ def load_items(cfg: Any, opts: EvalOptions, task: str) -> list[dict[str, Any]]:
         name = cfg.data.eval_dataset or cfg.data.dataset
         if task == "charts" and name != "charts":
             ds = build_dataset("charts", {"n": opts.num_items, "max_side": max_side}, "test", 0)
+        elif task == "scenes-qa" and name != "scenes":  # a run on other data: fixed scenes
+            ds = build_dataset("scenes", {"n": 200, "max_objects": 1}, "test", 0)
         else:
             ds = build_dataset(name, cfg.data.eval_kwargs or cfg.data.kwargs, "test", cfg.train.seed)
     if hasattr(ds, "__len__"):

@@ -43,9 +43,21 @@ def _geometry_sr1(sample: dict) -> str:  # scan/think/answer after the "<scan>" 
     return sr1_target(sample)
 
 
+AREA_COARSE_STEP = 100.0  # `area_coarse` rounds the true area to this many square units
+
+
+def _area_coarse(sample: dict) -> str:
+    """The area task's format with the true area rounded to AREA_COARSE_STEP: "<reasoning>circle
+    </reasoning><answer>700.00</answer>". Why coarse: a few answer values the tiny model can tell
+    apart, and room for GRPO to improve on the rounding (docs/area.md)."""
+    area = round(float(sample["answer"]) / AREA_COARSE_STEP) * AREA_COARSE_STEP
+    return f"<reasoning>{sample['shape']}</reasoning><answer>{area:.2f}</answer>"
+
+
 DERIVED_TARGETS: dict[str, Callable[[dict], str]] = {
     "scene_colors": _scene_colors,
     "geometry_sr1": _geometry_sr1,
+    "area_coarse": _area_coarse,
 }
 
 

@@ -4,6 +4,8 @@ rewards, held-out evaluation against the ceiling, plots and report (`vlmgrpo dem
 - `cycle` (the default, `make demo`): build a tiny Qwen3-VL, warm-start it, run cycle-consistency
   GRPO on synthetic scenes, and report held-out similarity against the ceiling and the shuffled
   control. The text-to-image model is the procedural renderer, the embedder the pixel similarity.
+  Then the transfer check: the base model and every checkpoint answer questions about held-out
+  scenes (`scenes-qa`, graded by rules); pass@1 per model goes to summary.json's `transfer`.
 - `geometry`, `area`, `img2code`: the task's offline recipe (`TASKS`) on data this command writes
   (synthetic Geometry3K diagrams, the area task's own stream, img2code's sample figures).
 
@@ -151,6 +153,24 @@ class DemoTask:
     reference: Callable[[dict], str] | None = None  # a held-out item's reference completion
 
 
+# The area demo's warm start (docs/area.md): the task's format with the true area rounded to 100
+# (`area_coarse`), so the correctness reward has spread within groups from the first GRPO step; a
+# pure-GRPO policy never wrote a valid number in 400 steps. GRPO then runs at a warm-started lr.
+# Evaluation: 64 held-out shapes x 2 sampled answers (temperature 1.0) instead of the recipe's 16
+# greedy ones, whose answer jumps between the warm start's values (docs/area.md: tries 1 and 3).
+AREA_OVERRIDES: tuple[str, ...] = (
+    "warmup.steps=300",
+    "warmup.lr=2e-3",
+    "warmup.batch_size=16",
+    "warmup.target_field=area_coarse",
+    "warmup.eval_every=100",
+    "optim.lr=5e-4",
+    "rollout.prompts_per_step=4",
+    "data.kwargs.n=64",
+    "eval.num_items=64",
+    "eval.num_chains=2",
+    "eval.temperature=1.0",
+)
 # Demo budgets: what each task's recipe runs under `vlmgrpo demo` (the recipes stay as they are).
 _EVERY = ("train.eval_every=25", "train.save_every=100", "train.log_samples_every=25")
 TASKS: dict[str, DemoTask] = {
@@ -162,7 +182,7 @@ TASKS: dict[str, DemoTask] = {
         "area-tiny",
         "area_correctness",
         arch="qwen2_5_vl",
-        overrides=_EVERY,
+        overrides=(*AREA_OVERRIDES, *_EVERY),
         reference=_area_reference,
     ),
     "img2code": DemoTask(
@@ -265,6 +285,35 @@ def reference_scores(cfg: Any, metric: str, reference: Callable[[dict], str]) ->
     return score(refs), score(refs[1:] + refs[:1])
 
 
+# The transfer check of the cycle demo: questions about its held-out scenes (`scenes-qa`,
+# data/scene_qa.py), answered by the base model and every checkpoint under a question prompt,
+# graded by rules. 32 scenes x 3 questions x 4 sampled answers at the demo's eval temperature.
+TRANSFER_EVAL = {"num_items": 32, "num_samples": 4, "ks": (1, 4), "temperature": 1.0, "max_new_tokens": 24}
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def transfer_check(run_dir: Path) -> dict:
+    """pass@1 of the base model and every checkpoint of `run_dir` on `scenes-qa` (results in
+    ckpt_tests/, as `vlmgrpo eval --task scenes-qa` writes them), overall and per attribute."""
+    from vlmgrpo.evaluate import EvalOptions, evaluate_run
+
+    results = evaluate_run(
+        run_dir, EvalOptions(task="scenes-qa", force=True, **TRANSFER_EVAL), echo=lambda line: None
+    )
+    return {
+        "task": "scenes-qa",
+        "questions": results[0]["graded"] // TRANSFER_EVAL["num_samples"] if results else 0,
+        "pass@1": {r["name"]: r.get("pass@1") for r in results},
+        "by_attribute": {r["name"]: {a: r.get(a) for a in ("colour", "shape", "position")} for r in results},
+        "chance": {a: v["chance"] for a, v in (results[0].get("by_attribute") or {}).items()}
+        if results
+        else {},
+    }
+
+
 def _build_model(task: DemoTask, model_dir: Path) -> Path:
     if task.recipe == "demo":
         return build_demo_model(model_dir)
@@ -307,22 +356,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             s = summarize(run_dir, task.metric)
         s["train_wall_s"] = wall  # warm start + GRPO + its evaluations
-        summaries[str(seed)] = s
-        (run_dir / "summary.json").write_text(json.dumps(s, indent=1))
         from vlmgrpo.report.html import write_report
         from vlmgrpo.report.plots import plot_run
 
         if args.task == "cycle":
-            # transfer check: pass@1 of the base model and every checkpoint on the offline
-            # synthetic chart-reasoning benchmark (rules judge; the tiny model is expected to
-            # score ~0)
-            from vlmgrpo.evaluate import EvalOptions, evaluate_run
-
-            evaluate_run(
-                run_dir,
-                EvalOptions(task="charts", num_items=10, num_samples=4, ks=(1, 4), max_new_tokens=24),
-                echo=lambda line: None,
-            )
+            s["transfer"] = transfer_check(run_dir)
+        summaries[str(seed)] = s
+        (run_dir / "summary.json").write_text(json.dumps(s, indent=1))
         plot_run(run_dir)
         report, _ = write_report(run_dir)
         if "first_grpo_eval" in s:
@@ -334,6 +374,12 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             print(f"seed {seed}: no held-out evaluation was logged (train.eval_every=0?)")
+        if "transfer" in s:
+            t = s["transfer"]
+            print(
+                f"seed {seed}: transfer, pass@1 on {t['questions']} questions about held-out scenes: "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in t["pass@1"].items())
+            )
         print(f"results: {run_dir} (metrics.jsonl, samples/, ckpts/, plots, summary.json)")
         print(f"report: {report}")
     if len(seeds) > 1:

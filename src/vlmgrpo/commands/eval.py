@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         default="",
-        help="Eval task: charts | charxiv | rewards | geometry | area | img2code | module:fn (default: by "
+        help="Eval task: charts | charxiv | scenes-qa | rewards | geometry | area | img2code | module:fn (default: by "
         "--data, else by the run's eval dataset; runs without questions get charts).",
     )
     p.add_argument(

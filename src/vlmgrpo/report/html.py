@@ -178,6 +178,7 @@ TASK_COLUMNS = {
     "area": ["answered_rate", "mae", "within_10pct"],
     "img2code": ["exec_success_rate", "similarity", "syntax_error_rate"],
     "geometry": ["format_rate", "grounding_rate", "blind_success_rate"],
+    "scenes-qa": ["colour", "shape", "position"],  # pass@1 per attribute (tasks/scene_qa_eval.py)
 }
 
 

@@ -1,0 +1,60 @@
+"""The `scenes-qa` task of `vlmgrpo eval`: questions about held-out scenes, graded by rules.
+
+The run's held-out scenes (its eval dataset when that is `scenes`, else 200 one-object held-out
+scenes of seed 0), the first `num_items` of them, three questions each (`data/scene_qa.py`:
+colour, shape, position); `num_samples` answers per question under the question prompt (the
+image, then the question; no system prompt unless given); each graded by rules. pass@1 / pass@k
+as the QA benchmarks (`tasks/qa_eval.py`), plus pass@1 per attribute next to its chance level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmgrpo.errors import DataError
+
+
+def scene_qa_task(model: Any, proc: Any, ctx: Any) -> dict[str, Any]:
+    """pass@1 / pass@k over the scenes' questions, and `by_attribute` pass@1 with `chance`."""
+    from vlmgrpo.data.scene_qa import ATTRIBUTES, CHANCE, grade, questions
+    from vlmgrpo.rollout import Prompt
+    from vlmgrpo.tasks.qa_eval import item_stats, summarize_items
+
+    o = ctx.opts
+    scenes = ctx.samples()
+    if "scene" not in scenes[0]:
+        raise DataError(f"task {ctx.task}: the items are not scenes (no 'scene' field)")
+    items = [q for s in scenes for q in questions(s)]
+    if not items:
+        raise DataError(f"task {ctx.task}: no one-object scene among the {len(scenes)} items")
+    prompts = []
+    for q in items:
+        text = q["question"] + (f"\n{o.prompt_suffix}" if o.prompt_suffix else "")
+        content = [{"type": "image"} for _ in q["images"]] + [{"type": "text", "text": text}]
+        messages = ([{"role": "system", "content": o.system}] if o.system else []) + [
+            {"role": "user", "content": content}
+        ]
+        prompts.append(Prompt(messages=messages, images=q["images"], text=text))
+    completions = ctx.generate(model, proc, prompts, o.num_samples)
+    per_item = []
+    for q, comps in zip(items, completions):
+        graded = [grade(t, q["attribute"], q["answer"]) for t in comps]
+        per_item.append(
+            {
+                "id": q["id"],
+                "question": q["question"],
+                "ground_truth": q["answer"],
+                "attribute": q["attribute"],
+                "completions": [
+                    {"text": t, "score": s, "extracted_answer": e} for t, (s, e) in zip(comps, graded)
+                ],
+            }
+            | item_stats([s for s, _ in graded], o.ks)
+        )
+    by_attribute = {}
+    for a in ATTRIBUTES:
+        p1 = [it["pass@1"] for it in per_item if it["attribute"] == a]
+        by_attribute[a] = {"pass@1": sum(p1) / len(p1) if p1 else None, "n": len(p1), "chance": CHANCE[a]}
+    # flat copies of the per-attribute pass@1: the report's results table shows them as columns
+    flat = {a: v["pass@1"] for a, v in by_attribute.items()}
+    return summarize_items(per_item, o.ks) | {"by_attribute": by_attribute} | flat

@@ -1,0 +1,86 @@
+"""The cycle demo's transfer check (scenes-qa on base + every checkpoint) and the area demo's warm
+start on coarse true areas, end to end on short budgets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vlmgrpo.cli import main
+from vlmgrpo.commands import demo
+from vlmgrpo.rewards.area import correctness, has_xml_format, parse_area
+from vlmgrpo.warmup import AREA_COARSE_STEP, target_text
+
+SHORT = [
+    "train.steps=2", "train.eval_every=1", "train.save_every=1", "train.log_samples_every=0",
+    "eval.num_items=2", "eval.num_chains=1", "rollout.prompts_per_step=1", "rollout.group_size=2",
+    "rollout.max_new_tokens=6",
+]  # fmt: skip
+
+
+def _sets(values):
+    return [a for s in values for a in ("--set", s)]
+
+
+def test_area_coarse_target_is_a_valid_rounded_answer_that_fits_the_budget(tiny_vlm_dir):
+    from transformers import AutoTokenizer
+
+    from vlmgrpo.config import load_config
+    from vlmgrpo.data import build_dataset
+
+    cfg = load_config("area-tiny", list(demo.AREA_OVERRIDES))
+    assert (cfg.warmup.target_field, cfg.warmup.steps) == ("area_coarse", 300)
+    stream = build_dataset("area", cfg.data.kwargs, "train", 0)
+    tok = AutoTokenizer.from_pretrained(tiny_vlm_dir)
+    rng = np.random.default_rng(0)
+    scores = []
+    for _ in range(50):
+        s = stream.sample(rng)
+        t = target_text(s, "area_coarse")
+        pred = parse_area(t)
+        assert pred is not None and has_xml_format(t) and s["shape"] in t
+        assert pred % AREA_COARSE_STEP == 0 and abs(pred - s["answer"]) <= AREA_COARSE_STEP / 2
+        # + <|im_end|>: a target the sampler cannot finish would teach an answer GRPO never sees whole
+        assert len(tok(t)["input_ids"]) + 1 <= cfg.rollout.max_new_tokens
+        scores.append(correctness(pred, s["answer"]))
+    assert 2.0 < np.mean(scores) < 3.0  # well above a guess, short of the ceiling: room for GRPO
+
+
+def test_area_demo_warm_starts_then_runs_grpo(tiny_vlm_dir, tmp_path):
+    import shutil
+
+    from vlmgrpo.runlog import read_metrics
+
+    out = tmp_path / "area"
+    shutil.copytree(tiny_vlm_dir, out / "model")
+    args = ["demo", "--task", "area", "--output-dir", str(out), "--set", "warmup.steps=3"]
+    assert main(args + _sets(SHORT)) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    warm = [r for r in rows if r.get("phase") == "warmup"]
+    assert [r["step"] for r in warm] == [1, 2, 3] and all(r["warmup/loss"] > 0 for r in warm)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["metric"] == "eval/area_correctness/mean" and s["grpo_steps"] == 2 and s["ceiling"] == 3.0
+    assert "transfer" not in s  # the scenes questions belong to the cycle demo
+
+
+def test_cycle_demo_reports_transfer_for_base_and_every_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(demo.TRANSFER_EVAL, "num_items", 2)
+    monkeypatch.setitem(demo.TRANSFER_EVAL, "num_samples", 2)
+    monkeypatch.setitem(demo.TRANSFER_EVAL, "ks", (1, 2))
+    monkeypatch.setitem(demo.TRANSFER_EVAL, "max_new_tokens", 6)
+    out = tmp_path / "demo"
+    args = ["demo", "--output-dir", str(out), "--set", "warmup.steps=2", "--set", "warmup.eval_every=0"]
+    assert main(args + _sets(SHORT)) == 0
+    s = json.loads((out / "summary.json").read_text())
+    t = s["transfer"]
+    assert t["task"] == "scenes-qa" and t["questions"] == 6  # 2 scenes x 3 questions
+    assert list(t["pass@1"]) == ["base", "ckpt-1", "ckpt-2"]
+    assert all(0.0 <= v <= 1.0 for v in t["pass@1"].values())
+    assert set(t["by_attribute"]["ckpt-2"]) == {"colour", "shape", "position"}
+    assert t["chance"]["shape"] == pytest.approx(1 / 3)
+    for name in t["pass@1"]:
+        r = json.loads((out / "ckpt_tests" / f"{name}.json").read_text())
+        assert r["task"] == "scenes-qa" and r["pass@1"] == t["pass@1"][name]
+    assert "transfer, pass@1 on 6 questions" in capsys.readouterr().out
