@@ -2,7 +2,7 @@
 through the real `vlmgrpo train` CLI in which a reward must rise from the first GRPO steps to the
 last ones. Only GRPO-phase rows of metrics.jsonl are compared, so a warm start cannot pass a check
 by itself. Each threshold sits well inside what every measured seed reached and well above what
-the same run with `optim.lr=0` (the same rollouts and rewards, no update) showed; the numbers are in
+the same run with `optim.lr=0` (the same warm start and sampling seed, no update) showed; the numbers are in
 each docstring and in docs/learning.md ("CI learning checks").
 
 Area and the adversarial task have theirs elsewhere (tests/test_area.py::
@@ -82,7 +82,7 @@ def test_geometry_tiny_grpo_raises_the_format_reward(tiny_qwen3_vl_dir, geometry
     Format reward, mean of GRPO steps 1-10 -> 21-30 (measured 2026-12-05, ~20 s of CPU per run
     including the 60-step warm start; 85-115 s wall on the shared 2-core box):
     seed 1: 0.657 -> 0.836 (+0.179); seed 2: 0.629 -> 0.798 (+0.169); seed 3: 0.647 -> 0.757
-    (+0.110). Control, the same runs with optim.lr=0 (same warm start, same rollouts, no GRPO
+    (+0.110). Control, the same runs with optim.lr=0 (same warm start and seed, no GRPO
     update): seed 1: 0.560 -> 0.540 (-0.020); seed 2: 0.611 -> 0.571 (-0.040); seed 3: 0.570 ->
     0.588 (+0.018). Threshold: a rise above 0.06, about half the smallest measured rise and 0.04
     above the largest control change. The total reward (format + accuracy + blind pass)
