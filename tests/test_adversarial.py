@@ -263,20 +263,20 @@ def test_both_models_train_and_the_logged_image_is_the_scored_one(warm_pair, tmp
         assert all(key in r for r in rows[1::2]), key
     # the adversary round's samples: its prompts, the policy's descriptions, and the very image that was
     # scored (recomputing the similarity from the logged PNGs gives the logged reward)
-    entries = json.loads((tmp_path / "samples" / "step-000001" / "samples.json").read_text())
+    entries = json.loads((tmp_path / "samples" / "step-000002" / "samples.json").read_text())
     emb = get_embedder("pixel", {})
     checked = 0
     for e in entries:
         assert e["completion"] and "description" in e
         img, regen = (
-            Image.open(tmp_path / "samples" / "step-000001" / e[k]) for k in ("image", "regenerated")
+            Image.open(tmp_path / "samples" / "step-000002" / e[k]) for k in ("image", "regenerated")
         )
         s = emb.similarity([img], [regen])[0]
         if e["reward"] > 0:  # renderable: discount 1, reward = 1 - similarity
             assert e["reward"] == pytest.approx(1 - s, abs=1e-6)
             checked += 1
     assert checked
-    prompts = json.loads((tmp_path / "samples" / "step-000000" / "adversary_prompts.json").read_text())
+    prompts = json.loads((tmp_path / "samples" / "step-000001" / "adversary_prompts.json").read_text())
     assert len(prompts) == 2 and all(p["prompt"] for p in prompts)  # prompts_per_step x grad_accum images
     # the checkpoint holds both models in their own sub-folders
     ck = tmp_path / "ckpts" / "ckpt-4"

@@ -66,7 +66,7 @@ def test_trl_vlm_example_trains_offline_and_saves_a_plain_hf_folder(cli_tiny_dir
     # the real think_format_reward scored every completion; accuracy may be None (not parseable)
     assert all(r["reward/trl/think_format_reward/mean"] is not None for r in rows)
     assert all("reward/trl/accuracy_reward/mean" in r for r in rows)
-    samples = json.loads((out / "samples" / "step-000000" / "samples.json").read_text())
+    samples = json.loads((out / "samples" / "step-000001" / "samples.json").read_text())
     assert samples and samples[0]["prompt"] == "How many blue squares are in the picture?"
     # save_model's folder loads in plain transformers (an adapter through transformers' peft
     # integration) and holds the final checkpoint's weights
@@ -396,7 +396,7 @@ def test_max_prompt_length_skips_longer_prompts_never_truncates(tiny_vlm_dir, tm
     tr.train()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["data/bad_samples"] >= 1
-    samples = json.loads((tmp_path / "run" / "samples" / "step-000001" / "samples.json").read_text())
+    samples = json.loads((tmp_path / "run" / "samples" / "step-000002" / "samples.json").read_text())
     assert {s["prompt"] for s in samples} == {"short"}  # the prompt the policy saw was never cut
 
 

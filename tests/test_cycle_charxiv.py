@@ -119,7 +119,7 @@ def _check_run(out, rows, skipped_ok=False):
     assert math.isfinite(last["eval/similarity/raw/mean"])
     assert last["reward/similarity/failed"] == 0
     assert (out / "ckpts" / "ckpt-2" / "COMPLETE").is_file()
-    samples = json.loads((out / "samples" / "step-000000" / "samples.json").read_text())
+    samples = json.loads((out / "samples" / "step-000001" / "samples.json").read_text())
     assert len(samples) == 8 and all("regenerated" in s for s in samples)
 
 

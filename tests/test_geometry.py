@@ -377,7 +377,7 @@ def test_sr1_trains_end_to_end_with_a_text_only_blind_pass(layout, tiny_vlm_dir,
     assert row["reward/accuracy/mean"] == 1.0 and row["reward/format/mean"] == 1.0
     assert -0.5 <= row["reward/blind/mean"] <= 1.0
     assert row["eval/blind/attempted/mean"] == 1.0 and "eval/blind/success/mean" in row
-    logged = json.loads((tmp_path / "run/samples/step-000000/samples.json").read_text())
+    logged = json.loads((tmp_path / "run/samples/step-000001/samples.json").read_text())
     assert all(isinstance(e["blind_completion"], str) and e["correct"] is True for e in logged)
 
 

@@ -68,7 +68,7 @@ eval: {{num_items: 2, num_chains: 1, max_new_tokens: 4}}
     assert last["step"] == 2 and last["reward/trl/says_answer/mean"] is not None
     assert last["eval/trl/says_answer/mean"] is not None  # the file has no test split: train rows
     assert (tmp_path / "run" / "ckpts" / "ckpt-2" / "COMPLETE").is_file()
-    samples = json.loads((tmp_path / "run" / "samples" / "step-000000" / "samples.json").read_text())
+    samples = json.loads((tmp_path / "run" / "samples" / "step-000001" / "samples.json").read_text())
     assert samples[0]["prompt"].startswith("colour ") and samples[0]["prompt"].endswith("one word.")
 
 

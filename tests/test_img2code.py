@@ -286,4 +286,4 @@ def test_tiny_recipe_runs_end_to_end_on_cpu(tiny_qwen3_vl_dir, sample_dir, tmp_p
         assert row["reward/img2code/failed"] == 0.0
         assert row["update/micro_batches"] == 2
         assert sum(row[f"reward/img2code/{c}/mean"] for c in CLASSES) == pytest.approx(1.0)
-    assert (tmp_path / "run" / "samples" / "step-000000" / "samples.json").is_file()
+    assert (tmp_path / "run" / "samples" / "step-000001" / "samples.json").is_file()

@@ -215,8 +215,31 @@ def test_run_folder_layout(tiny_vlm_dir, tmp_path):
         assert key in rows[1], key
     assert (run / "ckpts" / "ckpt-1" / "config.json").is_file()
     assert (run / "ckpts" / "ckpt-2" / "COMPLETE").is_file()
-    s = json.loads((run / "samples" / "step-000000" / "samples.json").read_text())
-    assert len(s) == 4 and (run / "samples" / "step-000000" / s[0]["regenerated"]).is_file()
+    s = json.loads((run / "samples" / "step-000001" / "samples.json").read_text())
+    assert len(s) == 4 and (run / "samples" / "step-000001" / s[0]["regenerated"]).is_file()
+
+
+def test_samples_folder_is_named_by_the_metrics_step_of_its_rollout(tiny_vlm_dir, tmp_path):
+    """`samples/step-N` holds the rollout whose metrics.jsonl row has step N (counted from 1, as
+    TensorBoard and W&B count), and the first step is logged. One group per step, so the mean of the
+    logged rewards is that row's reward/mean."""
+    cfg = _cfg(
+        tiny_vlm_dir,
+        tmp_path / "run",
+        "train.steps=3",
+        "train.log_samples_every=2",
+        "rollout.prompts_per_step=1",
+    )
+    Trainer(cfg).fit()
+    run = tmp_path / "run"
+    rows = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(rows) == [1, 2, 3]
+    dirs = sorted((run / "samples").glob("step-*"))
+    assert [int(d.name.split("-")[1]) for d in dirs] == [1, 3]  # the first step, then every 2nd
+    for d in dirs:
+        got = [e["reward"] for e in json.loads((d / "samples.json").read_text()) if e["reward"] is not None]
+        assert got, d
+        assert sum(got) / len(got) == pytest.approx(rows[int(d.name.split("-")[1])]["reward/mean"], abs=1e-6)
 
 
 def _cli(*args, cwd=None):

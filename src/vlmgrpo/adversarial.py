@@ -503,7 +503,7 @@ class AdversarialTrainer:
             )
         metrics["base/real_fraction"] = sum(q["source"] == "real" for q in queued) / max(1, len(queued))
         if tr.cfg.train.log_samples_every:  # which adversary prompt drew each image of the round
-            (self.runlog.sample_dir(self.round) / "adversary_prompts.json").write_text(
+            (self.runlog.sample_dir(self.round + 1) / "adversary_prompts.json").write_text(
                 json.dumps([{"id": q["id"], "prompt": q.get("adversary_prompt")} for q in queued], indent=1)
             )
         return metrics

@@ -728,7 +728,8 @@ class Trainer:
         """One group per logged step: images, completions, scores; for cycle rewards also the
         seed's page of the original beside every regenerated image sorted by similarity."""
         g = len(recs)
-        out = self.runlog.sample_dir(self.step)
+        n = self.step + 1  # the step this rollout's metrics row gets (counted from 1, as in metrics.jsonl)
+        out = self.runlog.sample_dir(n)
         write_samples(
             out,
             recs,
@@ -737,7 +738,7 @@ class Trainer:
             adv[:g].tolist(),
         )
         rewards = {k: v[:g].tolist() for k, v in {**res.per_reward, **res.sub_scores}.items()}
-        self.runlog.log_completions(self.step + 1, recs, rewards, res.total[:g].tolist(), adv[:g].tolist())
+        self.runlog.log_completions(n, recs, rewards, res.total[:g].tolist(), adv[:g].tolist())
         if recs and recs[0].images and any("regenerated" in r.extras for r in recs):
             from vlmgrpo.report.artifacts import write_step_page
 
@@ -747,7 +748,7 @@ class Trainer:
                 [r.completion for r in recs],
                 [r.extras.get("regenerated") for r in recs],
                 res.total[:g].tolist(),
-                title=f"step {self.step}",
+                title=f"step {n}",
             )
 
     # ------------------------------------------------------------------ evaluation
