@@ -72,5 +72,13 @@ def test_demo_geometry_writes_a_summary_per_seed(tiny_qwen3_vl_dir, tmp_path, ca
         s = json.loads((out / f"seed-{seed}" / "summary.json").read_text())
         assert s["metric"] == "eval/accuracy/mean" and s["ceiling"] == 1.0 and s["grpo_steps"] == 2
         assert {"first_grpo_eval", "last3_eval_mean", "shuffled", "gap_closed"} <= set(s)
+        # the checkpoint evaluation ran (bug: only the cycle demo's did; the report said it was missing)
+        c = s["ckpt_eval"]
+        assert c["task"] == "geometry" and list(c["scores"]) == ["base", "ckpt-2"]
+        for name, score in c["scores"].items():
+            r = json.loads((out / f"seed-{seed}" / "ckpt_tests" / f"{name}.json").read_text())
+            assert r["task"] == "geometry" and r["pass@1"] == score and 0.0 <= score <= 1.0
+            assert r["num_items"] == 2 and r["samples_per_item"] == 1  # the run's eval settings
+        assert "no checkpoint evaluation" not in (out / f"seed-{seed}" / "report.html").read_text().lower()
     assert set(json.loads((out / "summary.json").read_text())) == {"1", "2"}
     assert (out / "data" / "test").is_dir() and "gap closed" in capsys.readouterr().out

@@ -63,6 +63,11 @@ def test_area_demo_warm_starts_then_runs_grpo(tiny_vlm_dir, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["metric"] == "eval/area_correctness/mean" and s["grpo_steps"] == 2 and s["ceiling"] == 3.0
     assert "transfer" not in s  # the scenes questions belong to the cycle demo
+    c = s["ckpt_eval"]  # the task's own checkpoint evaluation, as `vlmgrpo eval` runs it
+    assert c["task"] == "area" and list(c["scores"]) == ["base", "ckpt-1", "ckpt-2"]
+    for name, score in c["scores"].items():
+        r = json.loads((out / "ckpt_tests" / f"{name}.json").read_text())
+        assert r["task"] == "area" and r["score"] == score and r["num_items"] == 2
 
 
 def test_cycle_demo_reports_transfer_for_base_and_every_checkpoint(tmp_path, monkeypatch, capsys):

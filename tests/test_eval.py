@@ -20,7 +20,8 @@ from vlmgrpo.cli import main
 from vlmgrpo.errors import ConfigError
 from vlmgrpo.evaluate import EvalOptions, item_stats, pass_at_k, resolve_task, summarize_items
 
-FAST = ["--num-items", "2", "--num-samples", "2", "--k", "1,2", "--max-new-tokens", "6"]
+# the charts benchmark on a demo-recipe run (whose default is scenes-qa): `--task charts` still works
+FAST = ["--task", "charts", "--num-items", "2", "--num-samples", "2", "--k", "1,2", "--max-new-tokens", "6"]
 
 
 # --------------------------------------------------------------------------- pass@k
@@ -211,7 +212,10 @@ def test_task_resolution(run_dir, tmp_path):
     from vlmgrpo.data.charts import write_test_set
 
     cfg = config_from_file(run_dir / "config.yaml")
-    assert resolve_task(EvalOptions(), cfg) == "charts"  # the demo's scenes have no questions
+    # bug: a run on the synthetic scenes (a scene describer) defaulted to the charts benchmark
+    assert resolve_task(EvalOptions(), cfg) == "scenes-qa"
+    cfg.data.dataset = "folder"  # other data without questions keep the offline charts benchmark
+    assert resolve_task(EvalOptions(), cfg) == "charts"
     path = write_test_set(tmp_path / "charts", 1, width=100, height=80)
     assert resolve_task(EvalOptions(data=str(path)), cfg) == "charts"
     with pytest.raises(ConfigError, match="unknown eval task"):
@@ -311,3 +315,16 @@ def test_resolve_options_benchmark_keeps_seed_a_defaults(run_dir):
     o, run_cfg = resolve_options(EvalOptions(num_samples=2), cfg, "rewards")
     assert (o.num_items, o.num_samples, o.temperature) == (cfg.eval.num_items, 2, cfg.eval.temperature)
     assert o.ks == (1,) and run_cfg.eval.num_chains == 2 and cfg.eval.num_chains != 2  # a copy
+
+
+def test_resolve_options_scenes_qa_takes_the_demo_transfer_check_settings(run_dir):
+    from vlmgrpo.commands.demo import TRANSFER_EVAL
+    from vlmgrpo.config import config_from_file
+    from vlmgrpo.evaluate import resolve_options
+
+    cfg = config_from_file(run_dir / "config.yaml")
+    o, _ = resolve_options(EvalOptions(), cfg, "scenes-qa")
+    assert (o.num_items, o.num_samples, o.temperature, o.max_new_tokens) == (32, 4, 1.0, 24)
+    assert o.ks == (1, 4) == TRANSFER_EVAL["ks"] and o.system == cfg.prompt.system
+    o, _ = resolve_options(EvalOptions(num_items=2, num_samples=2, ks=(1, 2, 4)), cfg, "scenes-qa")
+    assert (o.num_items, o.num_samples, o.ks) == (2, 2, (1, 2))  # the command line wins

@@ -36,8 +36,8 @@ NEEDS_NETWORK_OR_GPU = {
 }
 # what each recipe's checkpoint evaluation is graded on, and its headline number
 EXPECTED_TASK = {
-    "demo": ("charts", "pass@1"),
-    "adversarial": ("charts", "pass@1"),
+    "demo": ("scenes-qa", "pass@1"),  # synthetic scenes: questions about held-out scenes, not charts
+    "adversarial": ("scenes-qa", "pass@1"),
     "area-tiny": ("area", "score"),
     "img2code-tiny": ("img2code", "score"),
     "geometry-tiny": ("geometry", "pass@1"),
@@ -150,7 +150,12 @@ def test_full_path_with_the_recipes_eval_settings(recipe, tmp_path, built, capsy
     walk(recipe, run, built, capsys, [], steps=6)
     cfg = config_from_file(run / "config.yaml")
     r = json.loads((run / "ckpt_tests" / "ckpt-6.json").read_text())
-    if EXPECTED_TASK[recipe][0] != "charts":  # a benchmark keeps seed A's settings
+    if EXPECTED_TASK[recipe][0] == "scenes-qa":  # the cycle demo's transfer-check settings
+        from vlmgrpo.tasks.scene_qa_eval import SCENE_QA_DEFAULTS as d
+
+        assert (r["temperature"], r["samples_per_item"]) == (d["temperature"], d["num_samples"])
+        assert r["max_new_tokens"] == d["max_new_tokens"] and r["system"] == cfg.prompt.system
+    elif EXPECTED_TASK[recipe][0] != "charts":  # a benchmark keeps seed A's settings
         assert r["temperature"] == cfg.eval.temperature and r["samples_per_item"] == cfg.eval.num_chains
         assert r["max_new_tokens"] == (cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
         assert r["system"] == cfg.prompt.system

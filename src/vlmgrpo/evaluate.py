@@ -7,9 +7,12 @@ Models already evaluated are skipped unless `force` (`regrade` re-judges their u
 
 Which task and which settings: the run's own task (by its eval dataset: `area`, `geometry`,
 `img2code`, else `rewards`-style grading where chosen) runs with the run's own eval settings
-(config.yaml's `eval` and `prompt.system`); a QA benchmark (`charts`, `charxiv`; the default for runs
-whose data have no questions, such as the demo's scenes) with seed A's (10 items x 10 samples,
-temperature 0.7, 512 tokens, the chart assistant prompt). Command-line options win (`resolve_options`).
+(config.yaml's `eval` and `prompt.system`); `scenes-qa` (the default for runs on the synthetic
+scenes: the demo, adversarial) with the cycle demo's transfer-check settings (32 scenes x 3
+questions x 4 samples, temperature 1.0, 24 tokens, the run's system prompt); a QA benchmark
+(`charts`, `charxiv`; `charts` is the default for other runs whose data have no questions) with seed
+A's (10 items x 10 samples, temperature 0.7, 512 tokens, the chart assistant prompt). Command-line
+options win (`resolve_options`).
 
 Tasks plug in through the `EVAL_TASKS` registry ("module:function", imported when selected) with the
 contract `fn(model, proc, ctx: TaskContext) -> dict` holding at least `pass@1` (or `score`); `ctx`
@@ -37,6 +40,7 @@ from vlmgrpo.errors import ConfigError, DataError
 from vlmgrpo.registry import Registry
 from vlmgrpo.tasks.qa_eval import item_stats, pass_at_k, qa_task, regrade, summarize_items  # noqa: F401
 from vlmgrpo.tasks.reward_eval import img2code_task, reward_task  # noqa: F401
+from vlmgrpo.tasks.scene_qa_eval import SCENE_QA_DEFAULTS
 
 SYSTEM_PROMPT = "You are a helpful assistant that answers questions about charts and graphs."
 RESULTS_DIR = "ckpt_tests"
@@ -57,6 +61,7 @@ TASK_FOR_DATASET = {
     "geometry3k": "geometry",
     "area": "area",
     "img2code": "img2code",
+    "scenes": "scenes-qa",  # a scene describer answers questions about held-out scenes, not charts
 }
 DEFAULT_JUDGE = {"charxiv": "llm"}  # every other QA task: rules
 
@@ -66,6 +71,8 @@ DEFAULT_JUDGE = {"charxiv": "llm"}  # every other QA task: rules
 BENCHMARK_TASKS = ("charts", "charxiv")
 BENCHMARK_DEFAULTS = {"num_items": 10, "num_samples": 10, "temperature": 0.7, "max_new_tokens": 512}
 DEFAULT_KS = (1, 5, 10)
+# tasks with settings of their own, over the run's (options given win)
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {"scenes-qa": SCENE_QA_DEFAULTS}
 
 # what each task's headline number (`pass@1`, else `score`) measures, for plots and the report
 METRIC_NAMES = {
@@ -104,7 +111,8 @@ def metric_name(task: str, cfg: Any = None) -> str:
 @dataclass
 class EvalOptions:
     """Settings of one `vlmgrpo eval`. None = the run's own setting (its config.yaml's `eval` and
-    `prompt` sections) for its own task, or seed A's checkpoint-eval default for a QA benchmark."""
+    `prompt` sections) for its own task, `TASK_DEFAULTS` for scenes-qa, or seed A's checkpoint-eval
+    default for a QA benchmark."""
 
     task: str = ""  # EVAL_TASKS name; "" = from --data or the run's eval dataset
     data: str = ""  # a CharXiv-style test_set.json instead of the run's eval dataset
@@ -146,8 +154,11 @@ def resolve_options(opts: EvalOptions, cfg: Any, task: str) -> tuple[EvalOptions
             "max_new_tokens": cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
             "system": cfg.prompt.system,
         }
+    own = dict(TASK_DEFAULTS.get(task, {}))
+    default_ks = own.pop("ks", DEFAULT_KS)
+    run_own |= own
     filled = {k: v if (v := getattr(opts, k)) is not None else run_own[k] for k in run_own}
-    ks = tuple(k for k in opts.ks or DEFAULT_KS if k <= filled["num_samples"]) or (1,)
+    ks = tuple(k for k in opts.ks or default_ks if k <= filled["num_samples"]) or (1,)
     out = dataclasses.replace(opts, ks=ks, **filled)
     if task not in BENCHMARK_TASKS:
         cfg.eval.num_items, cfg.eval.num_chains = out.num_items, out.num_samples

@@ -7,7 +7,10 @@ rewards, held-out evaluation against the ceiling, plots and report (`vlmgrpo dem
   Then the transfer check: the base model and every checkpoint answer questions about held-out
   scenes (`scenes-qa`, graded by rules); pass@1 per model goes to summary.json's `transfer`.
 - `geometry`, `area`, `img2code`: the task's offline recipe (`TASKS`) on data this command writes
-  (synthetic Geometry3K diagrams, the area task's own stream, img2code's sample figures).
+  (synthetic Geometry3K diagrams, the area task's own stream, img2code's sample figures). Then the
+  base model and every checkpoint go through `vlmgrpo eval`'s task evaluation (the task's own,
+  with the run's eval settings, the cheap ones its held-out curve uses); the headline per model
+  goes to summary.json's `ckpt_eval`, the results to ckpt_tests/ (the report's checkpoint table).
 
 Each seed's folder gets summary.json: `metric` (the held-out reward that measures the task, never a
 format reward), `first_grpo_eval`, `last3_eval_mean`, `ceiling` (that reward of the reference
@@ -25,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vlmgrpo.tasks.scene_qa_eval import SCENE_QA_DEFAULTS
 
 # How `vlmgrpo demo` builds its tiny model (docs/demo.md). Two fixed parts of the vision tower
 # stand in for what a pretrained encoder would see from the start:
@@ -287,8 +292,9 @@ def reference_scores(cfg: Any, metric: str, reference: Callable[[dict], str]) ->
 
 # The transfer check of the cycle demo: questions about its held-out scenes (`scenes-qa`,
 # data/scene_qa.py), answered by the base model and every checkpoint under a question prompt,
-# graded by rules. 32 scenes x 3 questions x 4 sampled answers at the demo's eval temperature.
-TRANSFER_EVAL = {"num_items": 32, "num_samples": 4, "ks": (1, 4), "temperature": 1.0, "max_new_tokens": 24}
+# graded by rules. 32 scenes x 3 questions x 4 sampled answers at the demo's eval temperature: the
+# task's defaults in `vlmgrpo eval` (the same dict).
+TRANSFER_EVAL = SCENE_QA_DEFAULTS
 
 
 def _fmt(v: float | None) -> str:
@@ -311,6 +317,21 @@ def transfer_check(run_dir: Path) -> dict:
         "chance": {a: v["chance"] for a, v in (results[0].get("by_attribute") or {}).items()}
         if results
         else {},
+    }
+
+
+def checkpoint_eval(run_dir: Path) -> dict:
+    """The headline (pass@1, else score) of the base model and every checkpoint of `run_dir` on the
+    run's own eval task with the run's eval settings (results in ckpt_tests/, as `vlmgrpo eval`
+    writes them)."""
+    from vlmgrpo.evaluate import EvalOptions, evaluate_run
+
+    results = evaluate_run(run_dir, EvalOptions(force=True), echo=lambda line: None)
+    head = lambda r: r.get("pass@1", r.get("score"))  # noqa: E731
+    return {
+        "task": results[0]["task"] if results else "",
+        "metric": results[0].get("metric", "") if results else "",
+        "scores": {r["name"]: head(r) for r in results},
     }
 
 
@@ -361,6 +382,8 @@ def run(args: argparse.Namespace) -> int:
 
         if args.task == "cycle":
             s["transfer"] = transfer_check(run_dir)
+        else:  # the task's own checkpoint evaluation: the report's checkpoint table
+            s["ckpt_eval"] = checkpoint_eval(run_dir)
         summaries[str(seed)] = s
         (run_dir / "summary.json").write_text(json.dumps(s, indent=1))
         plot_run(run_dir)
@@ -379,6 +402,12 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"seed {seed}: transfer, pass@1 on {t['questions']} questions about held-out scenes: "
                 + ", ".join(f"{k} {_fmt(v)}" for k, v in t["pass@1"].items())
+            )
+        if "ckpt_eval" in s:
+            c = s["ckpt_eval"]
+            print(
+                f"seed {seed}: checkpoints on {c['task']} ({c['metric']}): "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in c["scores"].items())
             )
         print(f"results: {run_dir} (metrics.jsonl, samples/, ckpts/, plots, summary.json)")
         print(f"report: {report}")

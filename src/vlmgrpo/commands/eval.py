@@ -3,13 +3,16 @@ eval settings, or a judged pass@k benchmark).
 
 The run's own task (area, geometry, img2code, or `rewards`: the run's rewards on its eval set) is
 evaluated with the run's own settings from its config.yaml (eval.num_items, eval.num_chains,
-eval.temperature, eval.max_new_tokens, prompt.system); a QA benchmark (charts, charxiv) with seed
-A's (10 items x 10 samples, temperature 0.7, 512 tokens, the chart assistant prompt). Options
-given on the command line win.
+eval.temperature, eval.max_new_tokens, prompt.system); scenes-qa (the default for runs on the
+synthetic scenes: demo, adversarial) with the cycle demo's transfer check's (32 scenes x 3 questions
+x 4 samples, temperature 1.0, 24 tokens); a QA benchmark (charts, charxiv) with seed A's (10 items
+x 10 samples, temperature 0.7, 512 tokens, the chart assistant prompt). Options given on the
+command line win.
 
 Examples:
     vlmgrpo eval --output-dir runs/area-tiny                    # the run's own task and settings
-    vlmgrpo eval --output-dir runs/demo                         # offline charts benchmark, rules judge
+    vlmgrpo eval --output-dir runs/demo                         # scenes-qa: questions about held-out scenes
+    vlmgrpo eval --output-dir runs/demo --task charts           # offline charts benchmark, rules judge
     vlmgrpo eval --output-dir runs/a --data test_data/test_set.json --judge llm   # seed A's CharXiv eval
     vlmgrpo eval --output-dir runs/a --judge llm --judge-base-url http://localhost:8000/v1 --judge-model m
 """
@@ -37,19 +40,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--task",
         default="",
         help="Eval task: charts | charxiv | scenes-qa | rewards | geometry | area | img2code | module:fn (default: by "
-        "--data, else by the run's eval dataset; runs without questions get charts).",
+        "--data, else by the run's eval dataset; scenes runs get scenes-qa, other runs without questions charts).",
     )
     p.add_argument(
         "--data", default="", help="A CharXiv-style test_set.json (e.g. from `vlmgrpo data charts`)."
     )
     own = "default: the run's eval settings, or for charts/charxiv"
-    p.add_argument("--num-items", type=int, default=None, help=f"First N items ({own} 10).")
-    p.add_argument("--num-samples", type=int, default=None, help=f"Completions per item, n ({own} 10).")
+    p.add_argument("--num-items", type=int, default=None, help=f"First N items ({own} 10; scenes-qa 32).")
     p.add_argument(
-        "--k", type=_ks, default=None, help="The pass@k values to report, those <= n (default 1,5,10)."
+        "--num-samples", type=int, default=None, help=f"Completions per item, n ({own} 10; scenes-qa 4)."
     )
-    p.add_argument("--temperature", type=float, default=None, help=f"Sampling temperature ({own} 0.7).")
-    p.add_argument("--max-new-tokens", type=int, default=None, help=f"Tokens per completion ({own} 512).")
+    p.add_argument(
+        "--k",
+        type=_ks,
+        default=None,
+        help="The pass@k values to report, those <= n (default 1,5,10; scenes-qa 1,4).",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=None, help=f"Sampling temperature ({own} 0.7; scenes-qa 1.0)."
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"Tokens per completion ({own} 512; scenes-qa 24)."
+    )
     p.add_argument(
         "--system",
         default=None,

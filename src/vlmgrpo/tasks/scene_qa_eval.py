@@ -5,6 +5,8 @@ scenes of seed 0), the first `num_items` of them, three questions each (`data/sc
 colour, shape, position); `num_samples` answers per question under the question prompt (the
 image, then the question; no system prompt unless given); each graded by rules. pass@1 / pass@k
 as the QA benchmarks (`tasks/qa_eval.py`), plus pass@1 per attribute next to its chance level.
+Its default settings (`SCENE_QA_DEFAULTS`) are the cycle demo's transfer check; the system prompt
+is the run's `prompt.system`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,17 @@ from __future__ import annotations
 from typing import Any
 
 from vlmgrpo.errors import DataError
+
+# `vlmgrpo eval --task scenes-qa`'s defaults (options given win), also the cycle demo's transfer
+# check: 32 scenes x 3 questions x 4 sampled answers of at most 24 tokens (a word or two answers a
+# question; the demo's policy writes 24-token descriptions), at the demo's eval temperature.
+SCENE_QA_DEFAULTS: dict[str, Any] = {
+    "num_items": 32,
+    "num_samples": 4,
+    "ks": (1, 4),
+    "temperature": 1.0,
+    "max_new_tokens": 24,
+}
 
 
 def scene_qa_task(model: Any, proc: Any, ctx: Any) -> dict[str, Any]:
