@@ -30,8 +30,8 @@ import torch
 
 from vlmgrpo import checkpoint as ckpt
 from vlmgrpo import dist, runlog
+from vlmgrpo.components import Components, prepare_rewards
 from vlmgrpo.config import Config, save_config
-from vlmgrpo.data import build_dataset
 from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
 from vlmgrpo.grpo import fastpath
 from vlmgrpo.grpo.core import (
@@ -42,13 +42,11 @@ from vlmgrpo.grpo.core import (
     zero_std_groups,
 )
 from vlmgrpo.grpo.logps import LogpModel
-from vlmgrpo.models import load_policy
 from vlmgrpo.placement import OptimizerOffloader, offloadable
 from vlmgrpo.rewards import (
     RewardContext,
     RewardRecord,
     RewardResult,
-    RewardSpec,
     compute_rewards,
     resolve_reward,
 )
@@ -70,54 +68,6 @@ class _Pending:
     samples: list[tuple[list[dict], list[Prompt]]]
     sampler_before: dict[str, Any]  # the sampler before these prompts were drawn (checkpoints)
     rollout_s: float = 0.0
-
-
-@dataclass
-class Components:
-    """What a run trains on, built: the policy, its processor, the datasets and the rewards.
-
-    The CLI leaves every field None and `fill_from_config` builds each from the recipe; the
-    Python API (`vlmgrpo.api`) hands in the user's own: a loaded model and processor, wrapped
-    `datasets` sets, TRL-signature rewards. `model` None means "load `model.name_or_path`"."""
-
-    model: Any = None  # a loaded transformers model (not yet on the device, no LoRA), or None
-    proc: Any = None  # its processor; None = load it from model.name_or_path
-    train_set: Any = None  # Sequence[dict] or StreamingDataset (vlmgrpo.data)
-    eval_set: Any = None
-    specs: list[RewardSpec] | None = None
-
-    def fill_from_config(self, cfg: Config) -> None:
-        """Build every component the caller did not give from the recipe (the CLI's path)."""
-        # data.image_max_side reaches every builder as kwargs["max_side"] unless the recipe sets it
-        if self.train_set is None:
-            kw = {"max_side": cfg.data.image_max_side, **cfg.data.kwargs}
-            self.train_set = build_dataset(cfg.data.dataset, kw, "train", cfg.train.seed)
-        if self.eval_set is None:
-            eval_kw = {"max_side": cfg.data.image_max_side, **(cfg.data.eval_kwargs or cfg.data.kwargs)}
-            name = cfg.data.eval_dataset or cfg.data.dataset
-            self.eval_set = build_dataset(name, eval_kw, "test", cfg.train.seed)
-        if self.specs is None:
-            from vlmgrpo.rewards.trl_compat import specs_from_entries
-
-            self.specs = specs_from_entries(cfg.rewards)
-
-    def load_model(self, cfg: Config, resume_from: Path | None, device: Any) -> tuple[Any, Any]:
-        """The policy on `device`, ready to train (LoRA-wrapped when the config says so)."""
-        from vlmgrpo.models import prepare_policy, ready_processor
-
-        model_cfg = copy.deepcopy(cfg.model)
-        full_resume = resume_from is not None and not cfg.model.lora.enabled
-        if self.model is None or full_resume:
-            if full_resume:
-                model_cfg.name_or_path = str(resume_from)  # full weights: load the checkpoint itself
-            model, proc = load_policy(model_cfg, device)
-            return model, (ready_processor(self.proc) if self.proc is not None else proc)
-        proc = self.proc
-        if proc is None:
-            import transformers
-
-            proc = transformers.AutoProcessor.from_pretrained(cfg.model.name_or_path)
-        return prepare_policy(self.model, proc, model_cfg, device)
 
 
 class Trainer:
@@ -145,14 +95,7 @@ class Trainer:
         c = components if components is not None else Components()
         c.fill_from_config(cfg)
         self.train_set, self.eval_set, self.specs = c.train_set, c.eval_set, c.specs
-        if not self.specs:
-            raise ConfigError("rewards: the recipe lists no reward")
-        for i, s in enumerate(self.specs):
-            rf = resolve_reward(s.name)  # fail now, not at step 1, on an unknown reward
-            _check_reward_call(rf, s, i)  # ... or on a signature that cannot take its kwargs
-            fn = rf.fn
-            if hasattr(fn, "prepare"):  # load services/models now: a missing token fails here
-                fn.prepare(**s.kwargs)
+        prepare_rewards(self.specs)  # unknown rewards, bad kwargs, missing services fail here
         self.model, self.proc = c.load_model(cfg, self.resume_from, self.device)
         if self.resume_from is not None and cfg.model.lora.enabled:
             self._load_adapter(self.resume_from)
@@ -1118,25 +1061,6 @@ def _skipped(metrics: dict[str, Any]) -> bool:
 
 def _finite(value: Any, default: float | None) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else default
-
-
-def _check_reward_call(rf: Any, spec: RewardSpec, index: int) -> None:
-    """A reward is called as fn(record_or_records, ctx, **kwargs): a function that cannot take that
-    call (a misspelled kwarg, a missing ctx) is a config error before any model loads, not a
-    failure on every sample of step 0."""
-    import inspect
-
-    try:
-        sig = inspect.signature(rf.fn)
-    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
-        return
-    try:
-        sig.bind(None, None, **spec.kwargs)
-    except TypeError as e:
-        raise ConfigError(
-            f"rewards[{index}] ({spec.name}): cannot be called as fn(record, ctx, **kwargs) with "
-            f"kwargs {sorted(spec.kwargs)}: {e}"
-        ) from None
 
 
 class _PeerServiceError(ServiceError):
