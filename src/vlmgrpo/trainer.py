@@ -30,18 +30,13 @@ import torch
 
 from vlmgrpo import checkpoint as ckpt
 from vlmgrpo import dist, runlog
-from vlmgrpo.components import Components, prepare_rewards
+from vlmgrpo.components import Components, check_reward_call, prepare_rewards
 from vlmgrpo.config import Config, save_config
 from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
 from vlmgrpo.grpo import fastpath
-from vlmgrpo.grpo.core import (
-    batch_reward_std,
-    group_advantages,
-    overlong_penalty,
-    truncated_rows,
-    zero_std_groups,
-)
+from vlmgrpo.grpo import step as step_fns
 from vlmgrpo.grpo.logps import LogpModel
+from vlmgrpo.grpo.step import PeerServiceError
 from vlmgrpo.placement import OptimizerOffloader, offloadable
 from vlmgrpo.rewards import (
     RewardContext,
@@ -403,149 +398,14 @@ class Trainer:
         return results, records
 
     # ------------------------------------------------------------------ GRPO variants (docs/algorithms.md)
-    def _group_spread(self, results: list[RewardResult]) -> dict[str, float]:
-        """groups/zero_std_frac: share of the step's sampled groups (all ranks) whose rewards are all
-        equal, so their advantages are 0 (too easy or too hard for the policy)."""
-        g = self.cfg.rollout.group_size
-        flat = [zero_std_groups(torch.tensor(res.total, dtype=torch.float32), g) for res in results]
-        z = torch.cat(flat)
-        n_zero, n = dist.all_sum([float(z.sum()), float(z.numel())], self.dist, self.device)
-        return {"groups/zero_std_frac": n_zero / max(n, 1.0)}
-
-    def _dynamic_sampling(
-        self,
-        batches: list[RolloutBatch],
-        results: list[RewardResult],
-        records: list[list[RewardRecord]],
-        timer: Timer,
-        metrics: dict[str, float],
-    ) -> tuple[list[RolloutBatch], list[RewardResult], list[list[RewardRecord]]]:
-        """DAPO dynamic sampling (grpo.dynamic_sampling): keep the groups whose rewards differ and roll
-        out further rounds of prompts until every rank has its share of groups, at most
-        grpo.dynamic_max_extra_rollouts extra rounds. When the bound is hit the step trains on the
-        groups it has (dynamic/bound_hit = 1, a warning); a rank left with none trains on one
-        zero-advantage group so that it joins the update's collectives. Groups are filtered on the
-        rewards as scored (before grpo.overlong_buffer's penalty), like DAPO's accuracy filter.
-
-        Every rank runs the same number of rounds; the loop's all-reduce has the 3-float shape of
-        train_step's first one, so a rank whose reward service fails in an extra round still meets
-        the others (`_share_failure`)."""
-        cfg = self.cfg
-        g, per = cfg.rollout.group_size, cfg.rollout.prompts_per_step // self.dist.world
-        target = per * cfg.optim.grad_accum  # groups per rank
-        kept: list[tuple[RolloutBatch, RewardResult, list[RewardRecord]]] = []
-        failed: dict[str, int] = {}
-
-        def keep(bs: list[RolloutBatch], rs: list[RewardResult], recs: list[list[RewardRecord]]) -> None:
-            for b, res, rec in zip(bs, rs, recs):
-                for k, v in res.failed.items():
-                    failed[k] = failed.get(k, 0) + v
-                flat = zero_std_groups(torch.tensor(res.total, dtype=torch.float32), g)
-                for gi in (~flat).nonzero().flatten().tolist():
-                    rows = list(range(gi * g, (gi + 1) * g))
-                    kept.append((b.select(rows), _select_result(res, rows), rec[gi * g : (gi + 1) * g]))
-
-        keep(batches, results, records)
-        rounds = 0
-        while True:
-            short, _, n_failed = dist.all_sum(
-                [float(max(0, target - len(kept))), 0.0, 0.0], self.dist, self.device
-            )
-            if n_failed:
-                raise _PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
-            if short == 0 or rounds >= cfg.grpo.dynamic_max_extra_rollouts:
-                break
-            rounds += 1
-            with timer("rollout"):
-                bs, parts = self._rollout_phase(self.step, extra=rounds)
-            ctxs = [self.reward_ctx("train", rounds * len(bs) + k) for k in range(len(bs))]
-            with timer("reward"):
-                rs, recs = self._score(bs, parts, ctxs)
-            keep(bs, rs, recs)
-        if short > 0:
-            log.warning(
-                "step %d: dynamic sampling stopped at grpo.dynamic_max_extra_rollouts = %d with %d groups "
-                "short of a full batch; training on the groups it has",
-                self.step,
-                cfg.grpo.dynamic_max_extra_rollouts,
-                int(short),
-            )
-        n_kept = dist.all_sum([float(min(len(kept), target))], self.dist, self.device)[0]
-        if not kept:
-            kept.append(
-                (
-                    batches[0].select(list(range(g))),
-                    _select_result(results[0], list(range(g))),
-                    records[0][:g],
-                )
-            )
-        kept = kept[:target]
-        out_b, out_r, out_rec = [], [], []
-        for i in range(0, len(kept), per):  # parts of `per` groups, as a step without filtering has
-            part = kept[i : i + per]
-            out_b.append(hf_rollout.concat([p[0] for p in part], self.proc) if len(part) > 1 else part[0][0])
-            out_r.append(RewardResult.concat([p[1] for p in part]))
-            out_rec.append([r for p in part for r in p[2]])
-        out_r[0] = RewardResult(out_r[0].total, out_r[0].per_reward, out_r[0].sub_scores, failed)
-        metrics["dynamic/rollouts"] = float(1 + rounds)
-        metrics["dynamic/bound_hit"] = float(short > 0)
-        metrics["dynamic/kept_groups_frac"] = n_kept / (target * self.dist.world)
-        return out_b, out_r, out_rec
-
-    def _completion_lengths(
-        self, batches: list[RolloutBatch]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per batch: completion lengths [rows] (tokens that count) and truncated flags [rows] bool
-        (cut at max_new_tokens without an EOS; `truncated_rows`)."""
-        eos = hf_rollout.eos_ids(self.proc, self.model)
-        lens = [b.completion_mask.sum(1) for b in batches]
-        trunc = [truncated_rows(b.completion_ids, b.completion_mask, eos) for b in batches]
-        # a completion shorter than max_new_tokens stopped on its own even when the batch was trimmed
-        trunc = [t & (n >= self.cfg.rollout.max_new_tokens).to(t.device) for t, n in zip(trunc, lens)]
-        return lens, trunc
-
-    def _advantages(
-        self, results: list[RewardResult], lens: list[torch.Tensor], metrics: dict[str, float]
-    ) -> list[torch.Tensor]:
-        """Group advantages of every part of the step. grpo.overlong_buffer adds DAPO's soft overlong
-        penalty to the rewards first; adv_scale "batch" divides by one std over the step's whole
-        generation batch (every part, every rank: two small all-reduces), not a std per part."""
-        cfg, gr = self.cfg, self.cfg.grpo
-        rewards = [torch.tensor(res.total, dtype=torch.float32) for res in results]
-        if gr.overlong_buffer:
-            pens = [
-                overlong_penalty(
-                    n.float().cpu(), cfg.rollout.max_new_tokens, gr.overlong_buffer, gr.overlong_factor
-                )
-                for n in lens
-            ]
-            rewards = [r + p for r, p in zip(rewards, pens)]
-            pen = torch.cat(pens)
-            s, c, hit = dist.all_sum(
-                [float(pen.sum()), float(pen.numel()), float((pen < 0).sum())], self.dist, self.device
-            )
-            metrics["reward/overlong_penalty/mean"] = s / max(c, 1.0)
-            metrics["reward/overlong_penalty/frac"] = hit / max(c, 1.0)
-        batch_std = None
-        if gr.adv_scale == "batch":
-            flat = torch.cat(rewards).double()
-            flat = flat[~torch.isnan(flat)]
-            count, total = dist.all_sum([float(flat.numel()), float(flat.sum())], self.dist, self.device)
-            mean = total / max(count, 1.0)
-            sq = dist.all_sum([float((flat - mean).pow(2).sum())], self.dist, self.device)[0]
-            batch_std = batch_reward_std(count, sq, gr.adv_unbiased)
-        return [
-            group_advantages(
-                r,
-                cfg.rollout.group_size,
-                scale=gr.adv_scale,
-                eps=gr.adv_eps,
-                unbiased=gr.adv_unbiased,
-                valid=~torch.isnan(r),
-                batch_std=batch_std,
-            )
-            for r in rewards
-        ]
+    def _more_groups(self, timer: Timer, n: int) -> step_fns.Parts:
+        """grpo.dynamic_sampling's extra round `n` (1, 2, ...): roll out and score new prompts."""
+        with timer("rollout"):
+            bs, parts = self._rollout_phase(self.step, extra=n)
+        ctxs = [self.reward_ctx("train", n * len(bs) + k) for k in range(len(bs))]
+        with timer("reward"):
+            rs, recs = self._score(bs, parts, ctxs)
+        return bs, rs, recs
 
     def _updates(self, batches: list[RolloutBatch], advs: list[torch.Tensor]) -> dict[str, float]:
         """grpo.num_iterations optimizer updates on this rollout. With more than one, the sampling
@@ -562,7 +422,7 @@ class Trainer:
                 if b.sample_logps is None:  # rollout.overlap already brought the sampling policy's
                     b.sample_logps = self.logp_model(b, self.cfg.rollout.temperature).detach()
         self.model.train(was_training)
-        return _mean_updates([self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)])
+        return step_fns.mean_updates([self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)])
 
     def train_step(self) -> dict[str, float]:
         cfg, timer = self.cfg, Timer(device=self.device)
@@ -601,16 +461,26 @@ class Trainer:
             [float((~torch.isnan(all_r)).sum()), float(all_r.numel()), 0.0], self.dist, self.device
         )
         if n_failed:
-            raise _PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
+            raise PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
         valid_frac = n_valid / n_all  # the same on every rank, so all ranks skip or update together
-        metrics: dict[str, float] = self._group_spread(results)
+        metrics = step_fns.zero_std_frac(results, cfg.rollout.group_size, self.dist, self.device)
         if cfg.grpo.dynamic_sampling and valid_frac >= cfg.grpo.min_valid_fraction:
-            batches, results, all_records = self._dynamic_sampling(
-                batches, results, all_records, timer, metrics
+            batches, results, all_records = step_fns.dynamic_sampling(
+                batches,
+                results,
+                all_records,
+                lambda n: self._more_groups(timer, n),
+                cfg=cfg,
+                info=self.dist,
+                device=self.device,
+                proc=self.proc,
+                step=self.step,
+                metrics=metrics,
             )
-        lens, truncated = self._completion_lengths(batches)
+        eos = hf_rollout.eos_ids(self.proc, self.model)
+        lens, truncated = step_fns.completion_lengths(batches, eos, cfg.rollout.max_new_tokens)
         with timer("advantage"):
-            advs = self._advantages(results, lens, metrics)
+            advs = step_fns.step_advantages(results, lens, cfg, self.dist, self.device, metrics)
         if cfg.grpo.mask_truncated:  # after the lengths and the penalty have seen the full masks
             for b, t in zip(batches, truncated):
                 b.completion_mask = b.completion_mask * (~t).to(b.completion_mask.dtype)[:, None]
@@ -640,22 +510,14 @@ class Trainer:
             ),
             self.dist,
         )
-        merged = RewardResult.concat([r for part in gathered for r in part[0]])
-        metrics.update(merged.metrics("reward"))
-        lens = torch.cat([x for part in gathered for x in part[1]])
-        metrics["completion/len_mean"] = float(lens.mean())
-        metrics["completion/len_min"] = float(lens.min())
-        metrics["completion/len_max"] = float(lens.max())
-        metrics["completion/truncated_frac"] = float(
-            torch.cat([t for part in gathered for t in part[3]]).float().mean()
-        )
-        metrics["completion/distinct"] = float(len({c for part in gathered for c in part[2]}))
+        step_m, n_tokens = step_fns.step_metrics(gathered)
+        metrics.update(step_m)
         metrics["data/bad_samples"] = float(self.sampler.bad)
         metrics.update(timer.times)
         metrics["time/step"] = time.perf_counter() - t0
         if rollout_s is None:
             rollout_s = timer.times.get("time/rollout", 1e-9)
-        metrics["tokens/s"] = float(lens.sum()) / max(1e-9, rollout_s)  # of the rollout that sampled them
+        metrics["tokens/s"] = n_tokens / max(1e-9, rollout_s)  # of the rollout that sampled them
         if cfg.rollout.overlap:
             metrics["overlap/stale"] = stale  # 1 = these samples came from the policy before the last update
         if (
@@ -882,14 +744,14 @@ class Trainer:
                     self._abandon_step(before, e)
                 self.step += 1
                 steps_run += 1
-                skipped += int(_skipped(metrics))
+                skipped += int(step_fns.skipped(metrics))
                 self._warn_if_flat(metrics)
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     metrics.update(self.evaluate())
                 self.runlog.log(self.step, "grpo", metrics)
                 bar.update(1)
-                last_eval = _finite(metrics.get("eval/reward/mean"), last_eval)
-                reward = _finite(metrics.get("reward/mean"), None)
+                last_eval = step_fns.finite(metrics.get("eval/reward/mean"), last_eval)
+                reward = step_fns.finite(metrics.get("reward/mean"), None)
                 # no "nan" on the bar: a step with no reward says "-", the last evaluation stays shown
                 post = {"reward": "-" if reward is None else f"{reward:.3f}"}
                 if last_eval is not None:
@@ -948,7 +810,7 @@ class Trainer:
         """Once per run: a step whose rewards are all the same has all advantages zero, so the
         update learns nothing (a reward that cannot tell the samples apart, or one stuck at a value)."""
         std, n_skip = metrics.get("reward/std"), metrics.get("reward/skipped", 0.0)
-        if self._warned_flat or std is None or not math.isfinite(std) or std > 0 or _skipped(metrics):
+        if self._warned_flat or std is None or not math.isfinite(std) or std > 0 or step_fns.skipped(metrics):
             return
         self._warned_flat = True
         log.warning(
@@ -992,10 +854,10 @@ class Trainer:
         """Under torchrun, bring every rank into the abandoned step's shutdown. A rank whose own
         reward service failed joins the all-reduce the other ranks wait in after the rewards (in
         train_step) with failed = 1, instead of leaving them in it until the launcher's timeout;
-        they raise `_PeerServiceError` there. Then every rank gets the first failing rank's line."""
-        if not isinstance(err, _PeerServiceError):
+        they raise `PeerServiceError` there. Then every rank gets the first failing rank's line."""
+        if not isinstance(err, PeerServiceError):
             dist.all_sum([0.0, 0.0, 1.0], self.dist, self.device)
-        own = None if isinstance(err, _PeerServiceError) else str(err)
+        own = None if isinstance(err, PeerServiceError) else str(err)
         for rank, msg in enumerate(dist.gather_objects(own, self.dist)):
             if msg is not None:
                 return err if rank == self.dist.rank else ServiceError(f"rank {rank}: {msg}")
@@ -1028,47 +890,14 @@ class Trainer:
         self._old_handlers = {}
 
 
-def _select_result(res: RewardResult, rows: list[int]) -> RewardResult:
-    """The scores of some rows of a batch (their failure counts are not per row: 0 here)."""
-    return RewardResult(
-        total=res.total[rows],
-        per_reward={k: v[rows] for k, v in res.per_reward.items()},
-        sub_scores={k: v[rows] for k, v in res.sub_scores.items()},
-        failed=dict.fromkeys(res.failed, 0),
-    )
-
-
-def _mean_updates(rows: list[dict[str, float]]) -> dict[str, float]:
-    """The metrics of grpo.num_iterations updates of one step as one row: the mean of each key over
-    the updates that logged it, "lr" the first update's rate; a non-finite update logs neither lr
-    nor grad_norm, so "update/skipped_nonfinite" is the share of skipped updates (1.0 = all)."""
-    out: dict[str, float] = {}
-    for k in dict.fromkeys(k for r in rows for k in r):
-        vals = [r[k] for r in rows if k in r]
-        out[k] = vals[0] if k == "lr" else sum(vals) / len(vals)
-    if "update/skipped_nonfinite" in out:
-        out["update/skipped_nonfinite"] = sum(r.get("update/skipped_nonfinite", 0.0) for r in rows) / len(
-            rows
-        )
-    out["update/iterations"] = float(len(rows))
-    return out
-
-
-def _skipped(metrics: dict[str, Any]) -> bool:
-    """Whether this step's update was skipped (too few rewards, or every update's loss non-finite)."""
-    return bool(metrics.get("update/skipped_rewards")) or metrics.get("update/skipped_nonfinite", 0.0) >= 1.0
-
-
-def _finite(value: Any, default: float | None) -> float | None:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else default
-
-
-class _PeerServiceError(ServiceError):
-    """Raised on the ranks whose rewards went fine when another rank's service was given up."""
-
-
 def train(cfg: Config, resume: str | None = None) -> Path:
     return Trainer(cfg, resume).fit()
+
+
+# the names these helpers had while they lived here (tests and user code import them from here)
+_select_result, _mean_updates = step_fns.select_result, step_fns.mean_updates
+_skipped, _finite, _PeerServiceError = step_fns.skipped, step_fns.finite, PeerServiceError
+_check_reward_call = check_reward_call
 
 
 __all__ = ["Components", "Trainer", "train"]
