@@ -17,7 +17,6 @@ import copy
 import logging
 import math
 import os
-import shlex
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from vlmgrpo import checkpoint as ckpt
-from vlmgrpo import dist, runlog
+from vlmgrpo import dist, runfolder
 from vlmgrpo.components import Components, check_reward_call, prepare_rewards
 from vlmgrpo.config import Config, save_config
 from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
@@ -49,7 +48,7 @@ from vlmgrpo.rewards.base import log_failures
 from vlmgrpo.rollout import Prompt, RolloutBatch
 from vlmgrpo.rollout import fast as fast_rollout
 from vlmgrpo.rollout import hf as hf_rollout
-from vlmgrpo.runlog import NullLog, RunLog, Timer, write_samples
+from vlmgrpo.runlog import NullLog, RunLog, Timer
 from vlmgrpo.sampling import NoPolicy, PolicyHandle, PromptSampler, build_prompt, sampler_for, seed_everything
 
 log = logging.getLogger(__name__)
@@ -526,34 +525,9 @@ class Trainer:
             and cfg.train.log_samples_every
             and self.step % cfg.train.log_samples_every == 0
         ):
-            self._log_samples(all_records[0][: cfg.rollout.group_size], results[0], advs[0])
+            g = cfg.rollout.group_size
+            runfolder.log_samples(self.runlog, self.step, all_records[0][:g], results[0], advs[0])
         return metrics
-
-    def _log_samples(self, recs: list[RewardRecord], res: Any, adv: torch.Tensor) -> None:
-        """One group per logged step: images, completions, scores; for cycle rewards also the
-        seed's page of the original beside every regenerated image sorted by similarity."""
-        g = len(recs)
-        out = self.runlog.sample_dir(self.step)
-        write_samples(
-            out,
-            recs,
-            {k: v[:g].tolist() for k, v in res.per_reward.items()},
-            res.total[:g].tolist(),
-            adv[:g].tolist(),
-        )
-        rewards = {k: v[:g].tolist() for k, v in {**res.per_reward, **res.sub_scores}.items()}
-        self.runlog.log_completions(self.step + 1, recs, rewards, res.total[:g].tolist(), adv[:g].tolist())
-        if recs and recs[0].images and any("regenerated" in r.extras for r in recs):
-            from vlmgrpo.report.artifacts import write_step_page
-
-            write_step_page(
-                out,
-                recs[0].images[0],
-                [r.completion for r in recs],
-                [r.extras.get("regenerated") for r in recs],
-                res.total[:g].tolist(),
-                title=f"step {self.step}",
-            )
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -692,21 +666,13 @@ class Trainer:
             else NullLog()
         )
         if self.resume_from is None and self.dist.is_main and self.runlog.metrics_path.exists():
-            # a fresh start (or --resume before any checkpoint): an earlier attempt's rows would
-            # repeat steps, so they move aside, numbered (a later start never replaces them), and
-            # its TensorBoard events with them
-            prev = runlog.numbered(self.out / "metrics.prev.jsonl")
-            self.runlog.metrics_path.replace(prev)
-            tb = self.out / "tb"
-            if tb.is_dir():
-                tb.replace(self.out / prev.name.replace("metrics.", "tb.").removesuffix(".jsonl"))
-            log.warning("starting from step 0: the earlier metrics moved to %s", prev.name)
+            runfolder.set_aside_earlier_metrics(self.out, self.runlog.metrics_path)
         if self.resume_from is not None:
             self._restore()
             cut = self.runlog.truncate_after(self.step)
             if self.dist.is_main:
                 moved = f"; the rows past step {self.step} moved to {cut.name}" if cut else ""
-                later = self._set_aside_later_checkpoints()
+                later = runfolder.set_aside_later_checkpoints(self.out, self.step)
                 if later:
                     moved += f"; later checkpoints moved to {later.relative_to(self.out)}/"
                 print(f"resuming from {self.resume_from.name} (step {self.step}){moved}", flush=True)
@@ -745,7 +711,8 @@ class Trainer:
                 self.step += 1
                 steps_run += 1
                 skipped += int(step_fns.skipped(metrics))
-                self._warn_if_flat(metrics)
+                if not self._warned_flat:  # once per run
+                    self._warned_flat = runfolder.warn_if_flat(metrics, self.step)
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     metrics.update(self.evaluate())
                 self.runlog.log(self.step, "grpo", metrics)
@@ -776,10 +743,10 @@ class Trainer:
             self.save()
         self._pending = None
         if self.stop_requested and self.dist.is_main:
-            print(f"stopped at step {self.step}; {self._resume_hint()}")
+            print(f"stopped at step {self.step}; {runfolder.resume_hint(self.out)}")
         self.runlog.close()
         if os.environ.get("VLMGRPO_DUMP_PARAMS"):  # tests: every rank's view of the final weights
-            self._dump_params(Path(os.environ["VLMGRPO_DUMP_PARAMS"]))
+            runfolder.dump_params(self.model, self.dist.rank, Path(os.environ["VLMGRPO_DUMP_PARAMS"]))
         dist.shutdown(self.dist, self.update_model)
         self._restore_signal_handlers()  # fit() in a notebook or a test leaves Ctrl-C working
         if steps_run and skipped == steps_run:
@@ -791,46 +758,6 @@ class Trainer:
                 "started from; see the warnings above and reward/*/failed in metrics.jsonl"
             )
         return self.out
-
-    def _set_aside_later_checkpoints(self) -> Path | None:
-        """`--resume-from ckpt-N` with newer checkpoints in the folder: they belong to the timeline
-        being replaced. Left in place, the new run would overwrite some and a later `--resume`
-        would pick an old one; they move to `ckpts/cut-N/` (returned), never deleted."""
-        root = self.out / "ckpts"
-        later = [c for c in ckpt.list_checkpoints(root) if ckpt.checkpoint_step(c) > self.step]
-        if not later:
-            return None
-        dest = runlog.numbered(root / f"cut-{self.step}")
-        dest.mkdir(parents=True)
-        for c in later:
-            c.replace(dest / c.name)
-        return dest
-
-    def _warn_if_flat(self, metrics: dict[str, float]) -> None:
-        """Once per run: a step whose rewards are all the same has all advantages zero, so the
-        update learns nothing (a reward that cannot tell the samples apart, or one stuck at a value)."""
-        std, n_skip = metrics.get("reward/std"), metrics.get("reward/skipped", 0.0)
-        if self._warned_flat or std is None or not math.isfinite(std) or std > 0 or step_fns.skipped(metrics):
-            return
-        self._warned_flat = True
-        log.warning(
-            "step %d: every sample got the same reward (%.4g%s): no learning signal (all advantages "
-            "are 0). Check that the rewards can tell completions apart (warned once)",
-            self.step,
-            metrics.get("reward/mean", math.nan),
-            f"; {n_skip:.0f} skipped" if n_skip else "",
-        )
-
-    def _dump_params(self, folder: Path) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu().clone() for k, v in sd.items()}, folder / f"rank-{self.dist.rank}.pt")
-
-    def _resume_hint(self) -> str:
-        out = shlex.quote(str(self.out))
-        return f"resume with: vlmgrpo train --recipe {out}/config.yaml --output-dir {out} --resume"
 
     def _abandon_step(self, before: dict[str, Any], err: ServiceError) -> None:
         """A remote service is given up (down past its max_down_s, or it refused the token) during
@@ -848,7 +775,9 @@ class Trainer:
         if dist.all_sum([float(missing)], self.dist, self.device)[0]:
             self.save()
         dist.shutdown(self.dist, self.update_model)  # every rank is here: leave the group cleanly
-        raise ServiceError(f"{err}; step {self.step + 1} abandoned, {done.name} saved; {self._resume_hint()}")
+        raise ServiceError(
+            f"{err}; step {self.step + 1} abandoned, {done.name} saved; {runfolder.resume_hint(self.out)}"
+        )
 
     def _share_failure(self, err: ServiceError) -> ServiceError:
         """Under torchrun, bring every rank into the abandoned step's shutdown. A rank whose own
