@@ -36,6 +36,7 @@ from vlmgrpo.grpo import fastpath
 from vlmgrpo.grpo import step as step_fns
 from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.grpo.step import PeerServiceError
+from vlmgrpo.optimizer import build_optimizer, lr_factor
 from vlmgrpo.placement import OptimizerOffloader, offloadable
 from vlmgrpo.rewards import (
     RewardContext,
@@ -118,22 +119,7 @@ class Trainer:
         if self.fsdp:
             self._root_forward()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        o = cfg.optim
-        hyper = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
-        if o.optimizer == "adamw_fp32_state" and self.fsdp:
-            raise ConfigError(
-                "optim.optimizer: adamw_fp32_state does not take FSDP2's sharded parameters; use adamw "
-                "with model.dtype float32 and train.fsdp_param_dtype bfloat16 for fp32 master weights"
-            )
-        low = any(p.dtype in (torch.bfloat16, torch.float16) for p in params)
-        if o.optimizer == "adamw_fp32_state" or (o.optimizer == "auto" and low and not self.fsdp):
-            self.optimizer: torch.optim.Optimizer = fastpath.AdamWFP32State(
-                params, **hyper, seed=cfg.train.seed
-            )
-        else:
-            # CPU offload (FSDP2) keeps the sharded parameters on CPU: the step runs there, unfused
-            fused = self.device.type == "cuda" and not (self.fsdp and cfg.train.cpu_offload)
-            self.optimizer = torch.optim.AdamW(params, **hyper, fused=fused)
+        self.optimizer = build_optimizer(params, cfg, fsdp=self.fsdp, device=self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.opt_offload = None
         if cfg.placement.offload_optimizer:
@@ -158,14 +144,8 @@ class Trainer:
 
         set_peft_model_state_dict(self.model, load_file(str(path / "adapter_model.safetensors")))
 
-    def _lr_lambda(self, step: int) -> float:
-        o = self.cfg.optim
-        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-        if o.schedule == "constant":
-            return warm
-        frac = min(1.0, step / max(1, self.cfg.train.steps))
-        decay = 1 - frac if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-        return warm * decay
+    def _lr_lambda(self, step: int) -> float:  # a bound method: LambdaLR's state_dict stays as it was
+        return lr_factor(step, self.cfg.optim, self.cfg.train.steps)
 
     def _build_reference(self) -> Any:
         kind = self.cfg.grpo.ref.kind
