@@ -7,16 +7,21 @@ The CLI builds every component from the recipe (`Components.fill_from_config`); 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlmgrpo.config import Config
 from vlmgrpo.data import build_dataset
-from vlmgrpo.errors import ConfigError
+from vlmgrpo.errors import ConfigError, DataError
 from vlmgrpo.models import load_policy
 from vlmgrpo.rewards import RewardSpec, resolve_reward
+
+log = logging.getLogger("vlmgrpo.trainer")  # the trainer's logger: these lines are the run's
 
 
 @dataclass
@@ -99,4 +104,53 @@ def check_reward_call(rf: Any, spec: RewardSpec, index: int) -> None:
         ) from None
 
 
-__all__ = ["Components", "check_reward_call", "prepare_rewards"]
+def eval_samples(eval_set: Any, n: int, seed: int, skip_bad: bool) -> tuple[list[dict[str, Any]], int]:
+    """The first `n` held-out items (a fixed draw from a stream) and how many were unreadable:
+    those are skipped (data.skip_bad_samples) or stop the run."""
+    import numpy as np
+
+    stream = not hasattr(eval_set, "__len__")
+    rng = np.random.default_rng(seed + 1) if stream else None  # fixed from a stream
+    samples, bad = [], 0
+    for i in range(n):
+        try:
+            samples.append(eval_set.sample(rng) if stream else eval_set[i])
+        except DataError as e:
+            if not skip_bad:
+                raise
+            bad += 1
+            log.warning("skipping bad eval sample: %s", e)
+    return samples, bad
+
+
+def local_reward_models() -> list[Any]:
+    """The generators and embedders built so far whose weights can wait in host memory."""
+    from vlmgrpo.embed import EMBEDDERS
+    from vlmgrpo.imagegen import GENERATORS
+    from vlmgrpo.placement import offloadable
+
+    return [m for reg in (GENERATORS, EMBEDDERS) for m in reg.instances() if offloadable(m)]
+
+
+@contextlib.contextmanager
+def reward_models_loaded(offload: bool) -> Iterator[None]:
+    """With `offload` (placement.offload_reward_models) the local reward models are on their device
+    only inside this block; elsewhere their weights wait in pinned host memory."""
+    models = local_reward_models() if offload else []
+    for m in models:
+        m.onload()
+    try:
+        yield
+    finally:
+        for m in models:
+            m.offload()
+
+
+__all__ = [
+    "Components",
+    "check_reward_call",
+    "eval_samples",
+    "local_reward_models",
+    "prepare_rewards",
+    "reward_models_loaded",
+]

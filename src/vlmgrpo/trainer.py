@@ -24,20 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from vlmgrpo import checkpoint as ckpt
-from vlmgrpo import dist, runfolder
+from vlmgrpo import components, dist, runfolder
 from vlmgrpo.components import Components, check_reward_call, prepare_rewards
 from vlmgrpo.config import Config, save_config
-from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
+from vlmgrpo.errors import ConfigError, ServiceError, VlmgrpoError
 from vlmgrpo.grpo import fastpath
 from vlmgrpo.grpo import step as step_fns
 from vlmgrpo.grpo.logps import LogpModel
 from vlmgrpo.grpo.step import PeerServiceError
 from vlmgrpo.optimizer import build_optimizer, lr_factor
-from vlmgrpo.placement import OptimizerOffloader, offloadable
+from vlmgrpo.placement import OptimizerOffloader
 from vlmgrpo.rewards import (
     RewardContext,
     RewardRecord,
@@ -340,24 +339,10 @@ class Trainer:
         """The sampler as of the last finished step (a prefetched rollout's draws not counted)."""
         return self._pending.sampler_before if self._pending is not None else self.sampler.state()
 
-    def _reward_models(self) -> list[Any]:
-        from vlmgrpo.embed import EMBEDDERS
-        from vlmgrpo.imagegen import GENERATORS
-
-        return [m for reg in (GENERATORS, EMBEDDERS) for m in reg.instances() if offloadable(m)]
-
-    @contextlib.contextmanager
-    def reward_models_loaded(self):
+    def reward_models_loaded(self) -> contextlib.AbstractContextManager[None]:
         """With placement.offload_reward_models the local reward models are on their device only
         inside this block; elsewhere their weights wait in pinned host memory."""
-        models = self._reward_models() if self.cfg.placement.offload_reward_models else []
-        for m in models:
-            m.onload()
-        try:
-            yield
-        finally:
-            for m in models:
-                m.offload()
+        return components.reward_models_loaded(self.cfg.placement.offload_reward_models)
 
     def _score(
         self,
@@ -515,7 +500,7 @@ class Trainer:
         cfg = self.cfg
         e = cfg.eval
         n = min(e.num_items, len(self.eval_set)) if hasattr(self.eval_set, "__len__") else e.num_items
-        samples, bad = self._eval_samples(n)
+        samples, bad = components.eval_samples(self.eval_set, n, cfg.train.seed, cfg.data.skip_bad_samples)
         prompts = [build_prompt(s, cfg) for s in samples]
         recs: list[RewardRecord] = []
         # a fixed seed per evaluation so that changes reflect the policy, not the dice
@@ -550,22 +535,6 @@ class Trainer:
                     for k, v in controls(recs, ctx, **spec.kwargs).items():
                         metrics[f"eval/{spec.key}/{k}"] = v
         return metrics
-
-    def _eval_samples(self, n: int) -> tuple[list[dict[str, Any]], int]:
-        """The first `n` held-out items (a fixed draw from a stream) and how many were unreadable:
-        those are skipped (data.skip_bad_samples) or stop the run."""
-        stream = not hasattr(self.eval_set, "__len__")
-        rng = np.random.default_rng(self.cfg.train.seed + 1) if stream else None  # fixed from a stream
-        samples, bad = [], 0
-        for i in range(n):
-            try:
-                samples.append(self.eval_set.sample(rng) if stream else self.eval_set[i])
-            except DataError as e:
-                if not self.cfg.data.skip_bad_samples:
-                    raise
-                bad += 1
-                log.warning("skipping bad eval sample: %s", e)
-        return samples, bad
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path | None:
@@ -664,7 +633,7 @@ class Trainer:
         if self.step == 0 and cfg.train.eval_every and self.resume_from is None:
             self.runlog.log(0, "grpo", self.evaluate())
         if cfg.placement.offload_reward_models:  # loaded by the rewards' prepare(); wait on the host
-            for m in self._reward_models():
+            for m in components.local_reward_models():
                 m.offload()
         self._install_signal_handlers()
         self.model.train()  # dropout (e.g. LoRA's) is active in the update; rollouts switch to eval
