@@ -8,6 +8,10 @@
 Each phase is timed (`time/<phase>` in the metrics). Departures from textbook GRPO are choices in
 the config (`grpo.loss`, `grpo.aggregation`, `grpo.adv_scale`); the defaults reproduce seed A:
 on-policy policy gradient, per-sequence mean (length-biased), group std + 1e-4, no KL.
+
+Elsewhere: the step's GRPO-variant stages (`grpo/step.py`), the built parts a Trainer takes
+(`components.py`), the optimizer and lr schedule (`optimizer.py`), fit's run-folder upkeep
+(`runfolder.py`).
 """
 
 from __future__ import annotations
