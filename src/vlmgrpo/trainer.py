@@ -718,7 +718,7 @@ class Trainer:
         step's start, checkpoint the last finished step (the same state an uninterrupted run saves
         there, so resuming is exact) and stop with one line."""
         if self.dist.enabled:
-            err = self._share_failure(err)
+            err = step_fns.share_failure(err, self.dist, self.device)
         ckpt.set_rng_state(before["rng"])
         self.sampler.load(before["sampler"])
         self._pending = None
@@ -731,19 +731,6 @@ class Trainer:
         raise ServiceError(
             f"{err}; step {self.step + 1} abandoned, {done.name} saved; {runfolder.resume_hint(self.out)}"
         )
-
-    def _share_failure(self, err: ServiceError) -> ServiceError:
-        """Under torchrun, bring every rank into the abandoned step's shutdown. A rank whose own
-        reward service failed joins the all-reduce the other ranks wait in after the rewards (in
-        train_step) with failed = 1, instead of leaving them in it until the launcher's timeout;
-        they raise `PeerServiceError` there. Then every rank gets the first failing rank's line."""
-        if not isinstance(err, PeerServiceError):
-            dist.all_sum([0.0, 0.0, 1.0], self.dist, self.device)
-        own = None if isinstance(err, PeerServiceError) else str(err)
-        for rank, msg in enumerate(dist.gather_objects(own, self.dist)):
-            if msg is not None:
-                return err if rank == self.dist.rank else ServiceError(f"rank {rank}: {msg}")
-        return err
 
     def _should_stop(self) -> bool:
         """A signal may reach one rank only: all ranks stop together, and every rank then counts as

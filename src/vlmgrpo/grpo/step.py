@@ -47,6 +47,21 @@ class PeerServiceError(ServiceError):
     """Raised on the ranks whose rewards went fine when another rank's service was given up."""
 
 
+def share_failure(err: ServiceError, info: dist.DistInfo, device: torch.device) -> ServiceError:
+    """Under torchrun, bring every rank into the abandoned step's shutdown. A rank whose own
+    reward service failed joins the all-reduce the other ranks wait in after the rewards (in
+    train_step, `dynamic_sampling`) with failed = 1, instead of leaving them in it until the
+    launcher's timeout; they raise `PeerServiceError` there. Then every rank gets the first
+    failing rank's line."""
+    if not isinstance(err, PeerServiceError):
+        dist.all_sum([0.0, 0.0, 1.0], info, device)
+    own = None if isinstance(err, PeerServiceError) else str(err)
+    for rank, msg in enumerate(dist.gather_objects(own, info)):
+        if msg is not None:
+            return err if rank == info.rank else ServiceError(f"rank {rank}: {msg}")
+    return err
+
+
 def zero_std_frac(
     results: list[RewardResult], group_size: int, info: dist.DistInfo, device: torch.device
 ) -> dict[str, float]:
@@ -81,7 +96,7 @@ def dynamic_sampling(
 
     Every rank runs the same number of rounds; the loop's all-reduce has the 3-float shape of
     train_step's first one, so a rank whose reward service fails in an extra round still meets
-    the others (`Trainer._share_failure`). Writes dynamic/* into `metrics`."""
+    the others (`share_failure`). Writes dynamic/* into `metrics`."""
     g, per = cfg.rollout.group_size, cfg.rollout.prompts_per_step // info.world
     target = per * cfg.optim.grad_accum  # groups per rank
     kept: list[tuple[RolloutBatch, RewardResult, list[RewardRecord]]] = []
