@@ -1,5 +1,7 @@
 """What a run trains on, built: `Components` (the policy, its processor, the datasets, the reward
-specs) and the checks its rewards pass before any model loads (`prepare_rewards`).
+specs) and the checks its rewards pass before any model loads (`prepare_rewards`); also the
+held-out draw an evaluation scores (`eval_samples`) and the block inside which local reward models
+sit on their device (`reward_models_loaded`, placement.offload_reward_models).
 
 The CLI builds every component from the recipe (`Components.fill_from_config`); the Python API
 (`vlmgrpo.api`) hands in the user's own. Non-goal: training; `vlmgrpo.trainer.Trainer` takes these.
