@@ -8,6 +8,10 @@
 Each phase is timed (`time/<phase>` in the metrics). Departures from textbook GRPO are choices in
 the config (`grpo.loss`, `grpo.aggregation`, `grpo.adv_scale`); the defaults reproduce seed A:
 on-policy policy gradient, per-sequence mean (length-biased), group std + 1e-4, no KL.
+
+Elsewhere: the step's GRPO-variant stages (`grpo/step.py`), the built parts a Trainer takes
+(`components.py`), the optimizer and lr schedule (`optimizer.py`), fit's run-folder upkeep
+(`runfolder.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import copy
 import logging
 import math
 import os
-import shlex
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,30 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from vlmgrpo import checkpoint as ckpt
-from vlmgrpo import dist, runlog
+from vlmgrpo import components, dist, runfolder
+from vlmgrpo.components import Components, check_reward_call, prepare_rewards
 from vlmgrpo.config import Config, save_config
-from vlmgrpo.data import build_dataset
-from vlmgrpo.errors import ConfigError, DataError, ServiceError, VlmgrpoError
+from vlmgrpo.errors import ConfigError, ServiceError, VlmgrpoError
 from vlmgrpo.grpo import fastpath
-from vlmgrpo.grpo.core import (
-    batch_reward_std,
-    group_advantages,
-    overlong_penalty,
-    truncated_rows,
-    zero_std_groups,
-)
+from vlmgrpo.grpo import step as step_fns
 from vlmgrpo.grpo.logps import LogpModel
-from vlmgrpo.models import load_policy
-from vlmgrpo.placement import OptimizerOffloader, offloadable
+from vlmgrpo.grpo.step import PeerServiceError
+from vlmgrpo.optimizer import build_optimizer, lr_factor
+from vlmgrpo.placement import OptimizerOffloader
 from vlmgrpo.rewards import (
     RewardContext,
     RewardRecord,
     RewardResult,
-    RewardSpec,
     compute_rewards,
     resolve_reward,
 )
@@ -56,7 +52,7 @@ from vlmgrpo.rewards.base import log_failures
 from vlmgrpo.rollout import Prompt, RolloutBatch
 from vlmgrpo.rollout import fast as fast_rollout
 from vlmgrpo.rollout import hf as hf_rollout
-from vlmgrpo.runlog import NullLog, RunLog, Timer, write_samples
+from vlmgrpo.runlog import NullLog, RunLog, Timer
 from vlmgrpo.sampling import NoPolicy, PolicyHandle, PromptSampler, build_prompt, sampler_for, seed_everything
 
 log = logging.getLogger(__name__)
@@ -70,54 +66,6 @@ class _Pending:
     samples: list[tuple[list[dict], list[Prompt]]]
     sampler_before: dict[str, Any]  # the sampler before these prompts were drawn (checkpoints)
     rollout_s: float = 0.0
-
-
-@dataclass
-class Components:
-    """What a run trains on, built: the policy, its processor, the datasets and the rewards.
-
-    The CLI leaves every field None and `fill_from_config` builds each from the recipe; the
-    Python API (`vlmgrpo.api`) hands in the user's own: a loaded model and processor, wrapped
-    `datasets` sets, TRL-signature rewards. `model` None means "load `model.name_or_path`"."""
-
-    model: Any = None  # a loaded transformers model (not yet on the device, no LoRA), or None
-    proc: Any = None  # its processor; None = load it from model.name_or_path
-    train_set: Any = None  # Sequence[dict] or StreamingDataset (vlmgrpo.data)
-    eval_set: Any = None
-    specs: list[RewardSpec] | None = None
-
-    def fill_from_config(self, cfg: Config) -> None:
-        """Build every component the caller did not give from the recipe (the CLI's path)."""
-        # data.image_max_side reaches every builder as kwargs["max_side"] unless the recipe sets it
-        if self.train_set is None:
-            kw = {"max_side": cfg.data.image_max_side, **cfg.data.kwargs}
-            self.train_set = build_dataset(cfg.data.dataset, kw, "train", cfg.train.seed)
-        if self.eval_set is None:
-            eval_kw = {"max_side": cfg.data.image_max_side, **(cfg.data.eval_kwargs or cfg.data.kwargs)}
-            name = cfg.data.eval_dataset or cfg.data.dataset
-            self.eval_set = build_dataset(name, eval_kw, "test", cfg.train.seed)
-        if self.specs is None:
-            from vlmgrpo.rewards.trl_compat import specs_from_entries
-
-            self.specs = specs_from_entries(cfg.rewards)
-
-    def load_model(self, cfg: Config, resume_from: Path | None, device: Any) -> tuple[Any, Any]:
-        """The policy on `device`, ready to train (LoRA-wrapped when the config says so)."""
-        from vlmgrpo.models import prepare_policy, ready_processor
-
-        model_cfg = copy.deepcopy(cfg.model)
-        full_resume = resume_from is not None and not cfg.model.lora.enabled
-        if self.model is None or full_resume:
-            if full_resume:
-                model_cfg.name_or_path = str(resume_from)  # full weights: load the checkpoint itself
-            model, proc = load_policy(model_cfg, device)
-            return model, (ready_processor(self.proc) if self.proc is not None else proc)
-        proc = self.proc
-        if proc is None:
-            import transformers
-
-            proc = transformers.AutoProcessor.from_pretrained(cfg.model.name_or_path)
-        return prepare_policy(self.model, proc, model_cfg, device)
 
 
 class Trainer:
@@ -145,14 +93,7 @@ class Trainer:
         c = components if components is not None else Components()
         c.fill_from_config(cfg)
         self.train_set, self.eval_set, self.specs = c.train_set, c.eval_set, c.specs
-        if not self.specs:
-            raise ConfigError("rewards: the recipe lists no reward")
-        for i, s in enumerate(self.specs):
-            rf = resolve_reward(s.name)  # fail now, not at step 1, on an unknown reward
-            _check_reward_call(rf, s, i)  # ... or on a signature that cannot take its kwargs
-            fn = rf.fn
-            if hasattr(fn, "prepare"):  # load services/models now: a missing token fails here
-                fn.prepare(**s.kwargs)
+        prepare_rewards(self.specs)  # unknown rewards, bad kwargs, missing services fail here
         self.model, self.proc = c.load_model(cfg, self.resume_from, self.device)
         if self.resume_from is not None and cfg.model.lora.enabled:
             self._load_adapter(self.resume_from)
@@ -181,22 +122,7 @@ class Trainer:
         if self.fsdp:
             self._root_forward()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        o = cfg.optim
-        hyper = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
-        if o.optimizer == "adamw_fp32_state" and self.fsdp:
-            raise ConfigError(
-                "optim.optimizer: adamw_fp32_state does not take FSDP2's sharded parameters; use adamw "
-                "with model.dtype float32 and train.fsdp_param_dtype bfloat16 for fp32 master weights"
-            )
-        low = any(p.dtype in (torch.bfloat16, torch.float16) for p in params)
-        if o.optimizer == "adamw_fp32_state" or (o.optimizer == "auto" and low and not self.fsdp):
-            self.optimizer: torch.optim.Optimizer = fastpath.AdamWFP32State(
-                params, **hyper, seed=cfg.train.seed
-            )
-        else:
-            # CPU offload (FSDP2) keeps the sharded parameters on CPU: the step runs there, unfused
-            fused = self.device.type == "cuda" and not (self.fsdp and cfg.train.cpu_offload)
-            self.optimizer = torch.optim.AdamW(params, **hyper, fused=fused)
+        self.optimizer = build_optimizer(params, cfg, fsdp=self.fsdp, device=self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.opt_offload = None
         if cfg.placement.offload_optimizer:
@@ -221,14 +147,8 @@ class Trainer:
 
         set_peft_model_state_dict(self.model, load_file(str(path / "adapter_model.safetensors")))
 
-    def _lr_lambda(self, step: int) -> float:
-        o = self.cfg.optim
-        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-        if o.schedule == "constant":
-            return warm
-        frac = min(1.0, step / max(1, self.cfg.train.steps))
-        decay = 1 - frac if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-        return warm * decay
+    def _lr_lambda(self, step: int) -> float:  # a bound method: LambdaLR's state_dict stays as it was
+        return lr_factor(step, self.cfg.optim, self.cfg.train.steps)
 
     def _build_reference(self) -> Any:
         kind = self.cfg.grpo.ref.kind
@@ -423,24 +343,10 @@ class Trainer:
         """The sampler as of the last finished step (a prefetched rollout's draws not counted)."""
         return self._pending.sampler_before if self._pending is not None else self.sampler.state()
 
-    def _reward_models(self) -> list[Any]:
-        from vlmgrpo.embed import EMBEDDERS
-        from vlmgrpo.imagegen import GENERATORS
-
-        return [m for reg in (GENERATORS, EMBEDDERS) for m in reg.instances() if offloadable(m)]
-
-    @contextlib.contextmanager
-    def reward_models_loaded(self):
+    def reward_models_loaded(self) -> contextlib.AbstractContextManager[None]:
         """With placement.offload_reward_models the local reward models are on their device only
         inside this block; elsewhere their weights wait in pinned host memory."""
-        models = self._reward_models() if self.cfg.placement.offload_reward_models else []
-        for m in models:
-            m.onload()
-        try:
-            yield
-        finally:
-            for m in models:
-                m.offload()
+        return components.reward_models_loaded(self.cfg.placement.offload_reward_models)
 
     def _score(
         self,
@@ -460,149 +366,14 @@ class Trainer:
         return results, records
 
     # ------------------------------------------------------------------ GRPO variants (docs/algorithms.md)
-    def _group_spread(self, results: list[RewardResult]) -> dict[str, float]:
-        """groups/zero_std_frac: share of the step's sampled groups (all ranks) whose rewards are all
-        equal, so their advantages are 0 (too easy or too hard for the policy)."""
-        g = self.cfg.rollout.group_size
-        flat = [zero_std_groups(torch.tensor(res.total, dtype=torch.float32), g) for res in results]
-        z = torch.cat(flat)
-        n_zero, n = dist.all_sum([float(z.sum()), float(z.numel())], self.dist, self.device)
-        return {"groups/zero_std_frac": n_zero / max(n, 1.0)}
-
-    def _dynamic_sampling(
-        self,
-        batches: list[RolloutBatch],
-        results: list[RewardResult],
-        records: list[list[RewardRecord]],
-        timer: Timer,
-        metrics: dict[str, float],
-    ) -> tuple[list[RolloutBatch], list[RewardResult], list[list[RewardRecord]]]:
-        """DAPO dynamic sampling (grpo.dynamic_sampling): keep the groups whose rewards differ and roll
-        out further rounds of prompts until every rank has its share of groups, at most
-        grpo.dynamic_max_extra_rollouts extra rounds. When the bound is hit the step trains on the
-        groups it has (dynamic/bound_hit = 1, a warning); a rank left with none trains on one
-        zero-advantage group so that it joins the update's collectives. Groups are filtered on the
-        rewards as scored (before grpo.overlong_buffer's penalty), like DAPO's accuracy filter.
-
-        Every rank runs the same number of rounds; the loop's all-reduce has the 3-float shape of
-        train_step's first one, so a rank whose reward service fails in an extra round still meets
-        the others (`_share_failure`)."""
-        cfg = self.cfg
-        g, per = cfg.rollout.group_size, cfg.rollout.prompts_per_step // self.dist.world
-        target = per * cfg.optim.grad_accum  # groups per rank
-        kept: list[tuple[RolloutBatch, RewardResult, list[RewardRecord]]] = []
-        failed: dict[str, int] = {}
-
-        def keep(bs: list[RolloutBatch], rs: list[RewardResult], recs: list[list[RewardRecord]]) -> None:
-            for b, res, rec in zip(bs, rs, recs):
-                for k, v in res.failed.items():
-                    failed[k] = failed.get(k, 0) + v
-                flat = zero_std_groups(torch.tensor(res.total, dtype=torch.float32), g)
-                for gi in (~flat).nonzero().flatten().tolist():
-                    rows = list(range(gi * g, (gi + 1) * g))
-                    kept.append((b.select(rows), _select_result(res, rows), rec[gi * g : (gi + 1) * g]))
-
-        keep(batches, results, records)
-        rounds = 0
-        while True:
-            short, _, n_failed = dist.all_sum(
-                [float(max(0, target - len(kept))), 0.0, 0.0], self.dist, self.device
-            )
-            if n_failed:
-                raise _PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
-            if short == 0 or rounds >= cfg.grpo.dynamic_max_extra_rollouts:
-                break
-            rounds += 1
-            with timer("rollout"):
-                bs, parts = self._rollout_phase(self.step, extra=rounds)
-            ctxs = [self.reward_ctx("train", rounds * len(bs) + k) for k in range(len(bs))]
-            with timer("reward"):
-                rs, recs = self._score(bs, parts, ctxs)
-            keep(bs, rs, recs)
-        if short > 0:
-            log.warning(
-                "step %d: dynamic sampling stopped at grpo.dynamic_max_extra_rollouts = %d with %d groups "
-                "short of a full batch; training on the groups it has",
-                self.step,
-                cfg.grpo.dynamic_max_extra_rollouts,
-                int(short),
-            )
-        n_kept = dist.all_sum([float(min(len(kept), target))], self.dist, self.device)[0]
-        if not kept:
-            kept.append(
-                (
-                    batches[0].select(list(range(g))),
-                    _select_result(results[0], list(range(g))),
-                    records[0][:g],
-                )
-            )
-        kept = kept[:target]
-        out_b, out_r, out_rec = [], [], []
-        for i in range(0, len(kept), per):  # parts of `per` groups, as a step without filtering has
-            part = kept[i : i + per]
-            out_b.append(hf_rollout.concat([p[0] for p in part], self.proc) if len(part) > 1 else part[0][0])
-            out_r.append(RewardResult.concat([p[1] for p in part]))
-            out_rec.append([r for p in part for r in p[2]])
-        out_r[0] = RewardResult(out_r[0].total, out_r[0].per_reward, out_r[0].sub_scores, failed)
-        metrics["dynamic/rollouts"] = float(1 + rounds)
-        metrics["dynamic/bound_hit"] = float(short > 0)
-        metrics["dynamic/kept_groups_frac"] = n_kept / (target * self.dist.world)
-        return out_b, out_r, out_rec
-
-    def _completion_lengths(
-        self, batches: list[RolloutBatch]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per batch: completion lengths [rows] (tokens that count) and truncated flags [rows] bool
-        (cut at max_new_tokens without an EOS; `truncated_rows`)."""
-        eos = hf_rollout.eos_ids(self.proc, self.model)
-        lens = [b.completion_mask.sum(1) for b in batches]
-        trunc = [truncated_rows(b.completion_ids, b.completion_mask, eos) for b in batches]
-        # a completion shorter than max_new_tokens stopped on its own even when the batch was trimmed
-        trunc = [t & (n >= self.cfg.rollout.max_new_tokens).to(t.device) for t, n in zip(trunc, lens)]
-        return lens, trunc
-
-    def _advantages(
-        self, results: list[RewardResult], lens: list[torch.Tensor], metrics: dict[str, float]
-    ) -> list[torch.Tensor]:
-        """Group advantages of every part of the step. grpo.overlong_buffer adds DAPO's soft overlong
-        penalty to the rewards first; adv_scale "batch" divides by one std over the step's whole
-        generation batch (every part, every rank: two small all-reduces), not a std per part."""
-        cfg, gr = self.cfg, self.cfg.grpo
-        rewards = [torch.tensor(res.total, dtype=torch.float32) for res in results]
-        if gr.overlong_buffer:
-            pens = [
-                overlong_penalty(
-                    n.float().cpu(), cfg.rollout.max_new_tokens, gr.overlong_buffer, gr.overlong_factor
-                )
-                for n in lens
-            ]
-            rewards = [r + p for r, p in zip(rewards, pens)]
-            pen = torch.cat(pens)
-            s, c, hit = dist.all_sum(
-                [float(pen.sum()), float(pen.numel()), float((pen < 0).sum())], self.dist, self.device
-            )
-            metrics["reward/overlong_penalty/mean"] = s / max(c, 1.0)
-            metrics["reward/overlong_penalty/frac"] = hit / max(c, 1.0)
-        batch_std = None
-        if gr.adv_scale == "batch":
-            flat = torch.cat(rewards).double()
-            flat = flat[~torch.isnan(flat)]
-            count, total = dist.all_sum([float(flat.numel()), float(flat.sum())], self.dist, self.device)
-            mean = total / max(count, 1.0)
-            sq = dist.all_sum([float((flat - mean).pow(2).sum())], self.dist, self.device)[0]
-            batch_std = batch_reward_std(count, sq, gr.adv_unbiased)
-        return [
-            group_advantages(
-                r,
-                cfg.rollout.group_size,
-                scale=gr.adv_scale,
-                eps=gr.adv_eps,
-                unbiased=gr.adv_unbiased,
-                valid=~torch.isnan(r),
-                batch_std=batch_std,
-            )
-            for r in rewards
-        ]
+    def _more_groups(self, timer: Timer, n: int) -> step_fns.Parts:
+        """grpo.dynamic_sampling's extra round `n` (1, 2, ...): roll out and score new prompts."""
+        with timer("rollout"):
+            bs, parts = self._rollout_phase(self.step, extra=n)
+        ctxs = [self.reward_ctx("train", n * len(bs) + k) for k in range(len(bs))]
+        with timer("reward"):
+            rs, recs = self._score(bs, parts, ctxs)
+        return bs, rs, recs
 
     def _updates(self, batches: list[RolloutBatch], advs: list[torch.Tensor]) -> dict[str, float]:
         """grpo.num_iterations optimizer updates on this rollout. With more than one, the sampling
@@ -619,7 +390,7 @@ class Trainer:
                 if b.sample_logps is None:  # rollout.overlap already brought the sampling policy's
                     b.sample_logps = self.logp_model(b, self.cfg.rollout.temperature).detach()
         self.model.train(was_training)
-        return _mean_updates([self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)])
+        return step_fns.mean_updates([self.update(batches, advs, step_schedule=i == n - 1) for i in range(n)])
 
     def train_step(self) -> dict[str, float]:
         cfg, timer = self.cfg, Timer(device=self.device)
@@ -658,16 +429,26 @@ class Trainer:
             [float((~torch.isnan(all_r)).sum()), float(all_r.numel()), 0.0], self.dist, self.device
         )
         if n_failed:
-            raise _PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
+            raise PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
         valid_frac = n_valid / n_all  # the same on every rank, so all ranks skip or update together
-        metrics: dict[str, float] = self._group_spread(results)
+        metrics = step_fns.zero_std_frac(results, cfg.rollout.group_size, self.dist, self.device)
         if cfg.grpo.dynamic_sampling and valid_frac >= cfg.grpo.min_valid_fraction:
-            batches, results, all_records = self._dynamic_sampling(
-                batches, results, all_records, timer, metrics
+            batches, results, all_records = step_fns.dynamic_sampling(
+                batches,
+                results,
+                all_records,
+                lambda n: self._more_groups(timer, n),
+                cfg=cfg,
+                info=self.dist,
+                device=self.device,
+                proc=self.proc,
+                step=self.step,
+                metrics=metrics,
             )
-        lens, truncated = self._completion_lengths(batches)
+        eos = hf_rollout.eos_ids(self.proc, self.model)
+        lens, truncated = step_fns.completion_lengths(batches, eos, cfg.rollout.max_new_tokens)
         with timer("advantage"):
-            advs = self._advantages(results, lens, metrics)
+            advs = step_fns.step_advantages(results, lens, cfg, self.dist, self.device, metrics)
         if cfg.grpo.mask_truncated:  # after the lengths and the penalty have seen the full masks
             for b, t in zip(batches, truncated):
                 b.completion_mask = b.completion_mask * (~t).to(b.completion_mask.dtype)[:, None]
@@ -697,22 +478,14 @@ class Trainer:
             ),
             self.dist,
         )
-        merged = RewardResult.concat([r for part in gathered for r in part[0]])
-        metrics.update(merged.metrics("reward"))
-        lens = torch.cat([x for part in gathered for x in part[1]])
-        metrics["completion/len_mean"] = float(lens.mean())
-        metrics["completion/len_min"] = float(lens.min())
-        metrics["completion/len_max"] = float(lens.max())
-        metrics["completion/truncated_frac"] = float(
-            torch.cat([t for part in gathered for t in part[3]]).float().mean()
-        )
-        metrics["completion/distinct"] = float(len({c for part in gathered for c in part[2]}))
+        step_m, n_tokens = step_fns.step_metrics(gathered)
+        metrics.update(step_m)
         metrics["data/bad_samples"] = float(self.sampler.bad)
         metrics.update(timer.times)
         metrics["time/step"] = time.perf_counter() - t0
         if rollout_s is None:
             rollout_s = timer.times.get("time/rollout", 1e-9)
-        metrics["tokens/s"] = float(lens.sum()) / max(1e-9, rollout_s)  # of the rollout that sampled them
+        metrics["tokens/s"] = n_tokens / max(1e-9, rollout_s)  # of the rollout that sampled them
         if cfg.rollout.overlap:
             metrics["overlap/stale"] = stale  # 1 = these samples came from the policy before the last update
         if (
@@ -721,35 +494,9 @@ class Trainer:
             and cfg.train.log_samples_every
             and self.step % cfg.train.log_samples_every == 0
         ):
-            self._log_samples(all_records[0][: cfg.rollout.group_size], results[0], advs[0])
+            g = cfg.rollout.group_size
+            runfolder.log_samples(self.runlog, self.step, all_records[0][:g], results[0], advs[0])
         return metrics
-
-    def _log_samples(self, recs: list[RewardRecord], res: Any, adv: torch.Tensor) -> None:
-        """One group per logged step: images, completions, scores; for cycle rewards also the
-        seed's page of the original beside every regenerated image sorted by similarity."""
-        g = len(recs)
-        n = self.step + 1  # the step this rollout's metrics row gets (counted from 1, as in metrics.jsonl)
-        out = self.runlog.sample_dir(n)
-        write_samples(
-            out,
-            recs,
-            {k: v[:g].tolist() for k, v in res.per_reward.items()},
-            res.total[:g].tolist(),
-            adv[:g].tolist(),
-        )
-        rewards = {k: v[:g].tolist() for k, v in {**res.per_reward, **res.sub_scores}.items()}
-        self.runlog.log_completions(n, recs, rewards, res.total[:g].tolist(), adv[:g].tolist())
-        if recs and recs[0].images and any("regenerated" in r.extras for r in recs):
-            from vlmgrpo.report.artifacts import write_step_page
-
-            write_step_page(
-                out,
-                recs[0].images[0],
-                [r.completion for r in recs],
-                [r.extras.get("regenerated") for r in recs],
-                res.total[:g].tolist(),
-                title=f"step {n}",
-            )
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -757,7 +504,7 @@ class Trainer:
         cfg = self.cfg
         e = cfg.eval
         n = min(e.num_items, len(self.eval_set)) if hasattr(self.eval_set, "__len__") else e.num_items
-        samples, bad = self._eval_samples(n)
+        samples, bad = components.eval_samples(self.eval_set, n, cfg.train.seed, cfg.data.skip_bad_samples)
         prompts = [build_prompt(s, cfg) for s in samples]
         recs: list[RewardRecord] = []
         # a fixed seed per evaluation so that changes reflect the policy, not the dice
@@ -792,22 +539,6 @@ class Trainer:
                     for k, v in controls(recs, ctx, **spec.kwargs).items():
                         metrics[f"eval/{spec.key}/{k}"] = v
         return metrics
-
-    def _eval_samples(self, n: int) -> tuple[list[dict[str, Any]], int]:
-        """The first `n` held-out items (a fixed draw from a stream) and how many were unreadable:
-        those are skipped (data.skip_bad_samples) or stop the run."""
-        stream = not hasattr(self.eval_set, "__len__")
-        rng = np.random.default_rng(self.cfg.train.seed + 1) if stream else None  # fixed from a stream
-        samples, bad = [], 0
-        for i in range(n):
-            try:
-                samples.append(self.eval_set.sample(rng) if stream else self.eval_set[i])
-            except DataError as e:
-                if not self.cfg.data.skip_bad_samples:
-                    raise
-                bad += 1
-                log.warning("skipping bad eval sample: %s", e)
-        return samples, bad
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path | None:
@@ -888,21 +619,13 @@ class Trainer:
             else NullLog()
         )
         if self.resume_from is None and self.dist.is_main and self.runlog.metrics_path.exists():
-            # a fresh start (or --resume before any checkpoint): an earlier attempt's rows would
-            # repeat steps, so they move aside, numbered (a later start never replaces them), and
-            # its TensorBoard events with them
-            prev = runlog.numbered(self.out / "metrics.prev.jsonl")
-            self.runlog.metrics_path.replace(prev)
-            tb = self.out / "tb"
-            if tb.is_dir():
-                tb.replace(self.out / prev.name.replace("metrics.", "tb.").removesuffix(".jsonl"))
-            log.warning("starting from step 0: the earlier metrics moved to %s", prev.name)
+            runfolder.set_aside_earlier_metrics(self.out, self.runlog.metrics_path)
         if self.resume_from is not None:
             self._restore()
             cut = self.runlog.truncate_after(self.step)
             if self.dist.is_main:
                 moved = f"; the rows past step {self.step} moved to {cut.name}" if cut else ""
-                later = self._set_aside_later_checkpoints()
+                later = runfolder.set_aside_later_checkpoints(self.out, self.step)
                 if later:
                     moved += f"; later checkpoints moved to {later.relative_to(self.out)}/"
                 print(f"resuming from {self.resume_from.name} (step {self.step}){moved}", flush=True)
@@ -914,7 +637,7 @@ class Trainer:
         if self.step == 0 and cfg.train.eval_every and self.resume_from is None:
             self.runlog.log(0, "grpo", self.evaluate())
         if cfg.placement.offload_reward_models:  # loaded by the rewards' prepare(); wait on the host
-            for m in self._reward_models():
+            for m in components.local_reward_models():
                 m.offload()
         self._install_signal_handlers()
         self.model.train()  # dropout (e.g. LoRA's) is active in the update; rollouts switch to eval
@@ -940,14 +663,15 @@ class Trainer:
                     self._abandon_step(before, e)
                 self.step += 1
                 steps_run += 1
-                skipped += int(_skipped(metrics))
-                self._warn_if_flat(metrics)
+                skipped += int(step_fns.skipped(metrics))
+                if not self._warned_flat:  # once per run
+                    self._warned_flat = runfolder.warn_if_flat(metrics, self.step)
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     metrics.update(self.evaluate())
                 self.runlog.log(self.step, "grpo", metrics)
                 bar.update(1)
-                last_eval = _finite(metrics.get("eval/reward/mean"), last_eval)
-                reward = _finite(metrics.get("reward/mean"), None)
+                last_eval = step_fns.finite(metrics.get("eval/reward/mean"), last_eval)
+                reward = step_fns.finite(metrics.get("reward/mean"), None)
                 # no "nan" on the bar: a step with no reward says "-", the last evaluation stays shown
                 post = {"reward": "-" if reward is None else f"{reward:.3f}"}
                 if last_eval is not None:
@@ -972,10 +696,10 @@ class Trainer:
             self.save()
         self._pending = None
         if self.stop_requested and self.dist.is_main:
-            print(f"stopped at step {self.step}; {self._resume_hint()}")
+            print(f"stopped at step {self.step}; {runfolder.resume_hint(self.out)}")
         self.runlog.close()
         if os.environ.get("VLMGRPO_DUMP_PARAMS"):  # tests: every rank's view of the final weights
-            self._dump_params(Path(os.environ["VLMGRPO_DUMP_PARAMS"]))
+            runfolder.dump_params(self.model, self.dist.rank, Path(os.environ["VLMGRPO_DUMP_PARAMS"]))
         dist.shutdown(self.dist, self.update_model)
         self._restore_signal_handlers()  # fit() in a notebook or a test leaves Ctrl-C working
         if steps_run and skipped == steps_run:
@@ -988,53 +712,13 @@ class Trainer:
             )
         return self.out
 
-    def _set_aside_later_checkpoints(self) -> Path | None:
-        """`--resume-from ckpt-N` with newer checkpoints in the folder: they belong to the timeline
-        being replaced. Left in place, the new run would overwrite some and a later `--resume`
-        would pick an old one; they move to `ckpts/cut-N/` (returned), never deleted."""
-        root = self.out / "ckpts"
-        later = [c for c in ckpt.list_checkpoints(root) if ckpt.checkpoint_step(c) > self.step]
-        if not later:
-            return None
-        dest = runlog.numbered(root / f"cut-{self.step}")
-        dest.mkdir(parents=True)
-        for c in later:
-            c.replace(dest / c.name)
-        return dest
-
-    def _warn_if_flat(self, metrics: dict[str, float]) -> None:
-        """Once per run: a step whose rewards are all the same has all advantages zero, so the
-        update learns nothing (a reward that cannot tell the samples apart, or one stuck at a value)."""
-        std, n_skip = metrics.get("reward/std"), metrics.get("reward/skipped", 0.0)
-        if self._warned_flat or std is None or not math.isfinite(std) or std > 0 or _skipped(metrics):
-            return
-        self._warned_flat = True
-        log.warning(
-            "step %d: every sample got the same reward (%.4g%s): no learning signal (all advantages "
-            "are 0). Check that the rewards can tell completions apart (warned once)",
-            self.step,
-            metrics.get("reward/mean", math.nan),
-            f"; {n_skip:.0f} skipped" if n_skip else "",
-        )
-
-    def _dump_params(self, folder: Path) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu().clone() for k, v in sd.items()}, folder / f"rank-{self.dist.rank}.pt")
-
-    def _resume_hint(self) -> str:
-        out = shlex.quote(str(self.out))
-        return f"resume with: vlmgrpo train --recipe {out}/config.yaml --output-dir {out} --resume"
-
     def _abandon_step(self, before: dict[str, Any], err: ServiceError) -> None:
         """A remote service is given up (down past its max_down_s, or it refused the token) during
         a step's rollout or rewards. Nothing was updated yet: rewind the RNGs and the sampler to the
         step's start, checkpoint the last finished step (the same state an uninterrupted run saves
         there, so resuming is exact) and stop with one line."""
         if self.dist.enabled:
-            err = self._share_failure(err)
+            err = step_fns.share_failure(err, self.dist, self.device)
         ckpt.set_rng_state(before["rng"])
         self.sampler.load(before["sampler"])
         self._pending = None
@@ -1044,20 +728,9 @@ class Trainer:
         if dist.all_sum([float(missing)], self.dist, self.device)[0]:
             self.save()
         dist.shutdown(self.dist, self.update_model)  # every rank is here: leave the group cleanly
-        raise ServiceError(f"{err}; step {self.step + 1} abandoned, {done.name} saved; {self._resume_hint()}")
-
-    def _share_failure(self, err: ServiceError) -> ServiceError:
-        """Under torchrun, bring every rank into the abandoned step's shutdown. A rank whose own
-        reward service failed joins the all-reduce the other ranks wait in after the rewards (in
-        train_step) with failed = 1, instead of leaving them in it until the launcher's timeout;
-        they raise `_PeerServiceError` there. Then every rank gets the first failing rank's line."""
-        if not isinstance(err, _PeerServiceError):
-            dist.all_sum([0.0, 0.0, 1.0], self.dist, self.device)
-        own = None if isinstance(err, _PeerServiceError) else str(err)
-        for rank, msg in enumerate(dist.gather_objects(own, self.dist)):
-            if msg is not None:
-                return err if rank == self.dist.rank else ServiceError(f"rank {rank}: {msg}")
-        return err
+        raise ServiceError(
+            f"{err}; step {self.step + 1} abandoned, {done.name} saved; {runfolder.resume_hint(self.out)}"
+        )
 
     def _should_stop(self) -> bool:
         """A signal may reach one rank only: all ranks stop together, and every rank then counts as
@@ -1086,66 +759,14 @@ class Trainer:
         self._old_handlers = {}
 
 
-def _select_result(res: RewardResult, rows: list[int]) -> RewardResult:
-    """The scores of some rows of a batch (their failure counts are not per row: 0 here)."""
-    return RewardResult(
-        total=res.total[rows],
-        per_reward={k: v[rows] for k, v in res.per_reward.items()},
-        sub_scores={k: v[rows] for k, v in res.sub_scores.items()},
-        failed=dict.fromkeys(res.failed, 0),
-    )
-
-
-def _mean_updates(rows: list[dict[str, float]]) -> dict[str, float]:
-    """The metrics of grpo.num_iterations updates of one step as one row: the mean of each key over
-    the updates that logged it, "lr" the first update's rate; a non-finite update logs neither lr
-    nor grad_norm, so "update/skipped_nonfinite" is the share of skipped updates (1.0 = all)."""
-    out: dict[str, float] = {}
-    for k in dict.fromkeys(k for r in rows for k in r):
-        vals = [r[k] for r in rows if k in r]
-        out[k] = vals[0] if k == "lr" else sum(vals) / len(vals)
-    if "update/skipped_nonfinite" in out:
-        out["update/skipped_nonfinite"] = sum(r.get("update/skipped_nonfinite", 0.0) for r in rows) / len(
-            rows
-        )
-    out["update/iterations"] = float(len(rows))
-    return out
-
-
-def _skipped(metrics: dict[str, Any]) -> bool:
-    """Whether this step's update was skipped (too few rewards, or every update's loss non-finite)."""
-    return bool(metrics.get("update/skipped_rewards")) or metrics.get("update/skipped_nonfinite", 0.0) >= 1.0
-
-
-def _finite(value: Any, default: float | None) -> float | None:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else default
-
-
-def _check_reward_call(rf: Any, spec: RewardSpec, index: int) -> None:
-    """A reward is called as fn(record_or_records, ctx, **kwargs): a function that cannot take that
-    call (a misspelled kwarg, a missing ctx) is a config error before any model loads, not a
-    failure on every sample of step 0."""
-    import inspect
-
-    try:
-        sig = inspect.signature(rf.fn)
-    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
-        return
-    try:
-        sig.bind(None, None, **spec.kwargs)
-    except TypeError as e:
-        raise ConfigError(
-            f"rewards[{index}] ({spec.name}): cannot be called as fn(record, ctx, **kwargs) with "
-            f"kwargs {sorted(spec.kwargs)}: {e}"
-        ) from None
-
-
-class _PeerServiceError(ServiceError):
-    """Raised on the ranks whose rewards went fine when another rank's service was given up."""
-
-
 def train(cfg: Config, resume: str | None = None) -> Path:
     return Trainer(cfg, resume).fit()
+
+
+# the names these helpers had while they lived here (tests and user code import them from here)
+_select_result, _mean_updates = step_fns.select_result, step_fns.mean_updates
+_skipped, _finite, _PeerServiceError = step_fns.skipped, step_fns.finite, PeerServiceError
+_check_reward_call = check_reward_call
 
 
 __all__ = ["Components", "Trainer", "train"]
