@@ -270,10 +270,12 @@ def _token_logps_chunk(
     bias: Tensor | None,
     targets: Tensor,
     temperature: float,
-    with_entropy: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """hidden [n, H], weight [V, H], bias [V] | None, targets [n] -> log-probs [n] fp32, and with
-    `with_entropy` the token entropies [n] (no grad) of the same logits (no second head matmul)."""
+    entropy_out: list[Tensor] | None = None,
+) -> Tensor:
+    """hidden [n, H], weight [V, H], bias [V] | None, targets [n] -> log-probs [n] fp32. With
+    `entropy_out` (an empty list) the token entropies [n] (no grad) of the same logits are appended
+    to it (no second head matmul); only on the first call, so the backward's recomputation of a
+    checkpointed chunk does not compute them again."""
     # The matmul runs in the model's dtype, as the model's own lm_head does, so these log-probs match
     # `model(...).logits`; upcasting W itself would copy a [V, H] fp32 matrix (1.2 GB for Qwen-3B)
     # per chunk. Temperature and logsumexp run in fp32.
@@ -283,7 +285,9 @@ def _token_logps_chunk(
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    return (logps, entropy_from_logits(logits.detach(), lse)) if with_entropy else logps
+    if entropy_out is not None and not entropy_out:
+        entropy_out.append(entropy_from_logits(logits.detach(), lse))
+    return logps
 
 
 def chunked_token_logps(
@@ -326,15 +330,15 @@ def chunked_token_logps(
     recompute = torch.is_grad_enabled() and any(p.requires_grad for p in params)
     out, ents = [], []
     for hc, tc in zip(flat_h.split(chunk_tokens), flat_t.split(chunk_tokens)):
-        args = (hc, lm_head_weight, lm_head_bias, tc, temperature, with_entropy)
+        ent: list[Tensor] | None = [] if with_entropy else None
+        args = (hc, lm_head_weight, lm_head_bias, tc, temperature, ent)
         res = (
             checkpoint(_token_logps_chunk, *args, use_reentrant=False)
             if recompute
             else _token_logps_chunk(*args)
         )
-        if with_entropy:
-            res, ent = res
-            ents.append(ent)
+        if ent is not None:
+            ents.append(ent[0])
         out.append(res)
     logps = torch.cat(out).view(b, t)
     return (logps, torch.cat(ents).view(b, t)) if with_entropy else logps
