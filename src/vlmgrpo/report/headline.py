@@ -50,12 +50,12 @@ def cycle_summary(run: RunData) -> dict[str, float]:
         return {}
     name = ceilings[0].split("/")[1]
     key = f"eval/{name}/mean"
-    rows = [r for r in run.grpo if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+    rows = [r for r in run.grpo if _finite(r.get(key))]
     if not rows:
         return {}
 
     def mean(k: str, rs: list[dict[str, Any]]) -> float:
-        vals = [r[k] for r in rs if isinstance(r.get(k), int | float) and math.isfinite(r[k])]
+        vals = [r[k] for r in rs if _finite(r.get(k))]
         return sum(vals) / len(vals) if vals else math.nan
 
     from vlmgrpo.commands.demo import gap_closed  # the formula of the demo's summary.json
