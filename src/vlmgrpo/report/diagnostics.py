@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from vlmgrpo.report.rundata import moving_average
 
 # (title, y label, [(metric key, legend label)])
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
@@ -66,14 +66,6 @@ def _has_data(run: Any, key: str) -> bool:
     return bool((y != 0).any()) or key in ("groups/zero_std_frac", "completion/truncated_frac")
 
 
-def _trailing_mean(y: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the last `window` values up to each point."""
-    c = np.cumsum(np.insert(y, 0, 0.0))
-    idx = np.arange(1, len(y) + 1)
-    lo = np.maximum(0, idx - max(1, window))
-    return (c[idx] - c[lo]) / (idx - lo)
-
-
 def diagnostics_figure(run: Any, theme: dict[str, Any], window: int) -> Any | None:
     """The panel figure of one run (anything with `series(key) -> (steps, values)`, such as
     `plots.RunData`), or None when it logged none of the metrics. theme: a `plots.THEMES` entry
@@ -101,7 +93,7 @@ def diagnostics_figure(run: Any, theme: dict[str, Any], window: int) -> Any | No
                 ax.plot(x, y, color=c, alpha=0.25, lw=1)
                 ax.plot(
                     x,
-                    _trailing_mean(np.asarray(y, float), window),
+                    moving_average(y, window),
                     color=c,
                     lw=2,
                     label=lab,

@@ -50,18 +50,20 @@ def cycle_summary(run: RunData) -> dict[str, float]:
         return {}
     name = ceilings[0].split("/")[1]
     key = f"eval/{name}/mean"
-    rows = [r for r in run.grpo if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+    rows = [r for r in run.grpo if _finite(r.get(key))]
     if not rows:
         return {}
 
     def mean(k: str, rs: list[dict[str, Any]]) -> float:
-        vals = [r[k] for r in rs if isinstance(r.get(k), int | float) and math.isfinite(r[k])]
+        vals = [r[k] for r in rs if _finite(r.get(k))]
         return sum(vals) / len(vals) if vals else math.nan
+
+    from vlmgrpo.commands.demo import gap_closed  # the formula of the demo's summary.json
 
     first, last3 = rows[0], rows[-3:]
     start, end = first[key], mean(key, last3)
     ceiling, shuffled = mean(f"eval/{name}/ceiling", rows), mean(f"eval/{name}/shuffled", last3)
-    gap = (end - start) / (ceiling - start) if ceiling > start else math.nan
+    gap = gap_closed(start, end, ceiling)
     return {"name": name, "first": start, "first_step": first["step"], "last3": end, "n_last": len(last3),
             "ceiling": ceiling, "shuffled": shuffled, "gap_closed": gap}  # fmt: skip
 
