@@ -81,15 +81,11 @@ def log_samples(rl: RunLog, step: int, recs: list[RewardRecord], res: Any, adv: 
     g = len(recs)
     n = step + 1  # the step this rollout's metrics row gets (counted from 1, as in metrics.jsonl)
     out = rl.sample_dir(n)
-    write_samples(
-        out,
-        recs,
-        {k: v[:g].tolist() for k, v in res.per_reward.items()},
-        res.total[:g].tolist(),
-        adv[:g].tolist(),
-    )
-    rewards = {k: v[:g].tolist() for k, v in {**res.per_reward, **res.sub_scores}.items()}
-    rl.log_completions(n, recs, rewards, res.total[:g].tolist(), adv[:g].tolist())
+    per_reward = {k: v[:g].tolist() for k, v in res.per_reward.items()}
+    totals, advs = res.total[:g].tolist(), adv[:g].tolist()
+    write_samples(out, recs, per_reward, totals, advs)
+    subs = {k: v[:g].tolist() for k, v in res.sub_scores.items()}
+    rl.log_completions(n, recs, {**per_reward, **subs}, totals, advs)
     if recs and recs[0].images and any("regenerated" in r.extras for r in recs):
         from vlmgrpo.report.artifacts import write_step_page
 
@@ -98,7 +94,7 @@ def log_samples(rl: RunLog, step: int, recs: list[RewardRecord], res: Any, adv: 
             recs[0].images[0],
             [r.completion for r in recs],
             [r.extras.get("regenerated") for r in recs],
-            res.total[:g].tolist(),
+            totals,
             title=f"step {step}",
         )
 

@@ -39,10 +39,6 @@ def _wandb() -> Any:
     return wandb
 
 
-def open_trackers(cfg: Any, root: Path) -> list[Any]:
-    return [WandbTracker(cfg, root)] if cfg.train.wandb else []
-
-
 class TrackedLog:
     """A run log (`runlog.RunLog`) whose rows also go to the trackers, plus the completions
     tables; everything else is the run log's own."""
@@ -71,7 +67,7 @@ class TrackedLog:
 
 def attach(runlog: Any, cfg: Any, root: Path) -> TrackedLog:
     """`runlog` with the trackers `cfg` asks for (none: rows go to the run log alone)."""
-    return TrackedLog(runlog, open_trackers(cfg, root))
+    return TrackedLog(runlog, [WandbTracker(cfg, root)] if cfg.train.wandb else [])
 
 
 def _number(v: Any) -> float | None:

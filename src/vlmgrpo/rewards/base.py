@@ -303,6 +303,7 @@ def compute_rewards(
                     timeouts += isinstance(e, TimeoutError)
                     first_error = first_error or f"{_first_line(e)} on {_sample_name(rec, i)}"
         values: list[RewardValue] = [None] * n
+        vals = np.full(n, np.nan)  # [N] each value's total (NaN = skipped or failed)
         for i, v in enumerate(raw):
             if not ok[i]:
                 continue
@@ -317,6 +318,8 @@ def compute_rewards(
             if t is not None and math.isnan(t):
                 ok[i], values[i] = False, None
                 first_error = first_error or f"returned nan on {_sample_name(records[i], i)}"
+            elif t is not None:
+                vals[i] = t
         n_failed = ok.count(False)
         if n and n_failed == n and timeouts < n:  # time-outs aside, it failed on every sample
             raise RewardError(
@@ -325,7 +328,6 @@ def compute_rewards(
             )
         if n_failed:
             errors[spec.key] = first_error
-        vals = np.array([_total(v) if _total(v) is not None else np.nan for v in values], dtype=float)
         for i, v in enumerate(values):
             if isinstance(v, dict):
                 for sub, s in v.items():
