@@ -193,6 +193,8 @@ def test_a_timed_out_symbolic_call_is_not_cached(monkeypatch):
     from vlmgrpo.tasks import geometry_grader as gg
 
     deadline.call(time.time, timeout_s=60)  # a started worker: start-up is not the call
+    # an empty cache: an earlier test that graded the same expression would answer from it
+    monkeypatch.setattr(gg, "_BOUNDED_CACHE", {})
     monkeypatch.setattr(gg, "SYMBOLIC_TIMEOUT_S", 1e-4)  # no call returns this fast
     assert gg.to_number("7\\sqrt{3}") is None
     monkeypatch.setattr(gg, "SYMBOLIC_TIMEOUT_S", 60.0)
