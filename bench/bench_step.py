@@ -1337,6 +1337,11 @@ def main() -> int:
         action="store_true",
         help="rollout_fsdp2 section (last: shards the model): 1-rank FSDP2, engine vs HF generate",
     )
+    ap.add_argument(
+        "--trl-first",
+        action="store_true",
+        help="run the TRL step before vlmgrpo's sections, so a short time budget cannot skip it",
+    )
     ap.add_argument("--time-budget", type=float, default=540.0)
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
@@ -1385,6 +1390,8 @@ def main() -> int:
     proc = build_processor(full_vocab=not tiny)
     log(f"tokenizer: {len(proc.tokenizer)} tokens")
     run_check_fp32(args, rec, device, proc)
+    if args.trl and args.trl_first:
+        run_trl(args, rec)
     for i, shape in enumerate(args.models):
         if i > 0 and shape == "7b" and args.trl and "trl/step" not in rec.data["sections"]:
             run_trl(args, rec)

@@ -64,7 +64,7 @@ train() {  # recipe, policy, steps, seconds: a failed or slow recipe does not st
     [ -n "${TINY:-}" ] && [[ $1 == *charxiv* ]] && small=(--set 'rewards[0].kwargs.generator_kwargs.height=64'
         --set 'rewards[0].kwargs.generator_kwargs.width=64')
     timeout "$4" $G train --recipe "$1" --policy "$2" --models $M --data $D --steps "$3" --out $T \
-        --set train.max_time_s=$(( $4 - 60 )) "${TSET[@]}" "${small[@]}" || echo "train $1: exit $?"
+        --set train.max_time_s=$(( $4 - 40 )) "${TSET[@]}" "${small[@]}" || echo "train $1: exit $?"
     $G collect $T --out $OUT
 }
 
@@ -128,6 +128,29 @@ F)  # item 4: the fast path's coverage (LoRA, realistic lengths, FSDP2), ~9 min
     # group: HF generate with synced_gpus vs the engine with the weights gathered once per rollout
     python3 bench/bench_step.py --out $OUT/fsdp2 --models 7b --hf-models 7b --reps 3 --no-seed-a --fsdp2 \
         --sections rollout_fsdp2 --time-budget 200 >> $OUT/fast.log 2>&1
+    rm -f $OUT/*/bench.md ;;
+A2)  # A in a shorter lease (session 5: 30 device minutes for A2, T and F2): TRL first
+    setup
+    $G ceiling --out $OUT/ceiling.json
+    python3 bench/bench_step.py --out $OUT/step --models 3b --reps 3 --compile --no-seed-a --profile \
+        --sections rollout_fast,rollout_fast_compiled,rollout_hf,train,step --trl-first \
+        --trl .whl/trl_anchor.py --trl-steps 3 --trl-args=--no-gc --time-budget 450 2>&1 | tee $OUT/step.log ;;
+T)  # item 3 in one call: geometry3k, area, img2code, then cycle-charxiv-local (C and D, fewer steps)
+    setup
+    export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    $G data --out $D > /dev/null && $G build-policy --shape 3b --out $M/q3b $TINYF || exit 1
+    train geometry3k $M/q3b 4 100
+    $G build-policy --shape 7b --out $M/q7b $TINYF && train area $M/q7b 4 100; rm -rf $M/q7b
+    $G build-policy --shape qwen3vl-8b --out $M/q3vl8b $TINYF && train img2code $M/q3vl8b 3 100; rm -rf $M/q3vl8b
+    $G build-flux --out $M/flux $TINYF && $G build-dinov2 --out $M/dino $TINYF \
+        && train cycle-charxiv-local $M/q3b 4 130 ;;
+F2)  # item 4 in a shorter lease: LoRA (q,v) and lengths on 3B, then FSDP2 on 7B
+    setup
+    python3 bench/bench_step.py --out $OUT/fast --models 3b --reps 3 --compile --no-seed-a --lora --eos-lengths \
+        --lora-targets q_proj,v_proj --sections rollout_fast,rollout_lora,rollout_lengths \
+        --time-budget 170 > $OUT/fast.log 2>&1
+    python3 bench/bench_step.py --out $OUT/fsdp2 --models 7b --hf-models 7b --reps 3 --no-seed-a --fsdp2 \
+        --sections rollout_fsdp2 --time-budget 140 >> $OUT/fast.log 2>&1
     rm -f $OUT/*/bench.md ;;
 *) echo "unknown step $STEP"; exit 2 ;;
 esac
