@@ -621,6 +621,7 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
             fl = train_flops(shape, batch, not args.no_share_vision, g)
             r.update(
                 s=round(s, 3),
+                s_all=[round(x, 3) for x in times],  # the spread, not only the mean
                 tokens=tokens,
                 prompt_tokens=int(batch.prompt_mask.sum()),
                 completion_tokens=int(batch.completion_mask.sum()),
@@ -668,6 +669,7 @@ def run_shape(shape: str, args, rec: Recorder, device, dtype, proc) -> None:
                 parts.append((t1 - t, t2 - t1, gen_tokens(b)))
             r.update(
                 s=round(sum(times) / len(times), 3),
+                s_all=[round(x, 3) for x in times],
                 rollout_s=round(sum(p[0] for p in parts) / len(parts), 3),
                 update_s=round(sum(p[1] for p in parts) / len(parts), 3),
                 gen_tokens=sum(p[2] for p in parts) / len(parts),
@@ -1066,6 +1068,7 @@ def run_trl(args, rec: Recorder) -> None:
     with rec.section("trl/step", 150) as r:
         if r is None:
             return
+        rec.out.mkdir(parents=True, exist_ok=True)  # --trl-first runs before anything wrote there
         out = rec.out / "trl_anchor.json"
         cmd = [
             sys.executable,

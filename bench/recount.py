@@ -153,6 +153,7 @@ def recount_trl(label: str, d: dict, peak: float) -> dict:
     steps = [x for x in d["steps"] if not x.get("warmup")]
     return {
         "run": label,
+        "gpu": F.peak_for(d["env"]["device"])[0],
         "timed_steps": len(steps),
         "step_s_mean": d["mean_step_s"],
         "step_s_each": [x["step_s"] for x in steps],
@@ -206,13 +207,16 @@ def recount_reward(label: str, path: Path) -> dict:
 
 
 def ratios(step_runs: list[dict], trl_runs: list[dict]) -> list[dict]:
-    """Every vlmgrpo full step (3B) against every TRL step mean, saying whether they ran together."""
+    """Every vlmgrpo full step (3B) against every TRL step mean on the same GPU model, saying
+    whether they ran together (a pairing across GPU models would credit the GPU to one side)."""
     out = []
     for v in step_runs:
         st = v.get("3b/step")
         if not st:
             continue
         for t in trl_runs:
+            if t["gpu"] != v["gpu"]:
+                continue
             out.append(
                 {
                     "vlmgrpo_run": v["run"],
@@ -255,7 +259,7 @@ def markdown(r: dict) -> str:
             )
     for t in r["trl"]:
         L.append(
-            f"| TRL ({t['run']}) | 3b (gradient checkpointing) | {t['train_s']} s | - | - | "
+            f"| TRL ({t['run']}) | 3b ({'gradient checkpointing' if t['gradient_checkpointing'] else 'no checkpointing'}) | {t['train_s']} s | - | - | "
             f"{100 * t['old_mfu']:.1f}% | **{100 * t['new_mfu']:.1f}%** | - | - |"
         )
     t3 = r["step_runs"][-1].get("3b/train", {})
@@ -293,7 +297,8 @@ def markdown(r: dict) -> str:
     last = r["step_runs"][-1].get("3b/rollout_fast_compiled")
     if last:
         L += [f"{r['step_runs'][-1]['run']}'s compiled rollout ({last['tok_per_s']:,.0f} tok/s) against each: " + ", ".join(
-            f"{t['run']} {last['tok_per_s'] / t['generate_tok_per_s']:.1f}x" for t in r["trl"]) + " (across runs)"]  # fmt: skip
+            f"{t['run']} {last['tok_per_s'] / t['generate_tok_per_s']:.1f}x" for t in r["trl"]
+            if t["gpu"] == r["step_runs"][-1]["gpu"]) + " (same GPU model)"]  # fmt: skip
     L += ["", "### FLUX transformer: share of the peak", ""]
     L += [
         "| run | size | TFLOP/image old (recorded) | TFLOP/image new | batched images/s | old share | new share | new share, one call per prompt |",
@@ -335,12 +340,14 @@ def main() -> int:
         ("run 3", RESULTS / "h100-2026-11-23-run3" / "bench.json"),
         ("run 3, --compile-train", RESULTS / "h100-2026-11-23-run3" / "bench-compile-train.json"),
         ("run 4", RESULTS / "h100-2026-11-23-run4" / "bench.json"),
+        ("H200 call 1", RESULTS / "h200-2026-12-05-A2" / "step" / "bench.json"),
     ]
     step_runs = [recount_step_run(label, p, lens) for label, p in step_files]
     trl_files = [
         ("run 1", RESULTS / "h100-2026-11-23" / "trl_anchor.json"),
         ("anchor", RESULTS / "anchors-h100-2026-11-23" / "trl_anchor.json"),
         ("run 2", RESULTS / "h100-2026-11-23-run2" / "trl_anchor.json"),
+        ("H200 call 3", RESULTS / "h200-2026-12-05-trl-fast" / "trl" / "trl_anchor.json"),
     ]
     trl = []
     for label, p in trl_files:
@@ -353,8 +360,8 @@ def main() -> int:
     reward_runs = [recount_reward(label, p) for label, p in reward_files]
     r = {
         "command": "python bench/recount.py",
-        "peak_note": "989 TFLOP/s, NVIDIA's dense bf16 figure for the H100 SXM, the GPU of every committed "
-        "run (NVIDIA H100 80GB HBM3); the H200 has the same figure",
+        "peak_note": "989 TFLOP/s, NVIDIA's dense bf16 figure for the H100 SXM and the H200 (runs 1-4: NVIDIA "
+        "H100 80GB HBM3; 'H200 2026-12-05': NVIDIA H200, whose 8192^3 bf16 matmul measured 795 TFLOP/s)",
         "prompt_lens": lens,
         "step_runs": step_runs,
         "trl": trl,
