@@ -107,7 +107,10 @@ def recount_step_run(label: str, path: Path, prompt_lens: list[int]) -> dict:
                     k[4:]: round(v / 1e12, 2) for k, v in c.items() if k.startswith("fwd_")
                 },
                 "recompute_tflop": round(c["recompute"] / 1e12, 2),
-                "old_mfu_recorded": t.get("mfu"),
+                # bench_step.py since 2026-12-04 records the old formula as mfu_old and the new
+                # count as mfu; earlier runs recorded the old formula as mfu
+                "old_mfu_recorded": t["mfu_old"] if "mfu_old" in t else t.get("mfu"),
+                "new_mfu_recorded": t["mfu"] if "mfu_old" in t else None,
                 "old_mfu": round(F.share_of_peak(old, t["s"], peak), 4),
                 "new_mfu": round(F.share_of_peak(c["model"], t["s"], peak), 4),
                 "new_hfu": round(F.share_of_peak(c["model"] + c["recompute"], t["s"], peak), 4),
