@@ -325,10 +325,15 @@ def round_kinds(run_dir: Path) -> list[str | None]:
 
 
 def step_costs(run_dir: Path, skip: int = 1, kind: str | None = None) -> dict:
-    """From RUN/metrics.jsonl: steps/s and the mean per-phase seconds (time/<phase>) over the GRPO
-    steps after the first `skip` (compilation, CUDA graph capture, allocator warm-up); `kind`: only
-    the adversarial trainer's rounds of that kind (each kind warms up on its own)."""
+    """From RUN/metrics.jsonl: see `costs`."""
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return costs(rows, skip, kind)
+
+
+def costs(rows: list[dict], skip: int = 1, kind: str | None = None) -> dict:
+    """Steps/s and the mean per-phase seconds (time/<phase>) over the GRPO steps of metrics rows
+    after the first `skip` (compilation, CUDA graph capture, allocator warm-up); `kind`: only
+    the adversarial trainer's rounds of that kind (each kind warms up on its own)."""
     rows = [r for r in rows if kind is None or r.get("round_kind") == kind]
     steps = [r for r in rows if r.get("phase", "grpo") == "grpo" and "time/step" in r]
     timed = steps[skip:] or steps
@@ -346,12 +351,41 @@ def step_costs(run_dir: Path, skip: int = 1, kind: str | None = None) -> dict:
     return out
 
 
+def _row(name: str, policy: str, c: dict) -> str:
+    ph = ", ".join(f"{k} {v}" for k, v in c["phases_s"].items())
+    return (
+        f"| {name} | {policy} | {c['steps_timed']} | {c['step_s']} "
+        f"({c['step_s_min_max'][0]}-{c['step_s_min_max'][1]}) | {c['steps_per_s']} | {ph} |"
+    )
+
+
+TABLE_HEAD = [
+    "| recipe | policy | steps timed | s / step (min-max) | steps/s | per phase (s) |",
+    "| --- | --- | --- | --- | --- | --- |",
+]
+
+
+def table_json(files: list[Path]) -> str:
+    """The same table from `collect`'s trainer.json files (what comes back from the device),
+    one row per recipe; where several files hold a recipe, the last file that ran it to the end."""
+    runs: dict[str, tuple[Path, dict]] = {}
+    for f in files:
+        for recipe, row in json.loads(f.read_text()).items():
+            if row["returncode"] == 0 and row.get("metrics"):
+                runs[recipe] = (f, row)
+    lines = list(TABLE_HEAD)
+    for recipe in sorted(runs):
+        f, row = runs[recipe]
+        kinds = sorted({r["round_kind"] for r in row["metrics"] if "round_kind" in r}) or [None]
+        for kind in kinds:
+            name = recipe + (f" ({kind} rounds)" if kind else "")
+            lines.append(_row(name, RECIPES.get(recipe, "?"), costs(row["metrics"], kind=kind)))
+    return "\n".join(lines) + "\n"
+
+
 def table(root: Path) -> str:
     """Markdown "what a step costs": one row per recipe folder under `root`."""
-    lines = [
-        "| recipe | policy | steps timed | s / step (min-max) | steps/s | per phase (s) |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    lines = list(TABLE_HEAD)
     for d in sorted(p for p in root.iterdir() if (p / "row.json").is_file()):
         row = json.loads((d / "row.json").read_text())
         if row["returncode"] != 0 or not (d / "run" / "metrics.jsonl").is_file():
@@ -363,13 +397,8 @@ def table(root: Path) -> str:
             )
             continue
         for kind in round_kinds(d / "run"):
-            c = step_costs(d / "run", kind=kind)
-            ph = ", ".join(f"{k} {v}" for k, v in c["phases_s"].items())
             name = row["recipe"] + (f" ({kind} rounds)" if kind else "")
-            lines.append(
-                f"| {name} | {RECIPES.get(row['recipe'], '?')} | {c['steps_timed']} | {c['step_s']} "
-                f"({c['step_s_min_max'][0]}-{c['step_s_min_max'][1]}) | {c['steps_per_s']} | {ph} |"
-            )
+            lines.append(_row(name, RECIPES.get(row["recipe"], "?"), step_costs(d / "run", kind=kind)))
     return "\n".join(lines) + "\n"
 
 
@@ -420,6 +449,7 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", default=[], help="further overrides (the tiny check's)")
     sub.add_parser("table").add_argument("root")
+    sub.add_parser("table-json").add_argument("files", nargs="+", help="trainer.json files, in run order")
     p = sub.add_parser("collect")
     p.add_argument("root")
     p.add_argument("--out", required=True)
@@ -443,6 +473,8 @@ def main() -> int:
         return row["returncode"]
     elif a.cmd == "table":
         print(table(Path(a.root)), end="")
+    elif a.cmd == "table-json":
+        print(table_json([Path(f) for f in a.files]), end="")
     elif a.cmd == "collect":
         collect(Path(a.root), Path(a.out))
     return 0

@@ -76,6 +76,22 @@ def test_step_costs_and_table_from_metrics(tmp_path: Path) -> None:
         back["geometry3k"]["step_costs"]["None"]["step_s"] == 3.0 and len(back["geometry3k"]["metrics"]) == 3
     )
 
+    # what came back from two calls: the later file's run of a recipe wins only if it finished
+    (tmp_path / "later").mkdir()
+    later = {
+        "geometry3k": {"recipe": "geometry3k", "returncode": 124},  # timed out: the first run stays
+        "area": {
+            "recipe": "area",
+            "returncode": 0,
+            "metrics": [{"time/step": 9.0, "time/update": 9.0}, {"time/step": 7.0, "time/update": 7.0}],
+        },
+    }
+    (tmp_path / "later" / "trainer.json").write_text(json.dumps(later))
+    tj = G.table_json([tmp_path / "back" / "trainer.json", tmp_path / "later" / "trainer.json"])
+    assert "| geometry3k | 3b | 2 | 3.0 (2.0-4.0) | 0.3333 | rollout 2.0, update 1.0 |" in tj
+    assert "| area | 7b | 1 | 7.0 (7.0-7.0) | 0.1429 | update 7.0 |" in tj
+    assert "failed" not in tj and tj.count("adversarial") == 2
+
 
 @pytest.mark.slow
 def test_tiny_chain_builds_data_and_models_and_times_the_trainer(tmp_path: Path) -> None:
