@@ -16,6 +16,9 @@
 # 2. Afterwards, here: python bench/recount.py (add the new runs to its lists) and
 #    python bench/gpu_session.py table <the C and D train folders> for the README table.
 #
+# Session 5 (2026-12-05, 30 device minutes) ran A2, T and F2's parts (bench/RESULTS.md); left for a
+# later lease, in this order: G (the training pass's levers), B (FLUX stock vs ours), adversarial-charxiv
+# through C, the q,v,o LoRA variant of F.
 # Steps:
 #   A  item 2 + 5: GPU ceiling; the 3B step and TRL 1.13 (best non-vLLM settings that fit:
 #      --no-gc, sdpa like vlmgrpo, 1 warm-up + 3 timed steps) in the same run; vlmgrpo's sections
@@ -152,5 +155,13 @@ F2)  # item 4 in a shorter lease: LoRA (q,v) and lengths on 3B, then FSDP2 on 7B
     python3 bench/bench_step.py --out $OUT/fsdp2 --models 7b --hf-models 7b --reps 3 --no-seed-a --fsdp2 \
         --sections rollout_fsdp2 --time-budget 140 >> $OUT/fast.log 2>&1
     rm -f $OUT/*/bench.md ;;
+G)  # item 5's levers, from the 2026-12-05 profile (host-bound pass): token budget x Liger, one
+    # process per cell, the training pass only (~8 min; results/h200-2026-12-05-A2 is the baseline)
+    setup
+    for b in 4096 16384; do for v in plain liger; do
+        python3 bench/bench_step.py --out $OUT/b$b-$v --models 3b --reps 3 --no-seed-a --sections rollout_fast,train \
+            --token-budget $b $([ $v = liger ] && echo --liger) --time-budget 110 > $OUT/b$b-$v.log 2>&1
+    done; done
+    rm -f $OUT/*/bench.md $OUT/*.log ;;  # 4 bench.json files; the logs' tails are in the output
 *) echo "unknown step $STEP"; exit 2 ;;
 esac
