@@ -323,6 +323,7 @@ HERE = __import__("pathlib").Path(__file__).parent
 HASH = f"rewards=[{{name: '{HERE / 'reward_fns_for_tests.py'}:hashed_slow'}}]"
 HALF_FLAT = f"rewards=[{{name: '{HERE / 'variant_rewards.py'}:half_flat', label: half_flat}}]"
 FLAT = f"rewards=[{{name: '{HERE / 'variant_rewards.py'}:flat', label: flat}}]"
+HALF_FLAT_LOW = f"rewards=[{{name: '{HERE / 'variant_rewards.py'}:half_flat_low', label: half_flat}}]"
 
 TINY = [
     "train.steps=2",
@@ -403,6 +404,10 @@ def _check_dynamic(rows):
         assert r["dynamic/rollouts"] >= 1
         assert r["dynamic/kept_groups_frac"] == 1.0 or r["dynamic/bound_hit"] == 1.0
     assert any(r["groups/zero_std_frac"] > 0 for r in rows)  # the filter had something to drop
+    # reward/* describe every group the policy sampled, the dropped all-1.0 groups included; the
+    # kept groups (rewards in {0, 0.1}) have their own mean (it was all reward/mean said before)
+    assert all(r["dynamic/kept_reward_mean"] <= 0.1 for r in rows)
+    assert max(r["reward/mean"] for r in rows) > 0.1
 
 
 def _check_dynamic_bound(rows):
@@ -433,7 +438,7 @@ OPTIONS = {
         _check_kl_ratio,
     ),
     "dynamic": (
-        [HALF_FLAT, "grpo.dynamic_sampling=true", "grpo.dynamic_max_extra_rollouts=3"],
+        [HALF_FLAT_LOW, "grpo.dynamic_sampling=true", "grpo.dynamic_max_extra_rollouts=3"],
         _check_dynamic,
     ),
     "dynamic_bound": (

@@ -432,7 +432,9 @@ class Trainer:
             raise PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
         valid_frac = n_valid / n_all  # the same on every rank, so all ranks skip or update together
         metrics = step_fns.zero_std_frac(results, cfg.rollout.group_size, self.dist, self.device)
+        scored = list(results)  # reward/* below: everything the policy sampled this step
         if cfg.grpo.dynamic_sampling and valid_frac >= cfg.grpo.min_valid_fraction:
+            scored = []
             batches, results, all_records = step_fns.dynamic_sampling(
                 batches,
                 results,
@@ -444,6 +446,7 @@ class Trainer:
                 proc=self.proc,
                 step=self.step,
                 metrics=metrics,
+                scored=scored,
             )
         eos = hf_rollout.eos_ids(self.proc, self.model)
         lens, truncated = step_fns.completion_lengths(batches, eos, cfg.rollout.max_new_tokens)
@@ -468,10 +471,11 @@ class Trainer:
             and (self.step + 1) % cfg.grpo.ref.refresh_every == 0
         ):
             self.refresh_reference()
-        # metrics: rewards over the whole step (all micro-batches)
+        # metrics: rewards over the whole step (all micro-batches; with dynamic sampling every
+        # round, dropped groups included), completions over the rows trained on
         gathered = dist.gather_objects(
             (
-                results,
+                scored,
                 [x.float().cpu() for x in lens],
                 [c for b in batches for c in b.completions],
                 [t.cpu() for t in truncated],

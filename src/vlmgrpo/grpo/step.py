@@ -85,6 +85,7 @@ def dynamic_sampling(
     proc: Any,
     step: int,
     metrics: dict[str, float],
+    scored: list[RewardResult] | None = None,
 ) -> Parts:
     """DAPO dynamic sampling (grpo.dynamic_sampling): keep the groups whose rewards differ and roll
     out further rounds of prompts (`more(round)`, round = 1, 2, ...: the round's rolled-out and
@@ -96,13 +97,17 @@ def dynamic_sampling(
 
     Every rank runs the same number of rounds; the loop's all-reduce has the 3-float shape of
     train_step's first one, so a rank whose reward service fails in an extra round still meets
-    the others (`share_failure`). Writes dynamic/* into `metrics`."""
+    the others (`share_failure`). Writes dynamic/* into `metrics`; `scored` (a list) receives every
+    round's results, dropped groups included: the step's reward/* describe what the policy
+    sampled, not only the groups it trains on (those: dynamic/kept_reward_mean)."""
     g, per = cfg.rollout.group_size, cfg.rollout.prompts_per_step // info.world
     target = per * cfg.optim.grad_accum  # groups per rank
     kept: list[tuple[RolloutBatch, RewardResult, list[RewardRecord]]] = []
     failed: dict[str, int] = {}
 
     def keep(bs: list[RolloutBatch], rs: list[RewardResult], recs: list[list[RewardRecord]]) -> None:
+        if scored is not None:
+            scored.extend(rs)
         for b, res, rec in zip(bs, rs, recs):
             for k, v in res.failed.items():
                 failed[k] = failed.get(k, 0) + v
@@ -149,6 +154,10 @@ def dynamic_sampling(
     metrics["dynamic/rollouts"] = float(1 + rounds)
     metrics["dynamic/bound_hit"] = float(short > 0)
     metrics["dynamic/kept_groups_frac"] = n_kept / (target * info.world)
+    tot = torch.cat([torch.as_tensor(r.total, dtype=torch.float64) for r in out_r])
+    ok = ~torch.isnan(tot)
+    s_k, n_k = dist.all_sum([float(tot[ok].sum()), float(ok.sum())], info, device)
+    metrics["dynamic/kept_reward_mean"] = s_k / n_k if n_k else float("nan")
     return out_b, out_r, out_rec
 
 
