@@ -5,6 +5,7 @@ round) and the evaluators call."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from typing import Any
@@ -25,6 +26,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def prompt_seed(seed: int, step: int, part: int, index: int) -> int:
+    """rollout.seed_per_prompt's seed of the `index`-th prompt of a step's global list in rollout
+    part `part` (accumulation part k, then dynamic sampling's extra rounds): a hash of the four
+    numbers, so no two (step, part, index) share a seed however large the batch (an affine mix
+    repeats once part x prompts_per_step passes its multiplier), and a prompt's seed does not
+    depend on the world size. Returns an int in [0, 2**63)."""
+    key = f"{seed}/{step}/{part}/{index}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 2**63
 
 
 def build_prompt(sample: dict[str, Any], cfg: Config) -> Prompt:

@@ -53,7 +53,15 @@ from vlmgrpo.rollout import Prompt, RolloutBatch
 from vlmgrpo.rollout import fast as fast_rollout
 from vlmgrpo.rollout import hf as hf_rollout
 from vlmgrpo.runlog import NullLog, RunLog, Timer
-from vlmgrpo.sampling import NoPolicy, PolicyHandle, PromptSampler, build_prompt, sampler_for, seed_everything
+from vlmgrpo.sampling import (
+    NoPolicy,
+    PolicyHandle,
+    PromptSampler,
+    build_prompt,
+    prompt_seed,
+    sampler_for,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +327,7 @@ class Trainer:
             samples = drawn[first : first + n_local]
             parts.append((samples, [build_prompt(s, cfg) for s in samples]))
             kk = k + extra * cfg.optim.grad_accum
-            base = (cfg.train.seed * 1_000_003 + step) * 1009 + kk * cfg.rollout.prompts_per_step
-            all_seeds += [(base + first + i) % 2**63 for i in range(n_local)]
+            all_seeds += [prompt_seed(cfg.train.seed, step, kk, first + i) for i in range(n_local)]
         prompts = [p for _, ps in parts for p in ps]
         batch = self.rollout(prompts, all_seeds if cfg.rollout.seed_per_prompt else None)
         rows = n_local * cfg.rollout.group_size
