@@ -144,9 +144,9 @@ T)  # item 3 in one call: geometry3k, area, img2code, then cycle-charxiv-local (
     $G data --out $D > /dev/null && $G build-policy --shape 3b --out $M/q3b $TINYF || exit 1
     train geometry3k $M/q3b 4 100
     $G build-policy --shape 7b --out $M/q7b $TINYF && train area $M/q7b 4 100; rm -rf $M/q7b
-    $G build-policy --shape qwen3vl-8b --out $M/q3vl8b $TINYF && train img2code $M/q3vl8b 3 100; rm -rf $M/q3vl8b
+    $G build-policy --shape qwen3vl-8b --out $M/q3vl8b $TINYF && train img2code $M/q3vl8b 3 270; rm -rf $M/q3vl8b
     $G build-flux --out $M/flux $TINYF && $G build-dinov2 --out $M/dino $TINYF \
-        && train cycle-charxiv-local $M/q3b 4 130 ;;
+        && train cycle-charxiv-local $M/q3b 4 270 ;;
 F2)  # item 4 in a shorter lease: LoRA (q,v) and lengths on 3B, then FSDP2 on 7B
     setup
     python3 bench/bench_step.py --out $OUT/fast --models 3b --reps 3 --compile --no-seed-a --lora --eos-lengths \
