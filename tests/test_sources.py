@@ -70,6 +70,8 @@ def test_every_loader_applies_the_same_rule(value, local, tmp_path, monkeypatch)
     """A missing local path is a one-line error in every loader; a Hub id goes on to the Hub."""
     monkeypatch.chdir(tmp_path)
     assert _raises(lambda: _check_source(value), ModelLoadError) is local
-    assert _raises(lambda: check_local_source(value, "the embedder's", "hf download"), ModelLoadError) is local
+    assert (
+        _raises(lambda: check_local_source(value, "the embedder's", "hf download"), ModelLoadError) is local
+    )
     assert _raises(lambda: load_args(value), DataError) is local
     assert offline.is_local_path is sources.is_local_path  # the builders ask the same function
