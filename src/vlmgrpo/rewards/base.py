@@ -32,7 +32,6 @@ import asyncio
 import inspect
 import logging
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmgrpo.errors import ConfigError, ModelLoadError, ServiceError, VlmgrpoError
+from vlmgrpo.numeric import as_number
 from vlmgrpo.registry import Registry
 from vlmgrpo.rewards import deadline
 
@@ -125,20 +125,6 @@ class RewardError(VlmgrpoError):
     """A reward function is broken (wrong return type, or it fails on every sample)."""
 
 
-def _number(v: Any) -> float | None:
-    """`v` as a float if it is a real number (Python, numpy, or a one-element tensor), else None."""
-    if isinstance(v, numbers.Real):
-        return float(v)
-    item = getattr(v, "item", None)
-    if callable(item):  # a numpy or torch scalar; a larger array raises
-        try:
-            x = item()
-        except (ValueError, RuntimeError, TypeError):
-            return None
-        return float(x) if isinstance(x, numbers.Real) else None
-    return None
-
-
 def _checked(value: Any) -> RewardValue:
     """A reward's return value as a float / dict of floats / None; TypeError for anything else."""
     if value is None:
@@ -146,12 +132,12 @@ def _checked(value: Any) -> RewardValue:
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            x = _number(v)
+            x = as_number(v)
             if x is None:
                 raise TypeError(f"returned a dict whose {k!r} is {type(v).__name__} {_short(v)}")
             out[str(k)] = x
         return out
-    x = _number(value)
+    x = as_number(value)
     if x is None:
         raise TypeError(f"returned {type(value).__name__} {_short(value)}")
     return x
