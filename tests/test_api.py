@@ -214,6 +214,33 @@ def test_a_recipe_time_bound_on_a_trl_reward_is_an_error_not_ignored(tmp_path):
     assert [s.key for s in specs] == ["length", "trl"]
 
 
+def _brevity(completions, **kwargs):
+    return [-len(c) / 100 for c in completions]
+
+
+def test_api_rewards_go_through_the_recipe_path_and_config_yaml_names_each_function(tmp_path):
+    """The API's reward list becomes recipe entries and then specs through the one function a
+    recipe uses (`specs_from_entries`). config.yaml records each TRL function by name (it used to
+    record every one as 'trl', so the report titled a run 'trl + trl'), and a 'file.py:fn' string
+    as given, so the record resolves again."""
+    from vlmgrpo.api import _reward_specs
+    from vlmgrpo.report.rundata import RunData
+
+    f = tmp_path / "judge.py"
+    f.write_text("def judge(completions, **kw):\n    return [1.0 for _ in completions]\n")
+    specs, entries = _reward_specs([_brevity, "length", f"{f}:judge"], [1.0, 0.5, 2.0])
+    assert [(e.name, e.label, e.weight) for e in entries] == [
+        (f"{__name__}:_brevity", "_brevity", 1.0),
+        ("length", "", 0.5),
+        (f"{f}:judge", "", 2.0),
+    ]
+    assert [s.key for s in specs] == ["trl", "length"]
+    assert specs[0].kwargs["funcs"][0][1] is _brevity
+    assert [(n, w) for n, _, w, _ in specs[0].kwargs["funcs"]] == [("_brevity", 1.0), ("judge", 2.0)]
+    run = RunData(tmp_path, "run", config={"rewards": [dataclasses.asdict(e) for e in entries]})
+    assert run.reward_title() == f"_brevity + length + {f}:judge"
+
+
 def test_a_trl_reward_that_raises_stops_the_run_naming_it_a_time_out_is_none():
     """A TRL function that raises failed on the whole batch: a bug (here a misspelled column) that
     TRL's trainer would stop on. It stops the run with one line naming the function and the

@@ -66,14 +66,19 @@ def trl_spec(funcs: Sequence[tuple[str, Callable, float, dict[str, Any]]]) -> Re
     return RewardSpec(ADAPTER, 1.0, {"funcs": list(funcs)}, LABEL)
 
 
-def specs_from_entries(entries: Sequence[Any]) -> list[RewardSpec]:
+def specs_from_entries(
+    entries: Sequence[Any], given: Sequence[Callable | None] | None = None
+) -> list[RewardSpec]:
     """Native specs from the recipe's `rewards` entries; the TRL-shaped functions among them are
-    gathered into one `trl_rewards` spec (placed where the first of them was)."""
+    gathered into one `trl_rewards` spec (placed where the first of them was). `given[i]`: the
+    function of entry i when the caller holds it already (the Python API's callables, whose
+    `module:name` entry only records them); None or absent: resolved from the entry's name."""
     specs: list[RewardSpec] = []
     funcs: list[tuple[str, Callable, float, dict[str, Any]]] = []
     at = -1
     for i, e in enumerate(entries):
-        fn = resolve_reward(e.name).fn
+        held = given[i] if given is not None else None
+        fn = held if held is not None else resolve_reward(e.name).fn
         if is_trl_reward(fn):
             if getattr(e, "timeout_s", None):  # never silently unbounded
                 raise ConfigError(
