@@ -36,7 +36,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from vlmgrpo.errors import ConfigError, VlmgrpoError
-from vlmgrpo.rewards.base import RewardContext, RewardRecord, RewardSpec, batched, resolve_reward
+from vlmgrpo.rewards.base import (
+    RewardContext,
+    RewardRecord,
+    RewardSpec,
+    batched,
+    resolve_reward,
+    worker_bounds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +87,20 @@ def specs_from_entries(
         held = given[i] if given is not None else None
         fn = held if held is not None else resolve_reward(e.name).fn
         if is_trl_reward(fn):
-            if getattr(e, "timeout_s", None):  # never silently unbounded
-                raise ConfigError(
-                    f"rewards[{i}].timeout_s: {e.name} has TRL's signature; TRL rewards run together "
-                    "in the trainer's process, where no per-call bound applies (remove timeout_s and "
-                    "bound the function's own slow calls, e.g. its HTTP timeouts)"
-                )
+            for key in ("timeout_s", "max_memory_gb"):
+                if getattr(e, key, None):  # never silently unbounded
+                    raise ConfigError(
+                        f"rewards[{i}].{key}: {e.name} has TRL's signature; TRL rewards run together "
+                        f"in the trainer's process, where no per-call bound applies (remove {key} and "
+                        "bound the function's own slow calls, e.g. its HTTP timeouts)"
+                    )
             if at < 0:
                 at = len(specs)
             funcs.append((e.label or func_name(fn), fn, e.weight, dict(e.kwargs)))
         else:  # every field the entry and the spec share (name, weight, kwargs, label, ...)
             shared = {f.name for f in fields(RewardSpec)} & {f.name for f in fields(e)}
             specs.append(RewardSpec(**{k: getattr(e, k) for k in shared}))
+            worker_bounds(specs[-1], fn, i)  # a bound that cannot apply: an error now, not at step 1
     if funcs:
         specs.insert(at, trl_spec(funcs))
     return specs
