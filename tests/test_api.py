@@ -389,6 +389,32 @@ def test_resume_from_checkpoint_continues_the_run(tiny_vlm_dir, tmp_path):
         GRPOTrainer(str(tiny_vlm_dir), lambda rec, ctx: 1.0, args=args(1), train_dataset=ds)
 
 
+def test_global_step_counts_optimizer_steps_as_in_trl(tiny_vlm_dir, tmp_path):
+    """TRL's `global_step` (train()'s TrainOutput and the rewards' trainer_state) counts optimizer
+    steps; with num_iterations=2 each rollout makes 2 of them. It counted rollouts: max_steps=4
+    returned global_step 2, and a reward saw max_steps 2 where TRL passes 4."""
+    ds = datasets.Dataset.from_dict({"prompt": ["a", "b"], "image": [_image(), _image("blue")]})
+    seen = []
+
+    def longer(completions, trainer_state, **kwargs):
+        seen.append((trainer_state.global_step, trainer_state.max_steps))
+        return [len(c) / 10 for c in completions]
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=4,
+        max_steps=4,
+        num_iterations=2,
+        beta=0.0,
+        use_cpu=True,
+    )
+    out = GRPOTrainer(str(tiny_vlm_dir), longer, args=args, train_dataset=ds).train()
+    assert out.global_step == 4  # 2 rollouts x 2 updates
+    assert seen == [(0, 4), (2, 4)]
+
+
 def test_max_prompt_length_skips_longer_prompts_never_truncates(tiny_vlm_dir, tmp_path):
     from transformers import AutoProcessor
 

@@ -178,9 +178,9 @@ def limit_prompt_length(ds: Any, proc: Any, cfg: Config, limit: int) -> Any:
 
 @dataclass
 class TrainOutput:
-    """What `train()` returns (TRL's TrainOutput fields)."""
+    """What `train()` returns (TRL's TrainOutput fields, in TRL's units)."""
 
-    global_step: int
+    global_step: int  # optimizer steps, as TRL counts them: GRPO steps (rollouts) x num_iterations
     training_loss: float
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -305,7 +305,9 @@ class GRPOTrainer:
         rows = [r for r in read_metrics(tr.out / "metrics.jsonl") if r.get("phase") == "grpo"]
         losses = [r["loss"] for r in rows if isinstance(r.get("loss"), int | float)]
         return TrainOutput(
-            tr.step, sum(losses) / len(losses) if losses else math.nan, rows[-1] if rows else {}
+            tr.step * tr.cfg.grpo.num_iterations,  # each rollout makes num_iterations updates
+            sum(losses) / len(losses) if losses else math.nan,
+            rows[-1] if rows else {},
         )
 
     def save_model(self, output_dir: str | None = None) -> Path:

@@ -17,7 +17,8 @@ naming the function and its exception, as TRL's own trainer would and as a nativ
 does (`vlmgrpo.rewards.base`); a `TimeoutError` counts as `None` on that batch, with a warning (slow,
 not broken).
 
-As in TRL, the keyword arguments also hold `trainer_state` (here `global_step` and `max_steps`),
+As in TRL, the keyword arguments also hold `trainer_state` (here `global_step` and `max_steps`, in
+optimizer steps as TRL counts them: GRPO steps x `num_iterations`),
 `log_extra(column, values)` (per-completion values, written beside each completion in the step's
 samples.json) and `log_metric(name, value)` (logged as `reward/trl/<name>/mean`).
 
@@ -131,15 +132,19 @@ def call_arguments(records: Sequence[RewardRecord]) -> dict[str, Any]:
 
 @dataclass
 class TrainerStateView:
-    """What TRL's `trainer_state` offers the rewards that shape themselves by progress."""
+    """What TRL's `trainer_state` offers the rewards that shape themselves by progress, in TRL's
+    units: optimizer steps, so GRPO steps (rollouts) x grpo.num_iterations."""
 
-    global_step: int = 0
-    max_steps: int = 0
+    global_step: int = 0  # optimizer steps done before this rollout
+    max_steps: int = 0  # optimizer steps of the whole run (TRL's max_steps)
 
 
 def _trainer_state(ctx: RewardContext) -> TrainerStateView:
     cfg = getattr(ctx.policy, "cfg", None)
-    return TrainerStateView(global_step=ctx.step, max_steps=cfg.train.steps if cfg is not None else 0)
+    if cfg is None:
+        return TrainerStateView(global_step=ctx.step)
+    mu = cfg.grpo.num_iterations
+    return TrainerStateView(global_step=ctx.step * mu, max_steps=cfg.train.steps * mu)
 
 
 async def _gather(calls: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
