@@ -28,3 +28,20 @@ def broken_but_one_slow(rec, ctx, **kwargs):
     if rec.sample.get("id") == "slow":
         raise TimeoutError("ran past its 1 s bound and was stopped")
     raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+
+def greedy_on_big(rec, ctx, gib: float = 1.0):
+    """1.0, except for the sample with id "big": it allocates `gib` GiB and touches every page."""
+    if rec.sample.get("id") == "big":
+        blob = bytearray(int(gib * 2**30))  # zero-filled: all of it resident, if it is granted
+        return float(len(blob) > 0)
+    return 1.0
+
+
+def data_limit(rec, ctx, **kwargs):
+    """1.0; the worker's RLIMIT_DATA soft limit during the call goes to `extras`."""
+    import resource
+
+    rec.extras["data_limit"] = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    rec.extras["worker_pid"] = os.getpid()
+    return 1.0

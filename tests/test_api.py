@@ -214,6 +214,33 @@ def test_a_recipe_time_bound_on_a_trl_reward_is_an_error_not_ignored(tmp_path):
     assert [s.key for s in specs] == ["length", "trl"]
 
 
+def _brevity(completions, **kwargs):
+    return [-len(c) / 100 for c in completions]
+
+
+def test_api_rewards_go_through_the_recipe_path_and_config_yaml_names_each_function(tmp_path):
+    """The API's reward list becomes recipe entries and then specs through the one function a
+    recipe uses (`specs_from_entries`). config.yaml records each TRL function by name (it used to
+    record every one as 'trl', so the report titled a run 'trl + trl'), and a 'file.py:fn' string
+    as given, so the record resolves again."""
+    from vlmgrpo.api import _reward_specs
+    from vlmgrpo.report.rundata import RunData
+
+    f = tmp_path / "judge.py"
+    f.write_text("def judge(completions, **kw):\n    return [1.0 for _ in completions]\n")
+    specs, entries = _reward_specs([_brevity, "length", f"{f}:judge"], [1.0, 0.5, 2.0])
+    assert [(e.name, e.label, e.weight) for e in entries] == [
+        (f"{__name__}:_brevity", "_brevity", 1.0),
+        ("length", "", 0.5),
+        (f"{f}:judge", "", 2.0),
+    ]
+    assert [s.key for s in specs] == ["trl", "length"]
+    assert specs[0].kwargs["funcs"][0][1] is _brevity
+    assert [(n, w) for n, _, w, _ in specs[0].kwargs["funcs"]] == [("_brevity", 1.0), ("judge", 2.0)]
+    run = RunData(tmp_path, "run", config={"rewards": [dataclasses.asdict(e) for e in entries]})
+    assert run.reward_title() == f"_brevity + length + {f}:judge"
+
+
 def test_a_trl_reward_that_raises_stops_the_run_naming_it_a_time_out_is_none():
     """A TRL function that raises failed on the whole batch: a bug (here a misspelled column) that
     TRL's trainer would stop on. It stops the run with one line naming the function and the
@@ -360,6 +387,32 @@ def test_resume_from_checkpoint_continues_the_run(tiny_vlm_dir, tmp_path):
         )
     with pytest.raises(ConfigError, match=r"no 'completions' parameter"):
         GRPOTrainer(str(tiny_vlm_dir), lambda rec, ctx: 1.0, args=args(1), train_dataset=ds)
+
+
+def test_global_step_counts_optimizer_steps_as_in_trl(tiny_vlm_dir, tmp_path):
+    """TRL's `global_step` (train()'s TrainOutput and the rewards' trainer_state) counts optimizer
+    steps; with num_iterations=2 each rollout makes 2 of them. It counted rollouts: max_steps=4
+    returned global_step 2, and a reward saw max_steps 2 where TRL passes 4."""
+    ds = datasets.Dataset.from_dict({"prompt": ["a", "b"], "image": [_image(), _image("blue")]})
+    seen = []
+
+    def longer(completions, trainer_state, **kwargs):
+        seen.append((trainer_state.global_step, trainer_state.max_steps))
+        return [len(c) / 10 for c in completions]
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=4,
+        max_steps=4,
+        num_iterations=2,
+        beta=0.0,
+        use_cpu=True,
+    )
+    out = GRPOTrainer(str(tiny_vlm_dir), longer, args=args, train_dataset=ds).train()
+    assert out.global_step == 4  # 2 rollouts x 2 updates
+    assert seen == [(0, 4), (2, 4)]
 
 
 def test_max_prompt_length_skips_longer_prompts_never_truncates(tiny_vlm_dir, tmp_path):

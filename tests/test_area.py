@@ -255,6 +255,26 @@ def test_format_rewards_exact_values(text, area_fmt, xml_fmt):
     assert xml_format_reward(_rec(text), RewardContext()) == xml_fmt
 
 
+def test_xml_check_is_the_seeds_regex_without_its_backtracking():
+    """`has_xml_format` replaces the seed's regex (kept here, not in the package, as the reference)."""
+    import re
+
+    from vlmgrpo.rewards.area import has_xml_format
+
+    seed = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+    texts = [
+        GOOD,
+        "<reasoning>a</reasoning>x</reasoning>\t<answer>1</answer>",
+        "<reasoning>a</reasoning> <answer>1",
+        "<reasoning></reasoning><answer></answer>",
+        "</reasoning><answer></answer><reasoning>",
+        "<reasoning>a</reasoning>b</reasoning><answer></answer>",
+        "<reasoning>" + "</reasoning> x" * 50 + "</reasoning><answer>2</answer>",
+    ]
+    for t in texts:
+        assert has_xml_format(t) == bool(seed.search(t)), t
+
+
 def test_partial_format_credit_is_graded_and_below_the_full_format():
     # area: pieces <answer> (8), digits (4), .dd (4), </answer> (9) out of 25
     assert area_format_score("<answ", partial=True) == pytest.approx(0.5 * 5 / 25)

@@ -112,3 +112,32 @@ def test_full_checkpoint_exports_clean_and_bad_paths_are_one_line(tiny_vlm_dir, 
         export(ckpt, tmp_path / "x")
     with pytest.raises(ConfigError, match=r"no such folder"):
         export(tmp_path / "nope", tmp_path / "y")
+
+
+def _modes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_weights_follow_the_umask_like_every_other_file(tmp_path, umask):
+    """safetensors writes its files 0600: a checkpoint's model.safetensors (and an export's, and a
+    tiny model's) was readable by its owner only, unlike the config and trainer state beside it."""
+    import transformers
+
+    from vlmgrpo.checkpoint import save_checkpoint
+    from vlmgrpo.commands.export import export
+    from vlmgrpo.models.tiny import build_tiny_text_lm
+
+    old = os.umask(umask)
+    try:
+        tiny = build_tiny_text_lm(tmp_path / "tiny")
+        model = transformers.AutoModelForCausalLM.from_pretrained(tiny)
+        tok = transformers.AutoTokenizer.from_pretrained(tiny)
+        ckpt = save_checkpoint(tmp_path / "ckpts", 1, {"": (model, tok), "adversary": (model, tok)}, {})
+        out = export(ckpt, tmp_path / "export")
+    finally:
+        os.umask(old)
+    want = oct(0o666 & ~umask)
+    for root in (tiny, ckpt, out):
+        modes = _modes(root)
+        assert "model.safetensors" in modes and set(modes.values()) == {want}, (root, modes)

@@ -13,7 +13,7 @@ import pytest
 from vlmgrpo.config import load_config
 from vlmgrpo.data import build_dataset
 from vlmgrpo.data import img2code as data
-from vlmgrpo.errors import DataError
+from vlmgrpo.errors import ConfigError, DataError
 from vlmgrpo.rewards import RewardContext, RewardRecord, RewardSpec, compute_rewards
 from vlmgrpo.rewards.img2code import CLASSES, code_stats, extract_code, score_completions, summarize
 
@@ -204,6 +204,35 @@ def test_prepare_warns_when_the_sandbox_runs_without_isolation(caplog):
     assert any(
         "only rlimits" in r.getMessage() and "isolate: false" in r.getMessage() for r in caplog.records
     )
+
+
+@pytest.fixture
+def no_bwrap_on_path(tmp_path, monkeypatch):
+    """A PATH without bubblewrap (it is installed here and in CI): the lookup finds none."""
+    from vlmgrpo.rewards import img2code
+    from vlmgrpo.sandbox import bwrap_works
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(img2code, "_SANDBOXES", {})
+    bwrap_works.cache_clear()
+    yield
+    bwrap_works.cache_clear()
+
+
+def test_isolation_asked_for_but_unavailable_is_a_one_line_error_unless_allowed(no_bwrap_on_path, caplog):
+    """`isolate: true` (the default) without a usable bubblewrap ran the policy's code with rlimits
+    only and a warning; a researcher who asked for isolation got none. Now the reward refuses to
+    start, in one line; `allow_unisolated: true` is the explicit opt-out (warned, as isolate: false)."""
+    from vlmgrpo.rewards import resolve_reward
+
+    prepare = resolve_reward("img2code").fn.prepare
+    with pytest.raises(
+        ConfigError, match=r"sandbox\.isolate: true, but .*bwrap\) is not installed.*allow_unisolated"
+    ):
+        prepare(sandbox={"timeout_s": 20})
+    with caplog.at_level("WARNING", logger="vlmgrpo.rewards.img2code"):
+        prepare(sandbox={"timeout_s": 20, "allow_unisolated": True})
+    assert any("only rlimits" in r.getMessage() and "not installed" in r.getMessage() for r in caplog.records)
 
 
 def test_summarize_gives_rates_similarity_score_and_code_stats():

@@ -113,3 +113,56 @@ def test_a_reward_broken_on_every_sample_stops_even_when_one_sample_timed_out():
         compute_rewards(_records(["a", "slow", "b"]), [spec], RewardContext())
     res = compute_rewards(_records(["slow", "slow"]), [spec], RewardContext())  # only time-outs
     assert res.failed["broken_but_one_slow"] == 2
+
+
+GREEDY = f"{HERE / 'slow_rewards_for_tests.py'}:greedy_on_big"
+LIMIT = f"{HERE / 'slow_rewards_for_tests.py'}:data_limit"
+
+
+def test_a_sample_past_its_memory_bound_is_skipped_and_the_rest_are_scored(caplog):
+    """A reward that allocates without bound took the trainer's host down: its worker had no memory
+    limit. Now each call runs under `max_memory_gb` (RLIMIT_DATA); the sample that allocates 1 GiB
+    past a 0.5 GiB bound is skipped and counted like a time-out, the others keep their scores."""
+    spec = RewardSpec(GREEDY, timeout_s=60.0, max_memory_gb=0.5)
+    with caplog.at_level(logging.WARNING, logger="vlmgrpo.rewards.base"):
+        res = compute_rewards(_records(["a", "big", "b"]), [spec], RewardContext())
+    vals = res.per_reward["greedy_on_big"]
+    assert vals[0] == 1.0 and np.isnan(vals[1]) and vals[2] == 1.0
+    assert res.failed["greedy_on_big"] == 1
+    (line,) = [r.getMessage() for r in caplog.records if "big" in r.getMessage()]
+    assert "0.5 GiB memory bound" in line and "MemoryError" in line, line
+    # over the bound on every sample: skipped and counted, not the "broken reward" stop
+    res = compute_rewards(_records(["big", "big"]), [spec], RewardContext())
+    assert res.failed["greedy_on_big"] == 2
+    # the same allocation under a larger bound is granted
+    res = compute_rewards(
+        _records(["big"]), [RewardSpec(GREEDY, timeout_s=60.0, max_memory_gb=4)], RewardContext()
+    )
+    assert res.per_reward["greedy_on_big"][0] == 1.0
+
+
+def test_the_memory_bound_has_a_default_applies_per_call_and_needs_a_worker():
+    import resource
+
+    from vlmgrpo.config import RewardEntry
+    from vlmgrpo.errors import ConfigError
+    from vlmgrpo.rewards.trl_compat import specs_from_entries
+
+    recs = _records(["a"])
+    compute_rewards(recs, [RewardSpec(LIMIT, timeout_s=60.0)], RewardContext())
+    assert recs[0].extras["data_limit"] == int(deadline.DEFAULT_MEMORY_GB * 2**30)
+    compute_rewards(recs, [RewardSpec(LIMIT, timeout_s=60.0, max_memory_gb=0)], RewardContext())
+    assert recs[0].extras["data_limit"] == resource.getrlimit(resource.RLIMIT_DATA)[0]  # 0: none
+    # a plain `deadline.call` (the graders' own) has none, and a worker keeps none after a call
+    assert deadline.call(resource.getrlimit, resource.RLIMIT_DATA, timeout_s=30) == resource.getrlimit(
+        resource.RLIMIT_DATA
+    )
+    # in-process (timeout_s 0): a memory bound cannot apply there, so asking for one is an error
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.max_memory_gb: .* runs in the trainer's process"):
+        compute_rewards(recs, [RewardSpec(LIMIT, timeout_s=0, max_memory_gb=2)], RewardContext())
+    with pytest.raises(ConfigError, match=r"rewards\[1\]\.max_memory_gb: .*img2code runs in the trainer's"):
+        specs_from_entries([RewardEntry(name="length"), RewardEntry(name="img2code", max_memory_gb=2)])
+    from vlmgrpo.config import load_config
+
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.max_memory_gb: must be >= 0"):
+        load_config("area-tiny", ["rewards[0].max_memory_gb=-1"])

@@ -86,12 +86,7 @@ def _run_log(run_dir):
 
 
 def test_wandb_offline_run_holds_step_metrics_and_a_completions_table(tiny_vlm_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for var, sub in (("WANDB_DIR", "wandb-dir"), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache")):
-        (tmp_path / sub).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    _offline_wandb(tmp_path, monkeypatch)
     # a 2-step warm start first: its rows count steps from 1 again, on their own W&B axis
     Trainer(_cfg(tiny_vlm_dir, tmp_path / "run", "warmup.steps=2", "warmup.batch_size=2")).fit()
     (run_dir,) = (tmp_path / "wandb-dir" / "wandb").glob("offline-run-*")
@@ -121,6 +116,39 @@ def test_wandb_offline_run_holds_step_metrics_and_a_completions_table(tiny_vlm_d
     assert {"similarity", "similarity/raw", "reward", "advantage"} <= set(table["columns"])
     assert len(table["data"]) == 2 and table["data"][0][2]["_type"] == "image-file"
     assert table["data"][0][0] == 2 and table["data"][0][1] == "Describe this image."
+
+
+def _offline_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var, sub in (("WANDB_DIR", "wandb-dir"), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache")):
+        (tmp_path / sub).mkdir()
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_numpy_and_torch_scalars_reach_wandb_and_non_finite_ones_do_not(tmp_path, monkeypatch):
+    """The tracker takes numbers by the same rule as the run log (`vlmgrpo/numeric.py`): a numpy
+    or one-element torch value is a number, NaN/inf and strings are left out."""
+    import numpy as np
+    import torch
+
+    from vlmgrpo.trackers import WandbTracker
+
+    _offline_wandb(tmp_path, monkeypatch)
+    tracker = WandbTracker(load_config("demo", [f"train.output_dir={tmp_path / 'run'}"]), tmp_path)
+    row = {"step": 1, "time": 0.0, "phase": "grpo", "a": np.float32(0.5), "b": torch.tensor([2.0])}
+    tracker.log(1, {**row, "c": 3, "nan": float("nan"), "inf": np.float64("inf")})
+    tracker.close()
+    (run_dir,) = (tmp_path / "wandb-dir" / "wandb").glob("offline-run-*")
+    rows, _ = _run_log(run_dir)
+    (logged,) = [r for r in rows if "train/step" in r]
+    assert {k: v for k, v in logged.items() if not k.startswith("_")} == {
+        "a": 0.5,
+        "b": 2.0,
+        "c": 3,
+        "train/step": 1,
+    }
 
 
 def test_missing_wandb_is_one_line_at_start_up(tiny_vlm_dir, tmp_path, monkeypatch):

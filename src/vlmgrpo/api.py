@@ -62,8 +62,7 @@ def _lora_from_peft(peft_config: Any, cfg: Config) -> None:
 def _reward_specs(reward_funcs: Any, weights: list[float] | None) -> tuple[list[Any], list[RewardEntry]]:
     """Native specs for `reward_funcs` (TRL functions, native names or 'file.py:fn' strings) and
     the config entries that describe them in config.yaml."""
-    from vlmgrpo.rewards.base import RewardSpec, resolve_reward
-    from vlmgrpo.rewards.trl_compat import func_name, is_trl_reward, trl_spec
+    from vlmgrpo.rewards.trl_compat import func_name, is_trl_reward, specs_from_entries
 
     funcs = reward_funcs if isinstance(reward_funcs, list | tuple) else [reward_funcs]
     if not funcs:
@@ -73,18 +72,13 @@ def _reward_specs(reward_funcs: Any, weights: list[float] | None) -> tuple[list[
             f"GRPOConfig.reward_weights: {len(weights)} weights for {len(funcs)} reward functions"
         )
     weights = list(weights) if weights is not None else [1.0] * len(funcs)
-    specs: list[Any] = []
-    trl: list[tuple[str, Callable, float, dict]] = []
     entries: list[RewardEntry] = []
-    at = -1
+    given: list[Callable | None] = []
     for fn, w in zip(funcs, weights):
-        if isinstance(fn, str):
-            target = resolve_reward(fn).fn  # a native name or 'file.py:fn' (an unknown name fails here)
-            if not is_trl_reward(target):
-                specs.append(RewardSpec(fn, float(w)))
-                entries.append(RewardEntry(name=fn, weight=float(w)))
-                continue
-            fn = target
+        if isinstance(fn, str):  # a native name or 'file.py:fn', resolved as a recipe's entry is
+            entries.append(RewardEntry(name=fn, weight=float(w)))
+            given.append(None)
+            continue
         if not callable(fn):
             raise ConfigError(f"reward_funcs: {fn!r} is neither a function nor a reward name")
         if not is_trl_reward(fn):
@@ -92,14 +86,10 @@ def _reward_specs(reward_funcs: Any, weights: list[float] | None) -> tuple[list[
                 f"reward_funcs: {func_name(fn)} has no 'completions' parameter; a TRL reward is "
                 "f(prompts, completions, **kwargs); a native one is given by name or 'file.py:function'"
             )
-        if at < 0:
-            at = len(specs)
-        trl.append((func_name(fn), fn, float(w), {}))
-        module = getattr(fn, "__module__", "") or ""
-        entries.append(RewardEntry(name=f"{module}:{func_name(fn)}", weight=float(w), label="trl"))
-    if trl:
-        specs.insert(at, trl_spec(trl))
-    return specs, entries
+        module = getattr(fn, "__module__", "") or ""  # config.yaml records where it came from
+        entries.append(RewardEntry(name=f"{module}:{func_name(fn)}", weight=float(w), label=func_name(fn)))
+        given.append(fn)
+    return specs_from_entries(entries, given), entries
 
 
 def _load_with(cfg: Config, init: dict[str, Any]) -> Any:
@@ -188,9 +178,9 @@ def limit_prompt_length(ds: Any, proc: Any, cfg: Config, limit: int) -> Any:
 
 @dataclass
 class TrainOutput:
-    """What `train()` returns (TRL's TrainOutput fields)."""
+    """What `train()` returns (TRL's TrainOutput fields, in TRL's units)."""
 
-    global_step: int
+    global_step: int  # optimizer steps, as TRL counts them: GRPO steps (rollouts) x num_iterations
     training_loss: float
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -315,7 +305,9 @@ class GRPOTrainer:
         rows = [r for r in read_metrics(tr.out / "metrics.jsonl") if r.get("phase") == "grpo"]
         losses = [r["loss"] for r in rows if isinstance(r.get("loss"), int | float)]
         return TrainOutput(
-            tr.step, sum(losses) / len(losses) if losses else math.nan, rows[-1] if rows else {}
+            tr.step * tr.cfg.grpo.num_iterations,  # each rollout makes num_iterations updates
+            sum(losses) / len(losses) if losses else math.nan,
+            rows[-1] if rows else {},
         )
 
     def save_model(self, output_dir: str | None = None) -> Path:

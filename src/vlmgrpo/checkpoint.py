@@ -13,6 +13,7 @@ warning and never loaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -59,9 +60,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _umask() -> int:
+    """This process's umask, read without setting it where Linux says it (`os.umask` sets it, and
+    another thread may be creating a file meanwhile)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_modes(root: Path) -> None:
+    """Give every file under `root` the mode a plain `open()` gets (0o666 less the umask): the
+    safetensors library writes its files 0600 (safetensors 0.8), so a checkpoint's weights were
+    readable by their owner only while every other file of it followed the umask."""
+    mode = 0o666 & ~_umask()
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
+
+
 def save_model(model: Any, proc: Any, out: Path, state_dict: dict | None = None) -> None:
     """HF format: full weights, or only the adapter for a peft model. `state_dict` overrides the
-    module's own (the gathered full weights of an FSDP2-sharded model)."""
+    module's own (the gathered full weights of an FSDP2-sharded model). File modes follow the
+    umask, as for any other file (`plain_modes`)."""
     model = getattr(model, "module", model)
     if state_dict is not None:
         model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
@@ -69,6 +93,7 @@ def save_model(model: Any, proc: Any, out: Path, state_dict: dict | None = None)
         model.save_pretrained(out, safe_serialization=True)
     if proc is not None:
         proc.save_pretrained(out)
+    plain_modes(Path(out))
 
 
 def save_checkpoint(

@@ -338,6 +338,7 @@ class RewardEntry:
     timeout_s: float | None = (
         None  # per-call bound in a worker process; None = the reward's default, 0 = none
     )
+    max_memory_gb: float | None = None  # per-call memory bound in that worker; None = 8 GiB, 0 = none
 
 
 @dataclass
@@ -685,6 +686,9 @@ def validate(cfg: Config) -> None:
     for i, r in enumerate(cfg.rewards):
         if not r.name:
             raise ConfigError(f"rewards[{i}].name: missing")
+        for key in ("timeout_s", "max_memory_gb"):
+            if (getattr(r, key) or 0) < 0:
+                raise ConfigError(f"rewards[{i}].{key}: must be >= 0 (0 = none), got {getattr(r, key)}")
 
 
 def save_config(cfg: Config, path: Path) -> None:

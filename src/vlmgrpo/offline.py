@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmgrpo.errors import ConfigError
+from vlmgrpo.sources import is_local_path
 
 
 def _tiny(arch: str, path: Path) -> str:
@@ -82,11 +83,6 @@ def _lookup(cfg_dict: dict[str, Any], key: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def is_local_path(value: str) -> bool:
-    """A path, not a Hugging Face id ("org/name"): the same rule as the model loader's."""
-    return value.startswith((".", "/", "~")) or value.count("/") != 1 or Path(value).exists()
 
 
 def check_builders(build: dict[str, str]) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmgrpo.errors import ConfigError, DataError, VlmgrpoError
+from vlmgrpo.numeric import as_number
 
 # what a training run writes: a folder holding any of these (a non-empty one for folders) holds a run
 RUN_FILES = ("config.yaml", "metrics.jsonl", "ckpts", "tb", "samples")
@@ -37,11 +38,14 @@ OVERWRITTEN = "overwritten"  # --overwrite moves an earlier run's files under RU
 
 
 def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None  # JSON has no NaN; null reads back as "not measured"
-    if hasattr(v, "item"):
-        return _clean(v.item())
-    return v
+    """A value as JSON writes it: numbers as floats (ints and bools as written), NaN and inf as
+    null (JSON has none; null reads back as "not measured"), anything else unchanged."""
+    if v is None or isinstance(v, str | int):  # int includes bool
+        return v
+    x = as_number(v)
+    if x is None:
+        return v
+    return x if math.isfinite(x) else None
 
 
 def numbered(path: Path) -> Path:

@@ -96,6 +96,9 @@ class SandboxConfig:
     workers: int = 0  # parallel programs in run_many; 0 = the CPUs this process may use
     network: bool = False  # True: leave the network namespace alone (debugging only)
     isolate: bool = True  # bwrap view + namespaces (+ uid drop as root); False: only the "always" list
+    # isolate but bwrap unusable here: False = the img2code reward refuses to start (one line);
+    # True = run with the "always" list only, warned. `Sandbox` itself records it in `isolation`
+    allow_unisolated: bool = False
     setup_timeout_s: float = 120.0  # launcher setup (imports) before the program starts
     uid_base: int = 0  # first uid of the lease pool; 0 = near the top of the mapped range
     python: str = sys.executable

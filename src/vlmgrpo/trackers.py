@@ -13,13 +13,13 @@ the other WANDB_* variables apply as usual.
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 from vlmgrpo.errors import ConfigError
+from vlmgrpo.numeric import as_number
 
 
 def require(cfg: Any) -> None:
@@ -70,12 +70,6 @@ def attach(runlog: Any, cfg: Any, root: Path) -> TrackedLog:
     return TrackedLog(runlog, [WandbTracker(cfg, root)] if cfg.train.wandb else [])
 
 
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
 class WandbTracker:
     """One W&B run per training run; resumed runs continue it (its id is kept in the run folder)."""
 
@@ -101,7 +95,11 @@ class WandbTracker:
         self.run.define_metric("warmup/*", step_metric="warmup/step")
 
     def log(self, step: int, row: dict[str, Any]) -> None:
-        data = {k: n for k, v in row.items() if k not in ("step", "time") and (n := _number(v)) is not None}
+        data = {
+            k: n
+            for k, v in row.items()
+            if k not in ("step", "time") and (n := as_number(v, finite=True)) is not None
+        }
         if row.get("phase") == "warmup":
             data = {k if k.startswith("warmup/") else f"warmup/{k}": v for k, v in data.items()}
             data["warmup/step"] = step
@@ -130,9 +128,9 @@ class WandbTracker:
                 rec.prompt,
                 image,
                 rec.completion,
-                *[_number(rewards[k][i]) for k in names],
-                _number(totals[i]),
-                _number(advantages[i]),
+                *[as_number(rewards[k][i], finite=True) for k in names],
+                as_number(totals[i], finite=True),
+                as_number(advantages[i], finite=True),
             )
         self.run.log({"completions": table, "train/step": step})
 

@@ -99,9 +99,9 @@ def export(checkpoint: Path, out: Path, base: str | None = None) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if proc is not None:
-        proc.save_pretrained(tmp)
+    from vlmgrpo.checkpoint import save_model
+
+    save_model(model, proc, tmp)
     if out.exists():
         out.rmdir()
     tmp.rename(out)

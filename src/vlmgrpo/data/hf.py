@@ -35,6 +35,7 @@ import numpy as np
 
 from vlmgrpo.data.images import load_image
 from vlmgrpo.errors import ConfigError, DataError
+from vlmgrpo.sources import is_local_path
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def load_args(path: str, name: str | None = None, data_files: Any = None) -> tup
         return (builder,), {"data_files": str(p)}
     if p.is_dir():  # the Hub's parquet layout or an imagefolder: load_dataset infers the builder
         return (str(p),), {"name": name, "data_files": data_files}
-    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+    if is_local_path(path):  # not a Hub id (vlmgrpo/sources.py), and not there
         raise DataError(f"{path}: data.kwargs.path: no such file or folder")
     return (path,), {"name": name, "data_files": data_files}
 
@@ -278,7 +279,7 @@ def load(kwargs: dict[str, Any], split: str) -> Any:
         hint = (
             f"; download it where the Hub is reachable (`hf download --repo-type dataset {path} "
             "--local-dir DIR`) and set data.kwargs.path to that folder"
-            if not Path(path).expanduser().exists()
+            if not is_local_path(path)
             else ""
         )
         raise DataError(f"{path}: cannot load with datasets.load_dataset ({first}){hint}") from None

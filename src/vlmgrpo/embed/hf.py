@@ -31,6 +31,7 @@ from PIL import Image
 
 from vlmgrpo.errors import ConfigError, ModelLoadError
 from vlmgrpo.placement import OffloadableModels
+from vlmgrpo.sources import is_local_path
 
 DEFAULT_MODEL = "facebook/dinov2-large"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -62,7 +63,7 @@ def check_local_source(name: str, what: str, how: str) -> None:
         if p.is_file():
             raise ModelLoadError(f"{name}: is a file; {what} expects a model folder")
         return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if is_local_path(name):  # not a Hub id (vlmgrpo/sources.py), and not there
         raise ModelLoadError(f"{name}: {what} weights folder not found; get the weights with `{how}`")
 
 
@@ -195,7 +196,7 @@ class CLIPEmbedder(HFImageEmbedder):
 
 def load_error(name: str, what: str, default: str, section: str, e: BaseException) -> ModelLoadError:
     """A one-line `ModelLoadError` for a failed `from_pretrained`, with how to get the weights."""
-    if Path(name).expanduser().exists():
+    if is_local_path(name):
         how = f"hf download {default} --local-dir {name}"
         return ModelLoadError(
             f"{name}: cannot load {what} from this folder ({_first_line(e)}); get the weights with `{how}`"

@@ -13,6 +13,7 @@ from typing import Any
 
 from vlmgrpo.config import ModelConfig
 from vlmgrpo.errors import ModelLoadError
+from vlmgrpo.sources import is_local_path
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -25,8 +26,7 @@ def _check_source(name: str) -> None:
     if p.exists():
         if not (p / "config.json").is_file():
             raise ModelLoadError(f"{name}: folder has no config.json; is it a saved Hugging Face model?")
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-        # a hub id is "org/name": anything else that does not exist is a wrong path
+    elif is_local_path(name):  # not a Hub id (vlmgrpo/sources.py), and not there
         raise ModelLoadError(f"{name}: model folder does not exist")
 
 
@@ -60,7 +60,7 @@ def _in_hub_cache(repo_id: str) -> bool:
 def hub_files_only(name: str) -> bool:
     """For a Hugging Face id: True to load from the local cache only (no network, but cached);
     one ModelLoadError line when it is neither reachable nor cached. Local folders: False."""
-    if Path(name).expanduser().exists():
+    if is_local_path(name):
         return False
     why = _hub_unreachable()
     if why is None:

@@ -551,8 +551,9 @@ def build_tiny_vlm(
         eos_token_id=ids[EOS_TOKEN],
         pad_token_id=ids[PAD_TOKEN],
     )
-    model.save_pretrained(str(out))
-    processor.save_pretrained(str(out))
+    from vlmgrpo.checkpoint import save_model  # file modes that follow the umask
+
+    save_model(model, processor, out)
     return out
 
 
@@ -583,8 +584,9 @@ def build_tiny_text_lm(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 
     model.generation_config = GenerationConfig(
         bos_token_id=ids[PAD_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN]
     )
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    from vlmgrpo.checkpoint import save_model  # file modes that follow the umask
+
+    save_model(model, tokenizer, out)
     return out
 
 

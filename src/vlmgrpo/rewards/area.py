@@ -30,7 +30,6 @@ from vlmgrpo.rewards.base import RewardContext, RewardRecord
 
 # the seed's patterns
 ANSWER_RE = re.compile(r"<answer>\s*(\d+\.\d{2})\s*</answer>")
-XML_RE = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)  # as `has_xml_format`
 MAX_CHARS = 20_000  # characters of a completion that are read
 MIN_SCORE, MAX_SCORE = -3.0, 3.0
 FORMAT_SCORE = 0.5
@@ -44,8 +43,9 @@ def parse_area(text: str) -> float | None:
 
 
 def has_xml_format(text: str) -> bool:
-    """`XML_RE.search(text)` in linear time: a `<reasoning>`, a later `</reasoning>` followed
-    (whitespace only) by `<answer>`, and a `</answer>` after that."""
+    """The seed's `re.search(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", text, re.DOTALL)`
+    in linear time (the regex backtracks quadratically on many `</reasoning>`): a `<reasoning>`, a
+    later `</reasoning>` followed (whitespace only) by `<answer>`, and a `</answer>` after that."""
     text = text[:MAX_CHARS]
     start = text.find("<reasoning>")
     if start < 0:

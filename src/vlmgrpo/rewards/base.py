@@ -14,14 +14,17 @@ is present, else the sum), or `None` to skip the sample. Three shapes are accept
 A spec's `timeout_s` (default: the bound the reward declares, e.g. 10 s for the geometry graders;
 0 = none) runs each call in a worker process that is killed past it (`rewards/deadline.py`): a
 call that runs out of time is a failure like any other (skipped, counted, its sample id logged).
+There each call is also bounded in memory (`max_memory_gb`, default 8 GiB of RLIMIT_DATA): a
+call that allocates past it is stopped and counted the same way, and the trainer's host keeps
+its memory.
 
 A reward that raises (or returns NaN) on some samples does not stop the run: those samples are
 skipped, counted in `reward/<name>/failed`, and summarised in one warning per step with the first
 exception. A reward that fails on every sample of a batch, or returns something that is not a
 number, a dict of numbers or None, is a bug (a misspelled kwarg, a wrong return type): the run stops
 with one line naming the reward (`rewards[i]` and its function) and the first bad value or
-exception. Time-outs (`TimeoutError`, e.g. a call past its time bound) are not bugs: even on every
-sample they are skipped and counted, never a stop. The user's setup (`ConfigError`,
+exception. Time-outs (`TimeoutError`, e.g. a call past its time bound) and calls past their
+memory bound are not bugs: even on every sample they are skipped and counted, never a stop. The user's setup (`ConfigError`,
 `ModelLoadError`) and a remote service given up (`ServiceError`, see `vlmgrpo.http`) stop the run
 with their own one line.
 """
@@ -32,7 +35,6 @@ import asyncio
 import inspect
 import logging
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmgrpo.errors import ConfigError, ModelLoadError, ServiceError, VlmgrpoError
+from vlmgrpo.numeric import as_number
 from vlmgrpo.registry import Registry
 from vlmgrpo.rewards import deadline
 
@@ -121,22 +124,12 @@ async def _await(x: Any) -> Any:
     return await x
 
 
+# failures that are not bugs: a call past its time bound (any TimeoutError) or its memory bound
+STOPPED = (TimeoutError, deadline.MemoryLimitExceeded)
+
+
 class RewardError(VlmgrpoError):
     """A reward function is broken (wrong return type, or it fails on every sample)."""
-
-
-def _number(v: Any) -> float | None:
-    """`v` as a float if it is a real number (Python, numpy, or a one-element tensor), else None."""
-    if isinstance(v, numbers.Real):
-        return float(v)
-    item = getattr(v, "item", None)
-    if callable(item):  # a numpy or torch scalar; a larger array raises
-        try:
-            x = item()
-        except (ValueError, RuntimeError, TypeError):
-            return None
-        return float(x) if isinstance(x, numbers.Real) else None
-    return None
 
 
 def _checked(value: Any) -> RewardValue:
@@ -146,12 +139,12 @@ def _checked(value: Any) -> RewardValue:
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            x = _number(v)
+            x = as_number(v)
             if x is None:
                 raise TypeError(f"returned a dict whose {k!r} is {type(v).__name__} {_short(v)}")
             out[str(k)] = x
         return out
-    x = _number(value)
+    x = as_number(value)
     if x is None:
         raise TypeError(f"returned {type(value).__name__} {_short(value)}")
     return x
@@ -229,10 +222,26 @@ class RewardSpec:
     # seconds per call, run in a worker process that is killed past it (rewards/deadline.py);
     # None = the reward's own default (the pure graders declare one), 0 = in-process, no bound
     timeout_s: float | None = None
+    # GiB of data per call in that worker (RLIMIT_DATA); None = deadline.DEFAULT_MEMORY_GB, 0 = none
+    max_memory_gb: float | None = None
 
     @property
     def key(self) -> str:
         return self.label or self.name.rpartition(":")[2]
+
+
+def worker_bounds(spec: Any, fn: Callable[..., Any], index: int) -> tuple[float, float]:
+    """(seconds, GiB) bounding each call of `spec`'s reward `fn` in a worker; (0, _): in-process.
+    A memory bound asked of a reward that runs in-process is one ConfigError line, not ignored."""
+    bound = deadline.default_timeout(fn) if spec.timeout_s is None else float(spec.timeout_s)
+    memory = getattr(spec, "max_memory_gb", None)
+    if memory and bound <= 0:
+        raise ConfigError(
+            f"rewards[{index}].max_memory_gb: {spec.name} runs in the trainer's process (timeout_s "
+            f"{'0' if spec.timeout_s is not None else 'not set, and it declares none'}), where no "
+            "memory bound applies; give it a timeout_s > 0 to run it in a worker, or remove max_memory_gb"
+        )
+    return bound, deadline.DEFAULT_MEMORY_GB if memory is None else float(memory)
 
 
 def _who(spec: RewardSpec, index: int) -> str:
@@ -274,12 +283,12 @@ def compute_rewards(
     errors: dict[str, str] = {}
     for index, spec in enumerate(specs):
         rf = resolve_reward(spec.name)
-        bound = deadline.default_timeout(rf.fn) if spec.timeout_s is None else spec.timeout_s
-        fn = deadline.bounded_reward(spec.name, rf.batched, bound) if bound > 0 else rf.fn
+        bound, memory = worker_bounds(spec, rf.fn, index)
+        fn = deadline.bounded_reward(spec.name, rf.batched, bound, memory) if bound > 0 else rf.fn
         raw: list[Any] = [None] * n
         ok = [True] * n
         first_error = ""
-        timeouts = 0  # failures that were time-outs: slow, not broken
+        timeouts = 0  # failures stopped by a bound (time or memory): slow or big, not broken
         if rf.batched:
             try:
                 raw = list(_run(fn(list(records), ctx, **spec.kwargs)))
@@ -289,7 +298,7 @@ def compute_rewards(
                 raise
             except Exception as e:  # counted below: the whole batch failed
                 raw, ok, first_error = [None] * n, [False] * n, _first_line(e)
-                timeouts = n if isinstance(e, TimeoutError) else 0
+                timeouts = n if isinstance(e, STOPPED) else 0
             if len(raw) != n:
                 raise RewardError(f"{_who(spec, index)}: returned {len(raw)} values for {n} records")
         else:
@@ -300,7 +309,7 @@ def compute_rewards(
                     raise
                 except Exception as e:
                     ok[i] = False
-                    timeouts += isinstance(e, TimeoutError)
+                    timeouts += isinstance(e, STOPPED)
                     first_error = first_error or f"{_first_line(e)} on {_sample_name(rec, i)}"
         values: list[RewardValue] = [None] * n
         vals = np.full(n, np.nan)  # [N] each value's total (NaN = skipped or failed)

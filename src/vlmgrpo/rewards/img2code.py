@@ -77,7 +77,15 @@ def get_sandbox(config: Mapping[str, Any] | None = None) -> Sandbox:
             raise ConfigError(f"rewards.img2code.kwargs.sandbox.{name}: unknown setting{hint}")
     key = json.dumps(dict(config or {}), sort_keys=True)
     if key not in _SANDBOXES:
-        _SANDBOXES[key] = Sandbox(**dict(config or {}))
+        sandbox = Sandbox(**dict(config or {}))
+        if sandbox.config.isolate and sandbox.why_not and not sandbox.config.allow_unisolated:
+            # asked for isolation and would get none: say so rather than run the policy's code bare
+            raise ConfigError(
+                f"rewards.img2code.kwargs.sandbox.isolate: true, but bubblewrap cannot isolate programs "
+                f"here ({sandbox.why_not}); install it (Debian: apt install bubblewrap), or set "
+                "sandbox.allow_unisolated: true to run them with rlimits only (docs/img2code.md)"
+            )
+        _SANDBOXES[key] = sandbox
     return _SANDBOXES[key]
 
 

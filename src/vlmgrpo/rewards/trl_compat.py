@@ -17,7 +17,8 @@ naming the function and its exception, as TRL's own trainer would and as a nativ
 does (`vlmgrpo.rewards.base`); a `TimeoutError` counts as `None` on that batch, with a warning (slow,
 not broken).
 
-As in TRL, the keyword arguments also hold `trainer_state` (here `global_step` and `max_steps`),
+As in TRL, the keyword arguments also hold `trainer_state` (here `global_step` and `max_steps`, in
+optimizer steps as TRL counts them: GRPO steps x `num_iterations`),
 `log_extra(column, values)` (per-completion values, written beside each completion in the step's
 samples.json) and `log_metric(name, value)` (logged as `reward/trl/<name>/mean`).
 
@@ -36,7 +37,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from vlmgrpo.errors import ConfigError, VlmgrpoError
-from vlmgrpo.rewards.base import RewardContext, RewardRecord, RewardSpec, batched, resolve_reward
+from vlmgrpo.rewards.base import (
+    RewardContext,
+    RewardRecord,
+    RewardSpec,
+    batched,
+    resolve_reward,
+    worker_bounds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +74,34 @@ def trl_spec(funcs: Sequence[tuple[str, Callable, float, dict[str, Any]]]) -> Re
     return RewardSpec(ADAPTER, 1.0, {"funcs": list(funcs)}, LABEL)
 
 
-def specs_from_entries(entries: Sequence[Any]) -> list[RewardSpec]:
+def specs_from_entries(
+    entries: Sequence[Any], given: Sequence[Callable | None] | None = None
+) -> list[RewardSpec]:
     """Native specs from the recipe's `rewards` entries; the TRL-shaped functions among them are
-    gathered into one `trl_rewards` spec (placed where the first of them was)."""
+    gathered into one `trl_rewards` spec (placed where the first of them was). `given[i]`: the
+    function of entry i when the caller holds it already (the Python API's callables, whose
+    `module:name` entry only records them); None or absent: resolved from the entry's name."""
     specs: list[RewardSpec] = []
     funcs: list[tuple[str, Callable, float, dict[str, Any]]] = []
     at = -1
     for i, e in enumerate(entries):
-        fn = resolve_reward(e.name).fn
+        held = given[i] if given is not None else None
+        fn = held if held is not None else resolve_reward(e.name).fn
         if is_trl_reward(fn):
-            if getattr(e, "timeout_s", None):  # never silently unbounded
-                raise ConfigError(
-                    f"rewards[{i}].timeout_s: {e.name} has TRL's signature; TRL rewards run together "
-                    "in the trainer's process, where no per-call bound applies (remove timeout_s and "
-                    "bound the function's own slow calls, e.g. its HTTP timeouts)"
-                )
+            for key in ("timeout_s", "max_memory_gb"):
+                if getattr(e, key, None):  # never silently unbounded
+                    raise ConfigError(
+                        f"rewards[{i}].{key}: {e.name} has TRL's signature; TRL rewards run together "
+                        f"in the trainer's process, where no per-call bound applies (remove {key} and "
+                        "bound the function's own slow calls, e.g. its HTTP timeouts)"
+                    )
             if at < 0:
                 at = len(specs)
             funcs.append((e.label or func_name(fn), fn, e.weight, dict(e.kwargs)))
         else:  # every field the entry and the spec share (name, weight, kwargs, label, ...)
             shared = {f.name for f in fields(RewardSpec)} & {f.name for f in fields(e)}
             specs.append(RewardSpec(**{k: getattr(e, k) for k in shared}))
+            worker_bounds(specs[-1], fn, i)  # a bound that cannot apply: an error now, not at step 1
     if funcs:
         specs.insert(at, trl_spec(funcs))
     return specs
@@ -117,15 +132,19 @@ def call_arguments(records: Sequence[RewardRecord]) -> dict[str, Any]:
 
 @dataclass
 class TrainerStateView:
-    """What TRL's `trainer_state` offers the rewards that shape themselves by progress."""
+    """What TRL's `trainer_state` offers the rewards that shape themselves by progress, in TRL's
+    units: optimizer steps, so GRPO steps (rollouts) x grpo.num_iterations."""
 
-    global_step: int = 0
-    max_steps: int = 0
+    global_step: int = 0  # optimizer steps done before this rollout
+    max_steps: int = 0  # optimizer steps of the whole run (TRL's max_steps)
 
 
 def _trainer_state(ctx: RewardContext) -> TrainerStateView:
     cfg = getattr(ctx.policy, "cfg", None)
-    return TrainerStateView(global_step=ctx.step, max_steps=cfg.train.steps if cfg is not None else 0)
+    if cfg is None:
+        return TrainerStateView(global_step=ctx.step)
+    mu = cfg.grpo.num_iterations
+    return TrainerStateView(global_step=ctx.step * mu, max_steps=cfg.train.steps * mu)
 
 
 async def _gather(calls: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
