@@ -56,11 +56,12 @@ def test_geometry_ceiling_is_the_graded_reference_and_shuffled_is_lower(tmp_path
 
 
 def test_demo_geometry_writes_a_summary_per_seed(tiny_qwen3_vl_dir, tmp_path, capsys):
-    from vlmgrpo.data.geometry_synthetic import write
+    from vlmgrpo.data.geometry_synthetic import GIVEN_KINDS, write
 
     out = tmp_path / "demo"
     shutil.copytree(tiny_qwen3_vl_dir, out / "model")  # what the demo builds (same builder, seed 0)
-    write(out / "data", 8, 2, seed=0)  # the demo keeps data it finds (its own 400 items take ~5 s)
+    # the demo keeps data it finds (its own 400 items take ~5 s)
+    write(out / "data-given", 8, 2, seed=0, kinds=tuple(GIVEN_KINDS))
     sets = [
         "warmup.steps=4", "train.steps=2", "train.eval_every=1", "train.save_every=0",
         "train.log_samples_every=0", "eval.num_items=2", "eval.num_chains=1",
@@ -81,4 +82,4 @@ def test_demo_geometry_writes_a_summary_per_seed(tiny_qwen3_vl_dir, tmp_path, ca
             assert r["num_items"] == 2 and r["samples_per_item"] == 1  # the run's eval settings
         assert "no checkpoint evaluation" not in (out / f"seed-{seed}" / "report.html").read_text().lower()
     assert set(json.loads((out / "summary.json").read_text())) == {"1", "2"}
-    assert (out / "data" / "test").is_dir() and "gap closed" in capsys.readouterr().out
+    assert (out / "data-given" / "test").is_dir() and "gap closed" in capsys.readouterr().out

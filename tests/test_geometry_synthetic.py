@@ -28,6 +28,9 @@ def solve(logic: list[str], question: str, graph: str) -> Fraction:
     angles = [m[4] for f in logic if (m := _ANG.fullmatch(f))]
     perps = [m for f in logic if (m := _PERP.fullmatch(f))]
     known = [int(v) for v in lengths.values() if v != "x"]
+    if "perimeter" in question.lower():
+        a, b = known
+        return Fraction(2 * (a + b))
     if "area" in question.lower():
         a, b = known
         return Fraction(a * b) if graph == "Rectangle" else Fraction(a * b, 2)
@@ -78,10 +81,10 @@ def test_cli_writes_intergps_folders_that_the_real_loader_reads(tmp_path):
     assert len(kinds) == len(gs.KINDS)
 
 
-@pytest.mark.parametrize("kind", list(gs.KINDS))
+@pytest.mark.parametrize("kind", list(gs.ALL_KINDS))
 def test_every_kind_is_drawn_to_scale_with_an_exact_answer(kind):
     for i in range(25):
-        p = gs.KINDS[kind](random.Random(i), 30)
+        p = gs.ALL_KINDS[kind](random.Random(i), 30)
         pt = {k: complex(*v) for k, v in p.points.items()}
         assert Fraction(gs.fmt(p.answer)) == p.answer == solve(p.logic, p.text, p.graph)
         lengths = [(m[1], m[2], m[3]) for f in p.logic if (m := _LEN.fullmatch(f))]
@@ -96,6 +99,62 @@ def test_every_kind_is_drawn_to_scale_with_an_exact_answer(kind):
                 drawn = abs(math.degrees(math.atan2((w / u).imag, (w / u).real)))
                 assert drawn == pytest.approx(float(p.answer) if m[4] == "x" else int(m[4]))
         assert p.answer in gs.choices_of(p)
+
+
+def _from_text(question: str) -> Fraction:
+    """The answer of a `GIVEN_KINDS` question from its text alone, by its rule."""
+    v = [int(n) for n in re.findall(r"\d+", question)]
+    q = question.lower()
+    if "perimeter" in q:
+        return Fraction(4 * v[0])
+    if "area" in q:
+        return Fraction(v[0] * v[1])
+    return Fraction((90 if "right triangle" in q else 180) - sum(v))
+
+
+def test_given_kinds_are_answered_from_the_question_text(tmp_path):
+    """The demo's kinds: the givens are in the question (the tiny model cannot read the diagram's
+    digits), agree with the diagram's relations, and take few values (a table a tiny model learns)."""
+    gs.write(tmp_path, 200, 0, seed=0, kinds=tuple(gs.GIVEN_KINDS))
+    ds = build({"path": str(tmp_path)}, "train", 0)
+    questions: dict[str, set[str]] = {}
+    for i in range(len(ds)):
+        s = ds[i]
+        raw = json.loads((tmp_path / "train" / str(i) / "data.json").read_text())
+        graph = raw["problem_type_graph"][0]
+        assert (
+            Fraction(s["answer"])
+            == _from_text(s["question"])
+            == solve(s["diagram_logic_form"], s["question"], graph)
+        )
+        questions.setdefault(raw["source"], set()).add(s["question"])
+    assert {k.split("(")[1][:-1] for k in questions} == set(gs.GIVEN_KINDS)
+    assert all(len(q) <= 36 for q in questions.values()), {k: len(q) for k, q in questions.items()}
+    assert gs.sr1_target(ds[0]).endswith("</answer>") and "Find" in ds[0]["question"]
+
+
+def test_the_blind_warm_start_prompt_is_the_blind_pass_prompt(tmp_path):
+    """`warmup.target_field: geometry_blind` trains the prompt the blind pass asks (the recipe's
+    template around the scan, no image) with a think/answer target that grades correct."""
+    from vlmgrpo.config import load_config
+    from vlmgrpo.rewards.geometry import blind_prompt
+    from vlmgrpo.warmup import DERIVED_PROMPTS, field_at, parse_stages, target_text
+
+    gs.write(tmp_path, 4, 0, seed=0, kinds=tuple(gs.GIVEN_KINDS))
+    cfg = load_config("geometry-tiny", [f"data.kwargs.path={tmp_path}"])
+    template = next(r for r in cfg.rewards if r.name == "geometry_blind").kwargs["template"]
+    s = build({"path": str(tmp_path)}, "train", 0)[0]
+    prompt = DERIVED_PROMPTS["geometry_blind"](s, cfg)
+    scan = gs.sr1_target(s).split("</scan>")[0]
+    assert prompt.images == [] and prompt.prefill == ""
+    assert prompt.messages == blind_prompt(scan, s, template) and scan in prompt.messages[-1]["content"]
+    target = target_text(s, "geometry_blind")
+    assert target.startswith("<think>") and structure(target) == "think_answer" and is_correct(target, s)
+    # "a|b" alternates step by step within its stage; the stage after it is plain
+    stages = parse_stages("geometry_sr1|geometry_blind:4,geometry_sr1", 6)
+    assert [field_at(stages, k) for k in range(1, 7)] == ["geometry_sr1", "geometry_blind"] * 2 + [
+        "geometry_sr1"
+    ] * 2
 
 
 def test_exact_decimals():

@@ -13,6 +13,13 @@ stage runs for the remaining steps). A stage's field is a sample field, or a der
 Why: the demo's tiny model, trained on full descriptions from the start, learns size and position
 (ink amount and place) and never colour; a short colour-only stage first makes it read colour,
 and the full-description stage then keeps it (docs/demo.md).
+
+A stage may alternate fields step by step, "a|b" (step 1 a, step 2 b, ...). Some derived targets
+come with a prompt of their own (`DERIVED_PROMPTS`): `geometry_blind` is the Vision-SR1 blind
+pass's text-only prompt (the recipe's `geometry_blind` template, the scan built from the diagram's
+relations) with "<think>x = V</think><answer>V</answer>" as its target. Why: the blind pass asks
+the policy a prompt it never saw otherwise, and a tiny model then never answers it correctly
+(docs/geometry.md); `geometry_sr1|geometry_blind` teaches both prompts in one stage.
 """
 
 from __future__ import annotations
@@ -43,6 +50,27 @@ def _geometry_sr1(sample: dict) -> str:  # scan/think/answer after the "<scan>" 
     return sr1_target(sample)
 
 
+def _geometry_blind(sample: dict) -> str:
+    """The blind pass's target: "<think>x = V</think><answer>V</answer>" (no prefill there)."""
+    from vlmgrpo.data.geometry_synthetic import sr1_target
+
+    return sr1_target(sample).split("</scan>", 1)[1]
+
+
+def _geometry_blind_prompt(sample: dict, cfg: Any) -> Any:
+    """The blind pass's text-only prompt for `sample`: the recipe's `geometry_blind` reward
+    template (else the reward's default) around the scan that `sr1_target` writes."""
+    from vlmgrpo.data.geometry_synthetic import sr1_target
+    from vlmgrpo.rewards.geometry import DEFAULT_BLIND_TEMPLATE, blind_prompt
+    from vlmgrpo.rollout import Prompt
+
+    spec = next((r for r in cfg.rewards if r.name == "geometry_blind"), None)
+    kw = dict(spec.kwargs or {}) if spec is not None else {}
+    scan = sr1_target(sample).split("</scan>", 1)[0]
+    messages = blind_prompt(scan, sample, kw.get("template", DEFAULT_BLIND_TEMPLATE), kw.get("system", ""))
+    return Prompt(messages=messages, images=[], prefill="")
+
+
 AREA_COARSE_STEP = 100.0  # `area_coarse` rounds the true area to this many square units
 
 
@@ -58,7 +86,10 @@ DERIVED_TARGETS: dict[str, Callable[[dict], str]] = {
     "scene_colors": _scene_colors,
     "geometry_sr1": _geometry_sr1,
     "area_coarse": _area_coarse,
+    "geometry_blind": _geometry_blind,
 }
+# Derived targets trained under a prompt of their own, not the recipe's (sample, cfg) -> Prompt.
+DERIVED_PROMPTS: dict[str, Callable[[dict, Any], Any]] = {"geometry_blind": _geometry_blind_prompt}
 
 
 def target_text(sample: dict, field: str) -> str:
@@ -79,11 +110,20 @@ def parse_stages(spec: str, total: int) -> list[tuple[str, int]]:
     return stages
 
 
+def field_at(stages: list[tuple[str, int]], step: int) -> str:
+    """The target field of warm-start `step` (1-based) under `parse_stages`' stages; a stage
+    "a|b" alternates its fields step by step (a on its odd steps, counted from step 1)."""
+    spec = next((name for name, end in stages if step <= end), stages[-1][0])
+    alternatives = spec.split("|")
+    return alternatives[(step - 1) % len(alternatives)]
+
+
 def sft_batch(tr: Trainer, samples: list[dict], field: str) -> RolloutBatch:
     """Prompt tokens as in a rollout + the target text (and `<|im_end|>`) as the 'completion'."""
     from vlmgrpo.sampling import build_prompt
 
-    prompts = [build_prompt(s, tr.cfg) for s in samples]
+    own = DERIVED_PROMPTS.get(field)
+    prompts = [own(s, tr.cfg) if own else build_prompt(s, tr.cfg) for s in samples]
     enc, vision_rows = encode_prompts(tr.proc, prompts, 1, tr.device)
     tok = tokenizer_of(tr.proc)
     end = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else (tok.eos_token or "")
@@ -137,7 +177,7 @@ def _warm_steps(
 ) -> None:
     last_eval = None
     for step in range(1, w.steps + 1):
-        field = next(name for name, end in stages if step <= end)
+        field = field_at(stages, step)
         if hasattr(tr.train_set, "sample"):  # streaming (e.g. the area task): a fresh image each time
             drawn = [tr.train_set.sample(rng) for _ in range(w.batch_size)]
         else:

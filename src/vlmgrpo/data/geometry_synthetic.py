@@ -18,6 +18,11 @@ Problem kinds (`KINDS`), each drawn to scale (Geometry3K's diagrams are roughly 
 - `rect_area`: a rectangle with two sides labelled, "Find the area of the figure.";
 - `triangle_area`: a triangle with its base and dashed altitude labelled (b h / 2, exact halves).
 
+`GIVEN_KINDS` (not in the default mix): the answer follows from givens in the question text, for a
+model that cannot read the diagram's digits (`vlmgrpo demo --task geometry`): the perimeter of a
+square, the other acute angle of a right triangle, the third angle of a triangle, the area of a
+rectangle, each from the values the question states (and the diagram shows).
+
 Answers are exact (integers, or halves written as "7.5"). Non-goals: circles, parallel lines,
 similar figures, algebraic side labels ("2x + 3"), the dataset's visual style.
 
@@ -35,7 +40,7 @@ import random
 import re
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -168,6 +173,12 @@ def _triangle_angle(rng: random.Random, max_side: int) -> Problem:
         gamma = 180 - alpha - beta
         if 25 <= gamma <= 110 and alpha != 90 and beta != 90:
             break
+    return _triangle_angle_of(alpha, beta)
+
+
+def _triangle_angle_of(alpha: int, beta: int) -> Problem:
+    """Angles alpha at A and beta at B labelled, x at C (180 - alpha - beta)."""
+    gamma = 180 - alpha - beta
     return Problem(
         kind="triangle_angle",
         text="Find x.",
@@ -190,7 +201,11 @@ def _triangle_angle(rng: random.Random, max_side: int) -> Problem:
 
 
 def _right_angle(rng: random.Random, max_side: int) -> Problem:
-    alpha = rng.randrange(20, 71, 5)
+    return _right_angle_of(rng.randrange(20, 71, 5))
+
+
+def _right_angle_of(alpha: int) -> Problem:
+    """Right angle at C, alpha labelled at A, x at B (90 - alpha)."""
     t = math.tan(math.radians(alpha))
     pts = {"C": (0.0, 0.0), "A": (1.0, 0.0), "B": (0.0, t)}  # angle alpha at A, right angle at C
     return Problem(
@@ -214,7 +229,11 @@ def _right_angle(rng: random.Random, max_side: int) -> Problem:
 
 def _rect_area(rng: random.Random, max_side: int) -> Problem:
     top = max(3, min(max_side, 20))
-    w, h = rng.randint(2, top), rng.randint(2, top)
+    return _rect_area_of(rng.randint(2, top), rng.randint(2, top))
+
+
+def _rect_area_of(w: int, h: int) -> Problem:
+    """Rectangle with width w (AB) and height h (BC) labelled; the answer is w h."""
     return Problem(
         kind="rect_area",
         text="Find the area of the figure.",
@@ -267,8 +286,70 @@ KINDS: dict[str, Callable[[random.Random, int], Problem]] = {
 }
 
 
+# Problems whose answer follows from givens in the question text ("A rectangle has width 3 and
+# height 5. Find its area."), drawn as their diagram kind. Why: the tiny model of `geometry-tiny`
+# sees a 112 px diagram as at most 16 vision tokens and cannot read its digits, so on the kinds
+# above its answers are guesses; here it can learn a few arithmetic patterns from the text, and
+# the Vision-SR1 blind pass (scan + question, no image) can succeed. Small value ranges: a few
+# dozen distinct questions per kind, a table a 2-layer model can learn (docs/geometry.md).
+
+
+def _given_square_perimeter(rng: random.Random, max_side: int) -> Problem:
+    s = rng.randint(2, 9)
+    return Problem(
+        kind="given_square_perimeter",
+        text=f"A square has side {s}. Find its perimeter.",
+        answer=Fraction(4 * s),
+        graph="Rectangle",
+        goal="Length",
+        points=_rect_points(s, s),
+        polygon=["A", "B", "C", "D"],
+        logic=[_length("A", "B", str(s)), _length("B", "C", str(s)), "Perpendicular(Line(A, B), Line(B, C))"],
+        side_labels=[("A", "B", str(s))],
+        right_angles=[("A", "B", "C"), ("B", "C", "D"), ("C", "D", "A"), ("D", "A", "B")],
+        distractors=[Fraction(v) for v in (s * s, 2 * s, 3 * s, 4 * s + 4)],
+    )
+
+
+def _given_right_angle(rng: random.Random, max_side: int) -> Problem:
+    alpha = rng.randrange(20, 71, 5)
+    p = _right_angle_of(alpha)
+    return replace(
+        p,
+        kind="given_right_angle",
+        text=f"One acute angle of a right triangle is {alpha}. Find x, the other.",
+    )
+
+
+def _given_triangle_angle(rng: random.Random, max_side: int) -> Problem:
+    alpha, beta = rng.choice([(a, b) for a in range(30, 81, 10) for b in range(30, 81, 10) if a + b <= 150])
+    p = _triangle_angle_of(alpha, beta)
+    return replace(
+        p,
+        kind="given_triangle_angle",
+        text=f"Two angles of a triangle are {alpha} and {beta}. Find x, the third.",
+    )
+
+
+def _given_rect_area(rng: random.Random, max_side: int) -> Problem:
+    w, h = rng.randint(2, 7), rng.randint(2, 7)
+    p = _rect_area_of(w, h)
+    return replace(
+        p, kind="given_rect_area", text=f"A rectangle has width {w} and height {h}. Find its area."
+    )
+
+
+GIVEN_KINDS: dict[str, Callable[[random.Random, int], Problem]] = {
+    "given_square_perimeter": _given_square_perimeter,
+    "given_right_angle": _given_right_angle,
+    "given_triangle_angle": _given_triangle_angle,
+    "given_rect_area": _given_rect_area,
+}
+ALL_KINDS = {**KINDS, **GIVEN_KINDS}
+
+
 def make_problem(rng: random.Random, kinds: Sequence[str] = tuple(KINDS), max_side: int = 30) -> Problem:
-    return KINDS[rng.choice(list(kinds))](rng, max_side)
+    return ALL_KINDS[rng.choice(list(kinds))](rng, max_side)
 
 
 def choices_of(p: Problem) -> list[Fraction]:
@@ -399,9 +480,11 @@ def write(
 ) -> dict[str, int]:
     """Write train (n), val and test (n_eval each) under `out`; returns items per split folder.
     Refuses a split folder that already holds items (nothing written is overwritten)."""
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in ALL_KINDS]
     if bad:
-        raise DataError(f"geometry-synthetic: unknown kind(s) {', '.join(bad)} (known: {', '.join(KINDS)})")
+        raise DataError(
+            f"geometry-synthetic: unknown kind(s) {', '.join(bad)} (known: {', '.join(ALL_KINDS)})"
+        )
     if n < 1 or n_eval < 0:
         raise DataError(f"geometry-synthetic: --n must be >= 1 and --n-eval >= 0 (got {n}, {n_eval})")
     for split in SPLIT_DIRS:
@@ -456,6 +539,8 @@ def _asked(question: str) -> str:
     q = question.lower()
     if "area" in q:
         return "area"
+    if "perimeter" in q:
+        return "perimeter"
     if re.search(r"\bfind x\b", q):
         return "x"
     return "the answer"
@@ -484,7 +569,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-eval", type=int, default=50, help="items in each of val/ and test/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--kinds", default=",".join(KINDS), help=f"comma-separated problem kinds ({', '.join(KINDS)})"
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"comma-separated problem kinds (default: the diagram kinds; all: {', '.join(ALL_KINDS)})",
     )
     p.add_argument(
         "--max-side",
