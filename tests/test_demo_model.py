@@ -1,11 +1,11 @@
-"""The cycle demo's tiny model: its hand-set front end sees what the scenes need (docs/demo.md)."""
+"""The cycle demo's tiny model: the hand-set shape filters tell the scenes' shapes apart (docs/demo.md)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vlmgrpo.commands.demo import DEMO_MODEL, build_demo_model
+from vlmgrpo.commands.demo import SHAPE_FILTERS_MODEL, build_demo_model
 from vlmgrpo.data.scenes import Scene, SceneObject, draw
 
 
@@ -13,7 +13,7 @@ from vlmgrpo.data.scenes import Scene, SceneObject, draw
 def demo_model(tmp_path_factory):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = build_demo_model(tmp_path_factory.mktemp("demo") / "model")
+    path = build_demo_model(tmp_path_factory.mktemp("demo") / "model", SHAPE_FILTERS_MODEL)
     return AutoModelForImageTextToText.from_pretrained(str(path)).eval(), AutoProcessor.from_pretrained(
         str(path)
     )
@@ -35,7 +35,7 @@ def _centre_patches(model, proc, shape: str, color: str, size: str, dx: float = 
 @pytest.mark.parametrize("dx", [0.0, 0.02])
 def test_shape_filters_tell_circle_square_and_triangle_apart(demo_model, color, size, dx):
     model, proc = demo_model
-    start = DEMO_MODEL["colour_filters"]
+    start = SHAPE_FILTERS_MODEL["colour_filters"]
     # patch k of the merged token (TL, TR, BL, BR) holds the object's centre at its corner 3 - k
     sq = [start + 2 * (3 - k) for k in range(4)]
     tri = [start + 2 * (3 - k) + 1 for k in range(4)]

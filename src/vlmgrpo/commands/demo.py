@@ -44,23 +44,23 @@ from vlmgrpo.tasks.scene_qa_eval import SCENE_QA_DEFAULTS
 #   the demo uses Qwen3-VL: Qwen2.5-VL's tower has no absolute positions, only relative RoPE). Why:
 #   with Qwen2.5-VL the warm-started policy of seeds 2 and 3 never read position, the largest part
 #   of the gap to the ceiling, and GRPO did not teach it; with the code it reads position (~1.0).
-# - `shape_filters`: the 8 filters after the colour filters are fixed shape templates
-#   (`shape_templates`: square-minus-circle and triangle-minus-circle coverage of an object's
-#   quadrant, one pair per patch corner the object's centre can sit on), on the ink of all three
-#   channels, scaled to answer ~ +-`shape_filters`. Why: with 84 px scenes at 96 px each object's
-#   centre falls on the shared corner of the 4 patches of its cell's merged token, so each patch
-#   holds one quadrant of it; per-channel means see how much ink a quadrant has, not its outline,
-#   and neither supervised training nor GRPO learned shape (held-out shape accuracy ~0.33 =
-#   chance, most of the remaining gap). With these filters a warm start on "a red circle" targets
-#   reads shape (0.67 after 400 steps, against 0.28 without; gain 3 with colour gain 3: 0.27).
+# - `shape_filters` (off in DEMO_MODEL; `SHAPE_FILTERS_MODEL` turns it on): the SHAPE_DIMS filters
+#   after the colour filters become fixed shape templates (`shape_templates`), scaled to answer
+#   ~ +-`shape_filters`. Why they exist: each object's centre falls on the shared corner of the 4
+#   patches of its cell's merged token, so each patch holds one quadrant of it, and per-channel
+#   means see how much ink a quadrant has, not its outline; with the templates a warm start on
+#   "a red circle" targets reads shape (held-out 0.67 after 400 steps, against 0.28 without). Why
+#   off: under GRPO the demo still did not learn shape with them (it collapsed to "circle", the
+#   shape whose drawing is closest to all three) and closed no more of the gap (docs/demo.md).
 DEMO_MODEL: dict = {
     "arch": "qwen3_vl",
     "seed": 0,
-    "colour_filters": 18,
+    "colour_filters": 24,
     "colour_filter_gain": 2.0,
     "position_code": 4.0,
-    "shape_filters": 4.0,
 }
+# The variant measured with shape filters (docs/demo.md, "Shape"): 18 colour filters + 8 shape ones.
+SHAPE_FILTERS_MODEL: dict = {**DEMO_MODEL, "colour_filters": 18, "shape_filters": 4.0}
 SHAPE_DIMS = 8  # channels of `shape_filters`: (square, triangle) minus circle x 4 patch corners
 POSITION_DIMS = 6
 # Settings `vlmgrpo demo` puts on top of the `demo` recipe (before any --set). group_size 16: more
