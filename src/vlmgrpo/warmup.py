@@ -44,6 +44,11 @@ def _scene_colors(sample: dict) -> str:
     return " and ".join(f"a {o['color']} shape" for o in sample["scene"]["objects"])
 
 
+def _scene_shapes(sample: dict) -> str:
+    """Colour-and-shape text of a scenes sample: one "a <colour> <shape>" per object, joined by "and"."""
+    return " and ".join(f"a {o['color']} {o['shape']}" for o in sample["scene"]["objects"])
+
+
 def _geometry_sr1(sample: dict) -> str:  # scan/think/answer after the "<scan>" prefill
     from vlmgrpo.data.geometry_synthetic import sr1_target
 
@@ -84,6 +89,7 @@ def _area_coarse(sample: dict) -> str:
 
 DERIVED_TARGETS: dict[str, Callable[[dict], str]] = {
     "scene_colors": _scene_colors,
+    "scene_shapes": _scene_shapes,
     "geometry_sr1": _geometry_sr1,
     "area_coarse": _area_coarse,
     "geometry_blind": _geometry_blind,

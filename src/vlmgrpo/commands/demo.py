@@ -44,6 +44,14 @@ from vlmgrpo.tasks.scene_qa_eval import SCENE_QA_DEFAULTS
 #   the demo uses Qwen3-VL: Qwen2.5-VL's tower has no absolute positions, only relative RoPE). Why:
 #   with Qwen2.5-VL the warm-started policy of seeds 2 and 3 never read position, the largest part
 #   of the gap to the ceiling, and GRPO did not teach it; with the code it reads position (~1.0).
+# - `shape_filters` (off in DEMO_MODEL; `SHAPE_FILTERS_MODEL` turns it on): the SHAPE_DIMS filters
+#   after the colour filters become fixed shape templates (`shape_templates`), scaled to answer
+#   ~ +-`shape_filters`. Why they exist: each object's centre falls on the shared corner of the 4
+#   patches of its cell's merged token, so each patch holds one quadrant of it, and per-channel
+#   means see how much ink a quadrant has, not its outline; with the templates a warm start on
+#   "a red circle" targets reads shape (held-out 0.67 after 400 steps, against 0.28 without). Why
+#   off: under GRPO the demo still did not learn shape with them (it collapsed to "circle", the
+#   shape whose drawing is closest to all three) and closed no more of the gap (docs/demo.md).
 DEMO_MODEL: dict = {
     "arch": "qwen3_vl",
     "seed": 0,
@@ -51,6 +59,9 @@ DEMO_MODEL: dict = {
     "colour_filter_gain": 2.0,
     "position_code": 4.0,
 }
+# The variant measured with shape filters (docs/demo.md, "Shape"): 18 colour filters + 8 shape ones.
+SHAPE_FILTERS_MODEL: dict = {**DEMO_MODEL, "colour_filters": 18, "shape_filters": 4.0}
+SHAPE_DIMS = 8  # channels of `shape_filters`: (square, triangle) minus circle x 4 patch corners
 POSITION_DIMS = 6
 # Settings `vlmgrpo demo` puts on top of the `demo` recipe (before any --set). group_size 16: more
 # position words tried per image in a group; with 8, seed 1 closed 16% of the gap, with 16, 47%
@@ -81,6 +92,46 @@ def _set_position_code(visual: Any, gain: float) -> None:
         proj.bias[d - POSITION_DIMS :] = 0.0
 
 
+def shape_templates(patch: int = 16, side: int = 96) -> list:
+    """SHAPE_DIMS zero-mean [patch, patch] numpy templates that tell the scenes' three shapes apart
+    in the quadrant of an object a patch holds: for each patch corner the object's centre can sit
+    on (TL, TR, BL, BR, in that order), square coverage minus circle coverage, then triangle
+    coverage minus circle coverage, averaged over both sizes and the jitter (`data/scenes.py`'s
+    geometry drawn at `side` px, the demo's 84 px images as the processor resizes them)."""
+    import numpy as np
+
+    from vlmgrpo.data.scenes import JITTER, RADIUS
+
+    ss = 4
+    g = (np.arange(patch * ss) + 0.5) / ss
+    x, y = np.meshgrid(g, g)
+    js = np.linspace(-JITTER * side, JITTER * side, 5)
+
+    def cover(shape: str, cx: float, cy: float) -> np.ndarray:
+        acc = np.zeros_like(x)
+        for size in ("small", "large"):
+            r = RADIUS[size] * side
+            for jx in js:
+                for jy in js:
+                    dx, dy = x - (cx + jx), y - (cy + jy)
+                    if shape == "circle":
+                        m = dx**2 + dy**2 < r**2
+                    elif shape == "square":
+                        m = (abs(dx) < 0.85 * r) & (abs(dy) < 0.85 * r)
+                    else:
+                        m = (dy > -r) & (dy < r) & (abs(dx) < (r + dy) / 2)
+                    acc += m
+        return acc.reshape(patch, ss, patch, ss).mean((1, 3)) / (2 * len(js) ** 2)
+
+    out = []
+    for cx, cy in ((0, 0), (patch, 0), (0, patch), (patch, patch)):
+        circle = cover("circle", cx, cy)
+        for other in ("square", "triangle"):
+            t = cover(other, cx, cy) - circle
+            out.append(t - t.mean())
+    return out
+
+
 def build_demo_model(model_dir: Path, spec: dict = DEMO_MODEL) -> Path:
     """Build the demo's tiny VLM (`spec["arch"]`) in `model_dir` (rebuilt when `spec` changed)."""
     import torch
@@ -103,6 +154,15 @@ def build_demo_model(model_dir: Path, spec: dict = DEMO_MODEL) -> Path:
             for o in range(min(int(spec.get("colour_filters", 0)), w.shape[0])):
                 w[o] = 0.0
                 w[o, o % 3] = spec["colour_filter_gain"] / w[o, 0].numel()  # mean of channel o % 3
+            if spec.get("shape_filters"):
+                start = int(spec.get("colour_filters", 0))
+                if start + SHAPE_DIMS > w.shape[0] - POSITION_DIMS:
+                    raise ValueError("demo model: colour + shape filters overlap the position code")
+                for k, t in enumerate(shape_templates(w.shape[-1])):
+                    t = torch.as_tensor(t, dtype=w.dtype)
+                    # ink lowers every channel: a negative weight on all of them, normalised so that
+                    # an ideal quadrant of strong ink (3 channels x 2 frames) answers ~ +-gain
+                    w[start + k] = -float(spec["shape_filters"]) * t / (6 * t.abs().sum() / 2)
             if spec.get("position_code"):
                 _set_position_code(visual, float(spec["position_code"]))
         model.save_pretrained(str(model_dir))
