@@ -190,6 +190,15 @@ def _short_bars(rng: np.random.Generator) -> tuple[str, str]:
     return f"A bar chart of {n} bars in colour '{color}' with heights {values}.", code
 
 
+def colour_blind(code: str, rng: np.random.Generator) -> str:
+    """A short-family program with its colour replaced by one drawn uniformly from SHORT_COLORS,
+    independently of the figure (right 1 time in 6): the `colour_blind_code` field, a warm-start
+    target that teaches the code and the bars but not the colour, which GRPO must then learn from
+    the reward (the img2code demo)."""
+    head, _, _ = code.rpartition('color="')
+    return f'{head}color="{_pick(rng, SHORT_COLORS)[0]}")'
+
+
 FAMILIES: dict[str, dict[str, Callable[[np.random.Generator], tuple[str, str]]]] = {
     "varied": KINDS,
     "short": {"short_bars": _short_bars},
@@ -202,15 +211,17 @@ def sample_programs(n: int, seed: int = 0, family: str = "varied") -> list[dict[
     if family not in FAMILIES:
         raise DataError(f"--family: unknown family '{family}' (known: {', '.join(FAMILIES)})")
     rng = np.random.default_rng(seed)
+    blind = np.random.default_rng([seed, 1])  # its own stream: the figures do not depend on it
     table = FAMILIES[family]
     kinds = list(table)
     rows = []
     for i in range(n):
         kind = kinds[i % len(kinds)]
         description, code = table[kind](rng)
-        rows.append(
-            {"id": f"sample_{i:04d}", "kind": kind, "description": description, "reference_code": code}
-        )
+        row = {"id": f"sample_{i:04d}", "kind": kind, "description": description, "reference_code": code}
+        if family == "short":
+            row["colour_blind_code"] = colour_blind(code, blind)
+        rows.append(row)
     return rows
 
 
