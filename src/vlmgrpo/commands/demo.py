@@ -7,7 +7,7 @@ rewards, held-out evaluation against the ceiling, plots and report (`vlmgrpo dem
   Then the transfer check: the base model and every checkpoint answer questions about held-out
   scenes (`scenes-qa`, graded by rules); pass@1 per model goes to summary.json's `transfer`.
 - `geometry`, `area`, `img2code`: the task's offline recipe (`TASKS`) on data this command writes
-  (synthetic Geometry3K diagrams, the area task's own stream, img2code's sample figures). Then the
+  (synthetic Geometry3K diagrams, the area task's own stream, img2code's short bar charts). Then the
   base model and every checkpoint go through `vlmgrpo eval`'s task evaluation (the task's own,
   with the run's eval settings, the cheap ones its held-out curve uses); the headline per model
   goes to summary.json's `ckpt_eval`, the results to ckpt_tests/ (the report's checkpoint table).
