@@ -149,37 +149,6 @@ def _img2code_data(out: Path, seed: int) -> list[str]:
     return [f"data.kwargs.path={data}"]
 
 
-@dataclass(frozen=True)
-class DemoTask:
-    """One offline demo: which recipe, which tiny model, which data, and what measures it."""
-
-    recipe: str
-    metric: str  # the reward label (or label/sub-score) whose held-out mean measures the task
-    arch: str = "qwen3_vl"  # the tiny model (`vlmgrpo tiny-model --arch`); cycle builds DEMO_MODEL
-    overrides: tuple[str, ...] = ()  # on top of the recipe, before the user's --set
-    data: Callable[[Path, int], list[str]] | None = None  # writes the data, returns --set overrides
-    reference: Callable[[dict], str] | None = None  # a held-out item's reference completion
-    model_spec: dict | None = None  # build_demo_model's spec instead of a plain tiny `arch` model
-
-
-# The area demo's warm start (docs/area.md): the task's format with the true area rounded to 100
-# (`area_coarse`), so the correctness reward has spread within groups from the first GRPO step; a
-# pure-GRPO policy never wrote a valid number in 400 steps. GRPO then runs at a warm-started lr.
-# Evaluation: 64 held-out shapes x 2 sampled answers (temperature 1.0) instead of the recipe's 16
-# greedy ones, whose answer jumps between the warm start's values (docs/area.md: tries 1 and 3).
-AREA_OVERRIDES: tuple[str, ...] = (
-    "warmup.steps=300",
-    "warmup.lr=2e-3",
-    "warmup.batch_size=16",
-    "warmup.target_field=area_coarse",
-    "warmup.eval_every=100",
-    "optim.lr=5e-4",
-    "rollout.prompts_per_step=4",
-    "data.kwargs.n=64",
-    "eval.num_items=64",
-    "eval.num_chains=2",
-    "eval.temperature=1.0",
-)
 # The img2code demo (docs/img2code.md, docs/learning.md): the short family of two-line bar charts
 # (`data.img2code.FAMILIES["short"]`: colour, number of bars and heights to read from the image).
 # The warm start teaches the code and the bars but not the colour (`colour_blind_code`: the
@@ -215,6 +184,39 @@ IMG2CODE_OVERRIDES: tuple[str, ...] = (
     "train.eval_every=12",
     "train.save_every=24",
     "train.log_samples_every=12",
+)
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """One offline demo: which recipe, which tiny model, which data, and what measures it."""
+
+    recipe: str
+    metric: str  # the reward label (or label/sub-score) whose held-out mean measures the task
+    arch: str = "qwen3_vl"  # the tiny model (`vlmgrpo tiny-model --arch`); cycle builds DEMO_MODEL
+    overrides: tuple[str, ...] = ()  # on top of the recipe, before the user's --set
+    data: Callable[[Path, int], list[str]] | None = None  # writes the data, returns --set overrides
+    reference: Callable[[dict], str] | None = None  # a held-out item's reference completion
+    model_spec: dict | None = None  # build_demo_model's spec instead of a plain tiny `arch` model
+
+
+# The area demo's warm start (docs/area.md): the task's format with the true area rounded to 100
+# (`area_coarse`), so the correctness reward has spread within groups from the first GRPO step; a
+# pure-GRPO policy never wrote a valid number in 400 steps. GRPO then runs at a warm-started lr.
+# Evaluation: 64 held-out shapes x 2 sampled answers (temperature 1.0) instead of the recipe's 16
+# greedy ones, whose answer jumps between the warm start's values (docs/area.md: tries 1 and 3).
+AREA_OVERRIDES: tuple[str, ...] = (
+    "warmup.steps=300",
+    "warmup.lr=2e-3",
+    "warmup.batch_size=16",
+    "warmup.target_field=area_coarse",
+    "warmup.eval_every=100",
+    "optim.lr=5e-4",
+    "rollout.prompts_per_step=4",
+    "data.kwargs.n=64",
+    "eval.num_items=64",
+    "eval.num_chains=2",
+    "eval.temperature=1.0",
 )
 # Demo budgets: what each task's recipe runs under `vlmgrpo demo` (the recipes stay as they are).
 _EVERY = ("train.eval_every=25", "train.save_every=100", "train.log_samples_every=25")
