@@ -55,6 +55,20 @@ def test_geometry_ceiling_is_the_graded_reference_and_shuffled_is_lower(tmp_path
     assert 0.0 <= shuffled < 0.5  # another item's answer is mostly wrong
 
 
+def test_img2code_ceiling_is_the_reference_code_and_shuffled_is_lower(tmp_path):
+    """The img2code demo's ceiling runs each held-out figure's reference code in the sandbox
+    (the same figure: similarity 1) and its control the next figure's code (another bar chart)."""
+    from vlmgrpo.config import load_config
+    from vlmgrpo.data.img2code import create_sample
+
+    create_sample(tmp_path, 4, 0, (0.0, 0.0, 1.0), family="short")  # 4 held-out figures
+    sets = [f"data.kwargs.path={tmp_path}", *demo.IMG2CODE_OVERRIDES, "eval.num_items=4"]
+    cfg = load_config("img2code-tiny", sets)
+    ceiling, shuffled = demo.reference_scores(cfg, "img2code/similarity", demo._img2code_reference)
+    assert ceiling == pytest.approx(1.0)
+    assert 0.3 < shuffled < 0.95  # another bar chart: alike in layout, not in colour or heights
+
+
 def test_demo_geometry_writes_a_summary_per_seed(tiny_qwen3_vl_dir, tmp_path, capsys):
     from vlmgrpo.data.geometry_synthetic import GIVEN_KINDS, write
 

@@ -58,6 +58,29 @@ def test_sample_programs_are_varied_and_deterministic():
     assert len({r["reference_code"] for r in rows}) == 18
 
 
+def test_the_short_family_is_two_lines_whose_parameters_vary_and_which_all_draw(tmp_path):
+    from vlmgrpo.models.tiny import build_tokenizer
+
+    rows = data.sample_programs(40, seed=1, family="short")
+    assert rows == data.sample_programs(40, seed=1, family="short")
+    codes = [r["reference_code"] for r in rows]
+    assert all(c.startswith(data.SHORT_HEAD) and c.count("\n") == 1 for c in codes)
+    assert {c[-3] for c in codes} == set(data.SHORT_COLORS)  # color="X")
+    assert {c.count(",") - 1 for c in codes} == {2, 3, 4}  # 2-4 bars: n - 1 commas + 2 around the list
+    # the warm-start target without the colour: same code up to the colour, drawn apart from the figure
+    blind = [r["colour_blind_code"] for r in rows]
+    assert all(b[:-3] == c[:-3] for b, c in zip(blind, codes))
+    assert 0.5 < sum(b != c for b, c in zip(blind, codes)) / len(codes) < 0.97
+    tok = build_tokenizer()  # the tiny models' tokenizer: short enough for ~40 new tokens
+    assert max(len(tok(c)["input_ids"]) for c in codes) <= 40
+    with pytest.raises(DataError, match="--family: unknown family 'nope'"):
+        data.sample_programs(2, family="nope")
+    path = data.create_sample(tmp_path, n=3, seed=0, ratios=None, family="short")
+    drawn = data.read_jsonl(path)
+    assert [r["kind"] for r in drawn] == ["short_bars"] * 3
+    assert all((tmp_path / r["image_path"]).is_file() for r in drawn)  # each ran in the sandbox
+
+
 def test_create_sample_writes_rows_images_and_split(sample_dir):
     rows = data.read_jsonl(sample_dir / "dataset.jsonl")
     assert len(rows) == 6

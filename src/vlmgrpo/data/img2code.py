@@ -14,7 +14,9 @@ back to "eval" and back), or a single JSONL, or only images; `<split>_path` over
 CLI (`vlmgrpo data img2code`): `--create-sample` draws varied figures (line, bar, scatter, pie,
 histogram, shapes, area, heatmap, two panels) from generated reference code, rendered through
 the same sandbox that runs the policy's code, so references and outputs match pixel for pixel
-conventions; it writes `dataset.jsonl`, `images/` and the train/eval/test split. `--to-base64`
+conventions; it writes `dataset.jsonl`, `images/` and the train/eval/test split. `--family short`
+draws two-line bar charts instead (`from pylab import *` + one `bar` call, ~35 tokens: colour,
+number of bars and heights vary), short enough for a tiny model (`vlmgrpo demo --task img2code`). `--to-base64`
 writes the `image_base64` variant; `--split` splits any JSONL.
 """
 
@@ -173,17 +175,53 @@ KINDS: dict[str, Callable[[np.random.Generator], tuple[str, str]]] = {
 }
 
 
-def sample_programs(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """`n` rows (id, kind, description, reference_code), kinds in rotation, parameters from `seed`."""
+# The short family (`--family short`): one bar chart in a two-line program of ~30 tokens, whose
+# colour, number of bars and heights must be read from the image. Why: a tiny model writes and
+# runs that much code after a short warm start, and every parameter it misreads costs similarity
+# (the `img2code` demo, docs/learning.md). Single-letter colours, far apart in RGB.
+SHORT_COLORS = ("r", "g", "b", "k", "m", "c")
+SHORT_HEAD = "from pylab import *\n"
+
+
+def _short_bars(rng: np.random.Generator) -> tuple[str, str]:
+    n, color = int(rng.integers(2, 5)), _pick(rng, SHORT_COLORS)[0]
+    values = [int(v) for v in rng.integers(1, 10, size=n)]
+    code = f'{SHORT_HEAD}bar(range({n}),{values},color="{color}")'.replace(", ", ",")
+    return f"A bar chart of {n} bars in colour '{color}' with heights {values}.", code
+
+
+def colour_blind(code: str, rng: np.random.Generator) -> str:
+    """A short-family program with its colour replaced by one drawn uniformly from SHORT_COLORS,
+    independently of the figure (right 1 time in 6): the `colour_blind_code` field, a warm-start
+    target that teaches the code and the bars but not the colour, which GRPO must then learn from
+    the reward (the img2code demo)."""
+    head, _, _ = code.rpartition('color="')
+    return f'{head}color="{_pick(rng, SHORT_COLORS)[0]}")'
+
+
+FAMILIES: dict[str, dict[str, Callable[[np.random.Generator], tuple[str, str]]]] = {
+    "varied": KINDS,
+    "short": {"short_bars": _short_bars},
+}
+
+
+def sample_programs(n: int, seed: int = 0, family: str = "varied") -> list[dict[str, str]]:
+    """`n` rows (id, kind, description, reference_code) of a family (`FAMILIES`: "varied" = the
+    nine figure kinds, "short" = two-line bar charts), kinds in rotation, parameters from `seed`."""
+    if family not in FAMILIES:
+        raise DataError(f"--family: unknown family '{family}' (known: {', '.join(FAMILIES)})")
     rng = np.random.default_rng(seed)
-    kinds = list(KINDS)
+    blind = np.random.default_rng([seed, 1])  # its own stream: the figures do not depend on it
+    table = FAMILIES[family]
+    kinds = list(table)
     rows = []
     for i in range(n):
         kind = kinds[i % len(kinds)]
-        description, code = KINDS[kind](rng)
-        rows.append(
-            {"id": f"sample_{i:04d}", "kind": kind, "description": description, "reference_code": code}
-        )
+        description, code = table[kind](rng)
+        row = {"id": f"sample_{i:04d}", "kind": kind, "description": description, "reference_code": code}
+        if family == "short":
+            row["colour_blind_code"] = colour_blind(code, blind)
+        rows.append(row)
     return rows
 
 
@@ -192,16 +230,17 @@ def create_sample(
     n: int = 36,
     seed: int = 0,
     ratios: Sequence[float] | None = (0.8, 0.1, 0.1),
+    family: str = "varied",
     **sandbox: Any,
 ) -> Path:
-    """Render `n` sample figures through the sandbox (`sandbox` = SandboxConfig fields) into
-    `out_dir`: images/, dataset.jsonl and, unless `ratios` is None, its train/eval/test split.
-    Returns the JSONL path."""
+    """Render `n` sample figures of `family` (`FAMILIES`) through the sandbox (`sandbox` =
+    SandboxConfig fields) into `out_dir`: images/, dataset.jsonl and, unless `ratios` is None, its
+    train/eval/test split. Returns the JSONL path."""
     from vlmgrpo.sandbox import Sandbox
 
+    rows = sample_programs(n, seed, family)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = sample_programs(n, seed)
     results = Sandbox(**sandbox).run_many([r["reference_code"] for r in rows])
     bad = [(r["id"], res.status, res.error[-300:]) for r, res in zip(rows, results) if not res.ok]
     if bad:
@@ -396,6 +435,12 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=36, help="--create-sample: number of figures")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--family",
+        default="varied",
+        choices=list(FAMILIES),
+        help="--create-sample: 'varied' (nine figure kinds) or 'short' (two-line bar charts)",
+    )
+    p.add_argument(
         "--ratios", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "EVAL", "TEST")
     )
     p.add_argument("--timeout", type=float, default=30.0, help="sandbox seconds per program")
@@ -404,7 +449,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     if args.create_sample:
         path = create_sample(
-            args.out or "data/img2code", args.n, args.seed, args.ratios, timeout_s=args.timeout
+            args.out or "data/img2code", args.n, args.seed, args.ratios, args.family, timeout_s=args.timeout
         )
         print(f"wrote {args.n} figures: {path} (+ images/, {path.stem}_train/_eval/_test.jsonl)")
     elif args.to_base64:
