@@ -108,8 +108,14 @@ def test_resume_from_keeps_cut_rows_and_checkpoints_and_tensorboard_has_no_dupli
     ckpt4 = _snapshot(out / "ckpts" / "ckpt-4")
     assert _tb_steps(out)["reward/mean"] == [1, 2, 3, 4]
 
+    (out / "ckpt_tests").mkdir()  # `vlmgrpo eval` results of the timeline being replaced
+    for name in ("base", "ckpt-2", "ckpt-4"):
+        (out / "ckpt_tests" / f"{name}.json").write_text(f'{{"model": "{name}"}}')
     assert main(_train(tiny_vlm_dir, out, 4, "--resume-from", "ckpt-2")) == 0
     said = capsys.readouterr().out
+    # the cut ckpt-4's evaluation goes with it: it must not stand for the new ckpt-4 in the report
+    assert sorted(p.name for p in (out / "ckpt_tests").glob("*.json")) == ["base.json", "ckpt-2.json"]
+    assert (out / "ckpt_tests" / "cut-2" / "ckpt-4.json").read_text() == '{"model": "ckpt-4"}'
     assert "resuming from ckpt-2 (step 2)" in said and "metrics.cut-2.jsonl" in said
     assert [r["step"] for r in _rows(out / "metrics.jsonl")] == [1, 2, 3, 4]
     assert _rows(out / "metrics.cut-2.jsonl") == rows[2:]  # the cut rows, as they were

@@ -41,7 +41,8 @@ def set_aside_earlier_metrics(out: Path, metrics_path: Path) -> None:
 def set_aside_later_checkpoints(out: Path, step: int) -> Path | None:
     """`--resume-from ckpt-N` with newer checkpoints in the folder: they belong to the timeline
     being replaced. Left in place, the new run would overwrite some and a later `--resume`
-    would pick an old one; they move to `ckpts/cut-N/` (returned), never deleted."""
+    would pick an old one; they move to `ckpts/cut-N/` (returned), never deleted, and their
+    evaluation results to `ckpt_tests/cut-N/`."""
     root = out / "ckpts"
     later = [c for c in ckpt.list_checkpoints(root) if ckpt.checkpoint_step(c) > step]
     if not later:
@@ -50,6 +51,16 @@ def set_aside_later_checkpoints(out: Path, step: int) -> Path | None:
     dest.mkdir(parents=True)
     for c in later:
         c.replace(dest / c.name)
+    # their evaluations too (`vlmgrpo eval`'s RUN/ckpt_tests/ckpt-M.json): left in place they
+    # would stand in the report for the new timeline's checkpoints of the same names
+    tests = out / "ckpt_tests"
+    names = {c.name for c in later}
+    stale = [p for p in tests.iterdir() if p.name.split(".")[0] in names] if tests.is_dir() else []
+    if stale:
+        tdest = tests / dest.name
+        tdest.mkdir(parents=True, exist_ok=True)
+        for p in stale:
+            p.replace(tdest / p.name)
     return dest
 
 
