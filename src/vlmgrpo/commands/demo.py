@@ -285,13 +285,14 @@ AREA_OVERRIDES: tuple[str, ...] = (
 # ~0.15 on seed 1; 350 steps already gave 0.43): it teaches the format and some answers, GRPO the
 # rest. 4 prompts x 8 per step: more groups with both right and wrong answers. lr 3e-4 (1e-3
 # collapsed to empty answers within 60 steps; 5e-4 lost accuracy on seeds 1 and 3 in 75 steps).
-# 300 GRPO steps: with 200, seed 3 closed only 10% of the gap (seeds 1, 2: 31%, 26%), still rising.
+# 350 GRPO steps: with 200 / 300, seed 3 closed only 10% / 19.8% of the gap, still rising (350:
+# 23%; seeds 1, 2: 31% / 37% / 34% and 26% / 42% / 50%).
 # 32 held-out items x 4 samples per evaluation.
 GEOMETRY_OVERRIDES: tuple[str, ...] = (
     "warmup.target_field=geometry_sr1|geometry_blind",
     "warmup.steps=300",
     "rollout.prompts_per_step=4",
-    "train.steps=300",
+    "train.steps=350",
     "eval.num_items=32",
 )
 # Demo budgets: what each task's recipe runs under `vlmgrpo demo` (the recipes stay as they are).
