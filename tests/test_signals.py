@@ -146,3 +146,28 @@ def test_sigterm_to_one_rank_under_torchrun_stops_every_rank_at_the_same_step(ti
     a, b = (torch.load(dump / f"rank-{k}.pt", weights_only=True) for k in (0, 1))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_stopped_demo_writes_no_summary_and_runs_no_later_seed(tmp_path):
+    """`vlmgrpo demo` on Ctrl-C: the trainer checkpoints and says how to resume; the demo then
+    stops too (exit 130) instead of summarising, evaluating and reporting a cut run and going on
+    to the next seed."""
+    out = tmp_path / "demo"
+    reward = f"rewards=[{{name: '{FNS}:hashed_slow', kwargs: {{sleep: 1.0}}}}]"
+    sets = ["train.steps=50", "warmup.steps=0", "train.eval_every=0", "train.save_every=0",
+            "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=2",
+            "train.threads=1", reward]  # fmt: skip
+    cmd = [sys.executable, "-m", "vlmgrpo.cli", "demo", "--output-dir", str(out), "--seeds", "1,2"]
+    p = subprocess.Popen(
+        cmd + [x for s in sets for x in ("--set", s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_rows(p, out / "seed-1" / "metrics.jsonl", 1)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate()
+    assert p.returncode == 130, stderr[-2000:]
+    assert "seed 1: stopped by a signal" in stdout and _stopped_step(stdout) >= 1
+    assert not (out / "seed-1" / "summary.json").exists() and not (out / "seed-1" / "report.html").exists()
+    assert not (out / "seed-2").exists()

@@ -471,7 +471,7 @@ def _build_model(task: DemoTask, model_dir: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from vlmgrpo.config import load_config
-    from vlmgrpo.trainer import train
+    from vlmgrpo.trainer import Trainer
 
     task = TASKS[args.task]
     out = Path(args.output_dir or ("runs/demo" if args.task == "cycle" else f"runs/demo-{args.task}"))
@@ -493,8 +493,13 @@ def run(args: argparse.Namespace) -> int:
             ],
         )
         t0 = time.time()
-        train(cfg)
+        trainer = Trainer(cfg)
+        trainer.fit()
         wall = time.time() - t0
+        if trainer.stop_requested:  # Ctrl-C / SIGTERM: the trainer checkpointed and said how to resume
+            print(f"seed {seed}: stopped by a signal; no summary, checkpoint evaluation or report"
+                  + (", and the later seeds not run" if seed != seeds[-1] else ""))  # fmt: skip
+            return 130
         if task.reference is not None:
             ceiling, shuffled = reference_scores(cfg, task.metric, task.reference)
             s = summarize(run_dir, task.metric, ceiling, shuffled)
