@@ -584,3 +584,24 @@ def test_iterations_metrics_when_the_first_update_is_not_finite():
     assert row["update/skipped_nonfinite"] == 0.5 and not _skipped(row)
     assert _skipped(_mean_updates([bad, bad])) and _skipped(bad)
     assert _mean_updates([good, bad])["update/skipped_nonfinite"] == 0.5
+
+
+def test_kl_reference_is_the_warm_started_policy(tiny_vlm_dir, tmp_path):
+    """With a warm start, the KL reference is the policy GRPO starts from: at the first on-policy
+    step the policy equals it, so the KL is 0. (The copy used to be taken before the warm start:
+    beta > 0 then pulled the policy back toward the untrained model.)"""
+    rows = _train(
+        tiny_vlm_dir, tmp_path / "run", HASH, "warmup.steps=3", "warmup.lr=1e-2", "grpo.beta=0.05",
+        "grpo.ref.kind=copy",
+    )  # fmt: skip
+    assert rows[0]["phase"] == "warmup" and rows[-1]["phase"] == "grpo"
+    grpo = [r for r in rows if r["phase"] == "grpo"]
+    assert grpo[0]["loss/kl"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_adapter_reference_with_a_warm_start_is_refused():
+    from vlmgrpo.config import load_config
+    from vlmgrpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="grpo.ref.kind 'adapter' with warmup.steps > 0"):
+        load_config("img2code-tiny", ["warmup.steps=5"])

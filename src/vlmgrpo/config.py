@@ -682,6 +682,13 @@ def validate(cfg: Config) -> None:
         )
     if cfg.grpo.ref.kind == "adapter" and not cfg.model.lora.enabled:
         raise ConfigError("grpo.ref.kind 'adapter' needs model.lora.enabled: true")
+    if cfg.grpo.ref.kind == "adapter" and cfg.grpo.beta > 0 and cfg.warmup.steps > 0:
+        # the adapter reference is the base model with the adapters off: the model before the
+        # warm start, not the one GRPO starts from (a copy reference is taken after the warm start)
+        raise ConfigError(
+            "grpo.ref.kind 'adapter' with warmup.steps > 0: the reference would be the model before "
+            "the warm start; use grpo.ref.kind 'copy' (or grpo.beta: 0)"
+        )
     validate_grpo(cfg)
     for i, r in enumerate(cfg.rewards):
         if not r.name:

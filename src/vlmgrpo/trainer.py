@@ -645,6 +645,10 @@ class Trainer:
 
             warm_start(self)
             seed_everything(cfg.train.seed + 1)
+            if self.ref is not None and self.ref != "adapter":
+                # the KL reference is the policy GRPO starts from, the warm-started one; built in
+                # __init__ it was a copy of the model before the warm start
+                self.ref.policy.load_state_dict(self.model.state_dict())
         if self.step == 0 and cfg.train.eval_every and self.resume_from is None:
             self.runlog.log(0, "grpo", self.evaluate())
         if cfg.placement.offload_reward_models:  # loaded by the rewards' prepare(); wait on the host
