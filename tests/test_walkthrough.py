@@ -35,14 +35,20 @@ def test_download_hints_name_the_installed_hub_cli():
     assert not stale, stale
 
 
-def test_geometry_metric_says_greedy_only_when_it_is():
-    # `vlmgrpo eval` on geometry-tiny printed "accuracy (greedy)" beside "temperature 1.0", 4 samples
+def test_geometry_eval_says_what_runs_greedy_one_answer():
+    # `vlmgrpo eval` on geometry-tiny printed "4 samples, temperature 1.0" (the run's eval settings)
+    # and later "sampled at temperature 1", though tasks/geometry_eval.py answers each item once,
+    # greedily, whatever those settings say
     from vlmgrpo.config import load_config
-    from vlmgrpo.evaluate import metric_name
+    from vlmgrpo.evaluate import EvalOptions, metric_name, settings_line
 
-    assert "greedy" in metric_name("geometry", load_config("geometry3k"))
-    tiny = metric_name("geometry", load_config("geometry-tiny"))
-    assert "greedy" not in tiny and "temperature 1" in tiny
+    cfg = load_config("geometry-tiny")
+    assert metric_name("geometry", cfg) == metric_name("geometry", load_config("geometry3k"))
+    assert "greedy" in metric_name("geometry", cfg)
+    opts = EvalOptions(num_items=16, num_samples=4, temperature=1.0, max_new_tokens=64)
+    line = settings_line("geometry", opts, cfg)
+    assert "16 items, greedy, 1 answer each" in line and "temperature" not in line
+    assert "4 samples, temperature 1.0" in settings_line("area", opts, load_config("area-tiny"))
 
 
 def test_gradient_checkpointing_loads_without_a_deprecation_warning(tmp_path):

@@ -102,10 +102,21 @@ def metric_name(task: str, cfg: Any = None) -> str:
     if task == "rewards" and cfg is not None and cfg.rewards:
         labels = [r.label or r.name for r in cfg.rewards if r.weight]
         return "held-out reward: " + " + ".join(labels)
-    temperature = getattr(getattr(cfg, "eval", None), "temperature", 0.0)
-    if task == "geometry" and temperature:  # geometry-tiny samples 4 answers at 1.0: not "greedy"
-        return f"accuracy (sampled at temperature {temperature:g}), Geometry3K"
     return METRIC_NAMES.get(task, f"{task} score")
+
+
+# tasks whose evaluation is greedy with one answer per item whatever the run's eval settings
+# (geometry: the seed's report, `tasks/geometry_eval.py`)
+GREEDY_TASKS = frozenset({"geometry"})
+
+
+def settings_line(task: str, opts: Any, cfg: Any = None) -> str:
+    """The line `vlmgrpo eval` prints before evaluating: the task, its metric and what runs."""
+    if task in GREEDY_TASKS:
+        how = f"{opts.num_items} items, greedy, 1 answer each"
+    else:
+        how = f"{opts.num_items} items x {opts.num_samples} samples, temperature {opts.temperature}"
+    return f"task {task} ({metric_name(task, cfg)}): {how}, {opts.max_new_tokens} new tokens"
 
 
 @dataclass
@@ -372,10 +383,7 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
     dropped = [k for k in requested_ks or () if k not in opts.ks]
     if dropped:
         echo(f"note: pass@{','.join(map(str, dropped))} needs more than {opts.num_samples} samples; skipped")
-    echo(
-        f"task {task} ({metric_name(task, cfg)}): {opts.num_items} items x {opts.num_samples} samples, "
-        f"temperature {opts.temperature}, {opts.max_new_tokens} new tokens"
-    )
+    echo(settings_line(task, opts, cfg))
     for name, step, path in models:
         dest = out_dir / f"{name}.json"
         prev = _read_json(dest) if not opts.force else None
