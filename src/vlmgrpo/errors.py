@@ -24,3 +24,9 @@ class ModelLoadError(VlmgrpoError):
 
 class ServiceError(VlmgrpoError):
     """A remote service (generator, judge) failed past its retry budget."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """ "Type: first line of the message" (at most `limit` characters of it) for one-line reports."""
+    text = (str(e).strip().splitlines() or [""])[0][:limit]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -439,7 +439,7 @@ class Trainer:
             raise PeerServiceError(f"a reward service was given up on {n_failed:.0f} other rank(s)")
         valid_frac = n_valid / n_all  # the same on every rank, so all ranks skip or update together
         metrics = step_fns.zero_std_frac(results, cfg.rollout.group_size, self.dist, self.device)
-        scored = list(results)  # reward/* below: everything the policy sampled this step
+        scored = results  # reward/* below: everything the policy sampled this step
         if cfg.grpo.dynamic_sampling and valid_frac >= cfg.grpo.min_valid_fraction:
             scored = []
             batches, results, all_records = step_fns.dynamic_sampling(

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vlmgrpo.errors import ConfigError, ModelLoadError, ServiceError, VlmgrpoError
+from vlmgrpo.errors import ConfigError, ModelLoadError, ServiceError, VlmgrpoError, first_line
 from vlmgrpo.numeric import as_number
 from vlmgrpo.registry import Registry
 from vlmgrpo.rewards import deadline
@@ -153,11 +153,6 @@ def _checked(value: Any) -> RewardValue:
 def _short(v: Any) -> str:
     text = repr(v)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _first_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg[:200]}" if msg else type(e).__name__
 
 
 def _total(value: RewardValue) -> float | None:
@@ -297,7 +292,7 @@ def compute_rewards(
                 # (down past its max_down_s): say so and stop, do not skip step after step
                 raise
             except Exception as e:  # counted below: the whole batch failed
-                raw, ok, first_error = [None] * n, [False] * n, _first_line(e)
+                raw, ok, first_error = [None] * n, [False] * n, first_line(e)
                 timeouts = n if isinstance(e, STOPPED) else 0
             if len(raw) != n:
                 raise RewardError(f"{_who(spec, index)}: returned {len(raw)} values for {n} records")
@@ -310,7 +305,7 @@ def compute_rewards(
                 except Exception as e:
                     ok[i] = False
                     timeouts += isinstance(e, STOPPED)
-                    first_error = first_error or f"{_first_line(e)} on {_sample_name(rec, i)}"
+                    first_error = first_error or f"{first_line(e)} on {_sample_name(rec, i)}"
         values: list[RewardValue] = [None] * n
         vals = np.full(n, np.nan)  # [N] each value's total (NaN = skipped or failed)
         for i, v in enumerate(raw):

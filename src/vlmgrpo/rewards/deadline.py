@@ -46,6 +46,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from vlmgrpo.errors import first_line
+
 MAX_WORKERS = 4  # concurrent calls (callers beyond this wait for a free worker)
 _IN_WORKER = False  # True inside a worker process
 _idle: list[_Worker] = []
@@ -134,7 +136,7 @@ def _serve(conn: Any, warmups: list[str]) -> None:
             _limit_memory(nbytes)
             out: tuple[str, Any] = ("ok", fn(*args, **kwargs))
         except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
-            out = ("memory", _first_line(e)) if nbytes and _out_of_memory(e) else ("err", e)
+            out = ("memory", first_line(e, 160)) if nbytes and _out_of_memory(e) else ("err", e)
         finally:
             _limit_memory(0)  # the reply and the next call's arguments are not the call's
         try:
@@ -295,11 +297,6 @@ def bounded_reward(
 
     fn.batched = batched  # type: ignore[attr-defined]
     return fn
-
-
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = (str(e).strip().splitlines() or [""])[0][:limit]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def default_timeout(reward_fn: Callable[..., Any]) -> float:
