@@ -162,6 +162,20 @@ G)  # item 5's levers, from the 2026-12-05 profile (host-bound pass): token budg
         python3 bench/bench_step.py --out $OUT/b$b-$v --models 3b --reps 3 --no-seed-a --sections rollout_fast,train \
             --token-budget $b $([ $v = liger ] && echo --liger) --time-budget 110 > $OUT/b$b-$v.log 2>&1
     done; done
-    rm -f $OUT/*/bench.md $OUT/*.log ;;  # 4 bench.json files; the logs' tails are in the output
+    rm -f $OUT/*/bench.md; tail -n 5 $OUT/*.log ;;  # 4 bench.json files and their 4 logs
+C2)  # adversarial-charxiv alone (C's second recipe; session 5 ran only C's first, cycle-charxiv-local)
+    setup
+    export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    $G data --out $D > /dev/null && $G build-policy --shape 3b --out $M/q3b $TINYF \
+        && $G build-flux --out $M/flux $TINYF && $G build-dinov2 --out $M/dino $TINYF || exit 1
+    train adversarial-charxiv $M/q3b 5 330 ;;
+BQ)  # B (FLUX stock vs ours, 512 px then 1024 px) and F's q,v,o LoRA variant, in one call (~9 min)
+    setup
+    export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    python3 bench/bench_reward.py --out $OUT/reward --sections gen_512,gen_1024 --reps 3 --no-compile \
+        --time-budget 330 > $OUT/reward.log 2>&1
+    python3 bench/bench_step.py --out $OUT/fast_qvo --models 3b --reps 3 --compile --no-seed-a --lora \
+        --lora-targets q_proj,v_proj,o_proj --sections rollout_fast,rollout_lora --time-budget 150 > $OUT/fast_qvo.log 2>&1
+    rm -f $OUT/*/bench.md; tail -n 8 $OUT/*.log ;;
 *) echo "unknown step $STEP"; exit 2 ;;
 esac

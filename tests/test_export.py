@@ -141,3 +141,20 @@ def test_saved_weights_follow_the_umask_like_every_other_file(tmp_path, umask):
     for root in (tiny, ckpt, out):
         modes = _modes(root)
         assert "model.safetensors" in modes and set(modes.values()) == {want}, (root, modes)
+
+
+@pytest.mark.parametrize("builder", ["build_tiny_dinov2", "build_tiny_clip", "build_tiny_flux"])
+def test_tiny_reward_models_follow_the_umask(tmp_path, builder):
+    """The reward-model builders (DINOv2, CLIP, FLUX) saved their weights 0600 like safetensors
+    does, while the configs beside them followed the umask."""
+    if builder == "build_tiny_flux":
+        pytest.importorskip("diffusers")
+    from vlmgrpo.models import tiny_reward_models
+
+    old = os.umask(0o022)
+    try:
+        out = getattr(tiny_reward_models, builder)(tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = _modes(out)
+    assert any(k.endswith(".safetensors") for k in modes) and set(modes.values()) == {"0o644"}, modes

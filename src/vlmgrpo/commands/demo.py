@@ -166,6 +166,9 @@ def build_demo_model(model_dir: Path, spec: dict = DEMO_MODEL) -> Path:
             if spec.get("position_code"):
                 _set_position_code(visual, float(spec["position_code"]))
         model.save_pretrained(str(model_dir))
+        from vlmgrpo.checkpoint import plain_modes
+
+        plain_modes(model_dir)  # safetensors writes 0600; the rest follows the umask
     marker.write_text(json.dumps(spec))
     print(f"built the demo's tiny {spec['arch']} model in {model_dir}")
     return model_dir

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmgrpo.checkpoint import plain_modes
+
 # FLUX.1-schnell's layouts (see shared/anchors/flux_anchor.py), shrunk.
 TINY_FLUX_TRANSFORMER: dict[str, Any] = dict(
     patch_size=1,
@@ -180,6 +182,7 @@ def build_tiny_flux(out_dir: str | Path, seed: int = 0) -> Path:
     )
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out))
+    plain_modes(out)  # safetensors writes 0600; the rest of the folder follows the umask
     return out
 
 
@@ -215,6 +218,7 @@ def build_tiny_dinov2(out_dir: str | Path, seed: int = 0, image_size: int = 56) 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     proc.save_pretrained(str(out))
+    plain_modes(out)
     return out
 
 
@@ -256,6 +260,7 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 32) ->
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     CLIPProcessor(image_processor=image_proc, tokenizer=tok).save_pretrained(str(out))
+    plain_modes(out)
     return out
 
 
