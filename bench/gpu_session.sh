@@ -177,5 +177,12 @@ BQ)  # B (FLUX stock vs ours, 512 px then 1024 px) and F's q,v,o LoRA variant, i
     python3 bench/bench_step.py --out $OUT/fast_qvo --models 3b --reps 3 --compile --no-seed-a --lora \
         --lora-targets q_proj,v_proj,o_proj --sections rollout_fast,rollout_lora --time-budget 150 > $OUT/fast_qvo.log 2>&1
     rm -f $OUT/*/bench.md; tail -n 8 $OUT/*.log ;;
+G2)  # G's Liger cells again after the engine fix (Liger's MLP has no act_fn: the engine failed to build)
+    setup
+    for b in 4096 16384; do
+        python3 bench/bench_step.py --out $OUT/b$b-liger --models 3b --reps 3 --no-seed-a --sections rollout_fast,train \
+            --token-budget $b --liger --time-budget 110 > $OUT/b$b-liger.log 2>&1
+    done
+    rm -f $OUT/*/bench.md; tail -n 5 $OUT/*.log ;;
 *) echo "unknown step $STEP"; exit 2 ;;
 esac

@@ -141,6 +141,34 @@ def test_module_path_and_lora_equal_hf_generate(fixture, request):
     assert torch.equal(out.completion_ids, ref.completion_ids)
 
 
+class _SwiGLUNoActFn(torch.nn.Module):
+    """An MLP shaped like Liger's LigerSwiGLUMLP: the same projections, SiLU fused into its own
+    forward, no `act_fn` attribute."""
+
+    def __init__(self, mlp: torch.nn.Module) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(torch.nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def test_mlp_without_act_fn_runs_the_module_step(tiny_vlm_dir):
+    """Liger's kernels replace the MLP with one that has no `act_fn`: the engine used to read
+    `mlp.act_fn` unconditionally and fail to build (H200 run, 2026-12-05); now it takes the
+    module step, with HF generate's greedy tokens."""
+    model, proc = load_policy(ModelConfig(name_or_path=str(tiny_vlm_dir)))
+    for ly in model.model.language_model.layers:
+        ly.mlp = _SwiGLUNoActFn(ly.mlp)
+    prompts = _prompts()
+    ref = hf_rollout.sample(model, proc, prompts, 2, temperature=0, max_new_tokens=12)
+    eng = fast.FastEngine(model)
+    assert eng.fused is None
+    assert torch.equal(
+        eng.sample(proc, prompts, 2, temperature=0, max_new_tokens=12).completion_ids, ref.completion_ids
+    )
+
+
 def test_weight_updates_reach_the_fused_copies(tiny_vlm_dir):
     """q/k/v are copied into one matrix for the fused step: an in-place update (what the optimiser
     does between rollouts) must be seen by the next rollout."""

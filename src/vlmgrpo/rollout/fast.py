@@ -283,8 +283,9 @@ class FastEngine:
         self.compile, self.compile_error = bool(compile) and self.fused is not None, ""
         self._pre, self._post = pre_attn, post_attn
         # one activation object for every layer (stateless, same class): a compiled function that
-        # received 36 different module objects would recompile for each
-        self._act = self.layers[0].mlp.act_fn
+        # received 36 different module objects would recompile for each. Only the fused step uses
+        # it; an MLP without `act_fn` (Liger's SwiGLU MLP) is not fusable and runs its own forward.
+        self._act = getattr(self.layers[0].mlp, "act_fn", None)
         self._compiled = False
         if self.compile:  # one compiled function each, reused by every layer (same shapes)
             self._pre = torch.compile(pre_attn, dynamic=False)
