@@ -19,6 +19,7 @@
 # Session 5 (2026-12-05, 30 device minutes) ran A2, T and F2's parts (bench/RESULTS.md); left for a
 # later lease, in this order: G (the training pass's levers), B (FLUX stock vs ours), adversarial-charxiv
 # through C, the q,v,o LoRA variant of F.
+# Session 6 (2026-12-05) ran G and BQ; left: G2 (Liger, after the engine fix), C2 (adversarial-charxiv).
 # Steps:
 #   A  item 2 + 5: GPU ceiling; the 3B step and TRL 1.13 (best non-vLLM settings that fit:
 #      --no-gc, sdpa like vlmgrpo, 1 warm-up + 3 timed steps) in the same run; vlmgrpo's sections

@@ -344,6 +344,8 @@ def main() -> int:
         ("run 3, --compile-train", RESULTS / "h100-2026-11-23-run3" / "bench-compile-train.json"),
         ("run 4", RESULTS / "h100-2026-11-23-run4" / "bench.json"),
         ("H200 call 1", RESULTS / "h200-2026-12-05-A2" / "step" / "bench.json"),
+        ("H200 s6 G, budget 4096", RESULTS / "h200-2026-12-05-s6-G" / "b4096-plain" / "bench.json"),
+        ("H200 s6 G, budget 16384", RESULTS / "h200-2026-12-05-s6-G" / "b16384-plain" / "bench.json"),
     ]
     step_runs = [recount_step_run(label, p, lens) for label, p in step_files]
     trl_files = [
@@ -359,6 +361,7 @@ def main() -> int:
     reward_files = [
         ("reward", RESULTS / "h100-2026-11-23-reward" / "bench.json"),
         ("reward-fast", RESULTS / "h100-2026-11-23-reward-fast" / "bench.json"),
+        ("H200 s6 BQ", RESULTS / "h200-2026-12-05-s6-BQ" / "reward" / "bench.json"),
     ]
     reward_runs = [recount_reward(label, p) for label, p in reward_files]
     r = {
