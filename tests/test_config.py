@@ -87,3 +87,10 @@ def test_set_reaches_into_a_list_entry():
         load_config("cycle-charxiv", ["rewards[3].weight=1"])
     with pytest.raises(ConfigError, match=r"needs a non-negative integer index"):
         load_config("cycle-charxiv", ["rewards[x].weight=1"])
+
+
+def test_a_group_of_one_is_refused():
+    # group_size 1 used to train for every step with all advantages 0 and exit 0
+    with pytest.raises(ConfigError, match=r"rollout.group_size: GRPO needs at least 2 completions per prompt"):
+        load_config("area-tiny", ["rollout.group_size=1"])
+    load_config("area-tiny", ["rollout.group_size=1", "train.steps=0", "warmup.steps=5"])  # no GRPO step

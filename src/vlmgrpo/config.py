@@ -671,6 +671,13 @@ def validate(cfg: Config) -> None:
     for key in NON_NEGATIVE:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0 (0 = off or the default), got {_get(cfg, key)}")
+    if cfg.train.steps > 0 and cfg.rollout.group_size < 2:
+        # each advantage is a reward minus its group's mean: a group of one always gives 0, so every
+        # step would train on nothing while looking like a normal run
+        raise ConfigError(
+            f"rollout.group_size: GRPO needs at least 2 completions per prompt (a group of one has no "
+            f"baseline, so every advantage is 0), got {cfg.rollout.group_size}"
+        )
     from vlmgrpo.offline import check_builders
 
     check_builders(cfg.build)
