@@ -91,6 +91,6 @@ def test_set_reaches_into_a_list_entry():
 
 def test_a_group_of_one_is_refused():
     # group_size 1 used to train for every step with all advantages 0 and exit 0
-    with pytest.raises(ConfigError, match=r"rollout.group_size: GRPO needs at least 2 completions per prompt"):
+    with pytest.raises(ConfigError, match=r"rollout.group_size: GRPO needs at least 2 completions"):
         load_config("area-tiny", ["rollout.group_size=1"])
     load_config("area-tiny", ["rollout.group_size=1", "train.steps=0", "warmup.steps=5"])  # no GRPO step
