@@ -297,6 +297,25 @@ def test_eval_uses_the_runs_own_eval_settings(tmp_path, tiny_vlm_dir, capsys):
     assert (r["num_items"], r["temperature"], r["max_new_tokens"], r["system"]) == (2, 0.5, 5, "Be brief.")
 
 
+def test_a_damaged_checkpoint_is_one_line_and_the_others_are_evaluated(tmp_path, tiny_vlm_dir, capsys):
+    """Bug: a checkpoint cut short after its COMPLETE marker (disk full, a copy) stopped `vlmgrpo
+    eval` with safetensors' traceback, before the later checkpoints were evaluated."""
+    from vlmgrpo.checkpoint import save_checkpoint
+    from vlmgrpo.config import config_from_file
+    from vlmgrpo.models import load_policy
+
+    run = make_area_run(tmp_path / "area", tiny_vlm_dir)
+    save_checkpoint(run / "ckpts", 4, {"": load_policy(config_from_file(run / "config.yaml").model)}, {})
+    weights = run / "ckpts" / "ckpt-2" / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    args = ["eval", "--output-dir", str(run), "--no-base", "--num-items", "2", "--max-new-tokens", "4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ckpt-2: checkpoint is damaged (model.safetensors: truncated" in err[0], err
+    assert sorted(p.stem for p in (run / "ckpt_tests").glob("*.json")) == ["ckpt-4"]  # the later one ran
+
+
 def test_eval_will_not_mix_two_tasks_in_one_results_folder(run_dir, capsys):
     assert main(["eval", "--output-dir", str(run_dir), *FAST]) == 0  # charts (or already there)
     assert main(["eval", "--output-dir", str(run_dir), *FAST, "--task", "rewards"]) == 2

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmgrpo.errors import ConfigError, DataError
+from vlmgrpo.errors import ConfigError, DataError, VlmgrpoError
 from vlmgrpo.registry import Registry
 from vlmgrpo.tasks.qa_eval import item_stats, pass_at_k, qa_task, regrade, summarize_items  # noqa: F401
 from vlmgrpo.tasks.reward_eval import img2code_task, reward_task  # noqa: F401
@@ -355,11 +355,13 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None] = print) -> list[dict]:
     """Evaluate the base model and every complete checkpoint of `run`; returns the results written or
-    found (without their per-item lists). Raises VlmgrpoError on a missing run or config."""
+    found (without their per-item lists). Raises VlmgrpoError on a missing run or config, and after
+    the others on a checkpoint whose weights are damaged (a truncated file), naming it."""
     import gc
 
     import torch
 
+    from vlmgrpo.checkpoint import weights_problem
     from vlmgrpo.config import config_from_file
     from vlmgrpo.dist import resolve_device
 
@@ -384,6 +386,7 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
     if dropped:
         echo(f"note: pass@{','.join(map(str, dropped))} needs more than {opts.num_samples} samples; skipped")
     echo(settings_line(task, opts, cfg))
+    damaged: list[str] = []  # checkpoints whose weights cannot load: the others are still evaluated
     for name, step, path in models:
         dest = out_dir / f"{name}.json"
         prev = _read_json(dest) if not opts.force else None
@@ -400,6 +403,10 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
             else:
                 echo(f"{name}: already evaluated ({dest}); --force to redo")
             summaries.append({k: v for k, v in prev.items() if k != "items"})
+            continue
+        why = weights_problem(path) if path is not None else None
+        if why:
+            damaged.append(f"{path}: checkpoint is damaged ({why})")
             continue
         t0 = time.perf_counter()
         model, proc = load_model(cfg, path, device)
@@ -435,6 +442,8 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
         echo(format_summary(result) + f"  -> {dest}")
     if judge is not None and getattr(judge, "stats", None):
         echo(f"judge: {judge.stats}")
+    if damaged:
+        raise VlmgrpoError("; ".join(damaged) + "; not evaluated (the other models were)")
     return summaries
 
 
