@@ -429,8 +429,9 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
             "grader": grader_name(task, cfg, judge),
             "data": opts.data or None,
             "num_items": len(items or []),
-            "samples_per_item": opts.num_samples,
-            "temperature": opts.temperature,
+            # what ran: a greedy task samples once at temperature 0 whatever the run's eval settings
+            "samples_per_item": 1 if task in GREEDY_TASKS else opts.num_samples,
+            "temperature": 0.0 if task in GREEDY_TASKS else opts.temperature,
             "max_new_tokens": opts.max_new_tokens,
             "system": opts.system,
             "seed": opts.seed,
