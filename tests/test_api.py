@@ -268,6 +268,32 @@ def test_a_trl_reward_that_raises_stops_the_run_naming_it_a_time_out_is_none():
     assert res.per_reward["trl"].tolist() == [3.0, 4.0]
 
 
+def test_a_trl_reward_type_error_says_what_it_was_given():
+    """README's accuracy reward reads c[0]["content"]: on a dataset of string prompts TRL (and we)
+    pass string completions, and the line was only "string indices must be integers"; a missing
+    column said only which argument was missing. Both now name the columns and the completions' form."""
+    from vlmgrpo.rewards.base import RewardError
+
+    def accuracy(completions, answer, **kwargs):
+        return [float(a in c[0]["content"]) for c, a in zip(completions, answer)]
+
+    def wants_solution(completions, solution, **kwargs):
+        return [0.0 for _ in completions]
+
+    recs = _records("colour?", ["red", "blue"], "red")  # a string prompt
+    specs = [trl_spec([("accuracy", accuracy, 1.0, {})])]
+    with pytest.raises(
+        RewardError, match=r"string indices.*completions are strings \(string prompts; a conversation"
+    ):
+        compute_rewards(recs, specs, RewardContext())
+    with pytest.raises(
+        RewardError, match=r"'solution'; completions are strings .*; dataset columns: answer, id, images$"
+    ):
+        compute_rewards(recs, [trl_spec([("wants_solution", wants_solution, 1.0, {})])], RewardContext())
+    chat = _records([{"role": "user", "content": "colour?"}], ["red", "blue"], "red")
+    assert compute_rewards(chat, specs, RewardContext()).per_reward["trl"].tolist() == [1.0, 0.0]
+
+
 def test_trl_rewards_get_trl_arguments_none_async_and_mix_with_native():
     seen = {}
 

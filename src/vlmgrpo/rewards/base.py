@@ -292,7 +292,7 @@ def compute_rewards(
                 # (down past its max_down_s): say so and stop, do not skip step after step
                 raise
             except Exception as e:  # counted below: the whole batch failed
-                raw, ok, first_error = [None] * n, [False] * n, first_line(e)
+                raw, ok, first_error = [None] * n, [False] * n, first_line(e, 400)  # room for TRL's hint
                 timeouts = n if isinstance(e, STOPPED) else 0
             if len(raw) != n:
                 raise RewardError(f"{_who(spec, index)}: returned {len(raw)} values for {n} records")
