@@ -87,6 +87,11 @@ def test_set_reaches_into_a_list_entry():
         load_config("cycle-charxiv", ["rewards[3].weight=1"])
     with pytest.raises(ConfigError, match=r"needs a non-negative integer index"):
         load_config("cycle-charxiv", ["rewards[x].weight=1"])
+    # a dotted index (the way some tools write it) used to say only "'rewards' is not a section"
+    with pytest.raises(ConfigError, match=r"'rewards' is a list; name an entry, e.g. rewards\[0\].weight$"):
+        load_config("cycle-charxiv", ["rewards.0.weight=1"])
+    with pytest.raises(ConfigError, match=r"e.g. rewards\[0\].kwargs.x$"):
+        load_config("cycle-charxiv", ["rewards.kwargs.x=1"])
 
 
 def test_a_group_of_one_is_refused():

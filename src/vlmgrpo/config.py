@@ -601,6 +601,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     seq[idx] = value
                 else:
                     node = seq[idx]
+            if not last and isinstance(node, list):
+                nxt, *rest = keys[i + 1 :]
+                at, rest = (nxt, rest) if nxt.isdigit() else ("0", [nxt, *rest])
+                hint = f"{raw}[{at}]" + "".join(f".{r}" for r in rest)
+                raise ConfigError(f"--set {text!r}: '{raw}' is a list; name an entry, e.g. {hint}")
             if not last and not isinstance(node, dict):
                 raise ConfigError(f"--set {text!r}: '{raw}' is not a section")
     return data
