@@ -629,8 +629,10 @@ class Trainer:
             if self.dist.is_main
             else NullLog()
         )
-        if self.resume_from is None and self.dist.is_main and self.runlog.metrics_path.exists():
-            runfolder.set_aside_earlier_metrics(self.out, self.runlog.metrics_path)
+        if self.resume_from is None and self.dist.is_main:
+            if self.runlog.metrics_path.exists():
+                runfolder.set_aside_earlier_metrics(self.out, self.runlog.metrics_path)
+            runfolder.set_aside_earlier_checkpoints(self.out)
         if self.resume_from is not None:
             self._restore()
             cut = self.runlog.truncate_after(self.step)
