@@ -184,6 +184,18 @@ def test_cli_writes_a_fixed_set_that_loads_back(tmp_path):
     assert ds[0]["images"][0].size == (64, 64)
 
 
+def test_a_missing_eval_folder_names_its_key(tmp_path):
+    """`--set data.kwargs.path=nowhere/` said "nowhere: no data.jsonl here", naming no key."""
+    from vlmgrpo.errors import DataError
+
+    with pytest.raises(
+        DataError, match=r"nowhere: no such folder \(the fixed eval set named by data.eval_kwargs"
+    ):
+        build({"path": str(tmp_path / "nowhere")}, "test", 0)
+    with pytest.raises(DataError, match=r"no data.jsonl here \(.*data.kwargs.path\); write one with"):
+        build({"path": str(tmp_path)}, "test", 0)
+
+
 # --------------------------------------------------------------------------- rewards
 
 

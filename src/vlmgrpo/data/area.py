@@ -344,7 +344,11 @@ class AreaFolderSet(Sequence):
         self.max_side = max_side
         meta = path / "data.jsonl"
         if not meta.is_file():
-            raise DataError(f"{path}: no data.jsonl here; write one with `vlmgrpo data area --output {path}`")
+            what = "no data.jsonl here" if path.is_dir() else "no such folder"
+            raise DataError(
+                f"{path}: {what} (the fixed eval set named by data.eval_kwargs.path, else data.kwargs.path); "
+                f"write one with `vlmgrpo data area --output {path}`"
+            )
         self.root = path
         self.rows = []
         try:
