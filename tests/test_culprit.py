@@ -101,7 +101,8 @@ def test_a_reward_raising_on_every_sample_stops_with_the_first_exception(
     caplog.set_level(logging.WARNING)
     assert main(_train(tiny_vlm_dir, tmp_path / "run", f"{{name: '{spec}', label: b}}")) == 2
     line = _error_line(capsys)
-    assert f"reward rewards[0] ({spec}, logged as b) failed on all 2 samples of step 0 (train)" in line
+    # metrics.jsonl's step: the first training step is 1 (the line said "step 0 (train)")
+    assert f"reward rewards[0] ({spec}, logged as b) failed on all 2 samples of step 1 (train)" in line
     assert "; first: ValueError: boom on sample 0 (id " in line
     assert not [r for r in caplog.records if "boom" in r.getMessage()]  # no warning per sample
 
