@@ -146,7 +146,7 @@ def test_per_sample_failures_are_one_warning_per_step(tiny_vlm_dir, tmp_path, re
     said = [r.getMessage() for r in caplog.records if "failed on" in r.getMessage()]
     # 2 steps x 2 micro-batches x 1 failing sample: two lines, one per step, with the step's count
     assert len(said) == 2, said
-    for step, msg in enumerate(said):
+    for step, msg in enumerate(said, 1):  # metrics.jsonl's steps, 1 and 2
         assert msg.startswith(f"step {step} (train): reward rewards[0] ({spec}) failed on 2 of 8 samples")
         assert "KeyError: 'no such field' on sample 0" in msg
 
