@@ -120,3 +120,17 @@ def test_offline_hub_id_and_geometry3k_fail_in_one_line_saying_how_to_work_offli
     assert "\n" not in msg and "set data.kwargs.path to a folder of its parquet files" in msg
     with pytest.raises(Exception, match=r"no such file or folder"):
         build_dataset("hf", {"path": "./missing.parquet"}, "train", 0)
+
+
+def test_a_missing_data_file_named_without_a_folder_is_not_asked_of_the_hub(monkeypatch, tmp_path):
+    """`path: rows.jsonl` (beside the recipe, but the run started elsewhere) has a Hub id's shape:
+    it went to the Hub (offline: ~30 s of retries) and the line advised `hf download`."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(
+        DataError, match=r"rows.jsonl: data.kwargs.path: no such file or folder \(a relative path"
+    ):
+        build_dataset("hf", {"path": "rows.jsonl"}, "train", 0)
+    assert time.perf_counter() - t0 < 5

@@ -253,8 +253,13 @@ def load_args(path: str, name: str | None = None, data_files: Any = None) -> tup
         return (builder,), {"data_files": str(p)}
     if p.is_dir():  # the Hub's parquet layout or an imagefolder: load_dataset infers the builder
         return (str(p),), {"name": name, "data_files": data_files}
-    if is_local_path(path):  # not a Hub id (vlmgrpo/sources.py), and not there
-        raise DataError(f"{path}: data.kwargs.path: no such file or folder")
+    # not a Hub id (vlmgrpo/sources.py), or a data file's name ("rows.jsonl" has a Hub id's shape,
+    # but asking the Hub for it took ~30 s of retries offline and then advised `hf download`)
+    if is_local_path(path) or p.suffix.lower() in FILE_BUILDERS:
+        raise DataError(
+            f"{path}: data.kwargs.path: no such file or folder (a relative path starts from the "
+            f"working directory, {Path.cwd()})"
+        )
     return (path,), {"name": name, "data_files": data_files}
 
 
