@@ -99,3 +99,15 @@ def test_a_group_of_one_is_refused():
     with pytest.raises(ConfigError, match=r"rollout.group_size: GRPO needs at least 2 completions"):
         load_config("area-tiny", ["rollout.group_size=1"])
     load_config("area-tiny", ["rollout.group_size=1", "train.steps=0", "warmup.steps=5"])  # no GRPO step
+
+
+def test_a_runs_config_yaml_keeps_its_recipe_name(tmp_path):
+    """The resume hint says `--recipe RUN/config.yaml`: the resumed run's config.yaml and report then
+    named the recipe "config" (the file's stem), not the recipe the run came from."""
+    from vlmgrpo.config import save_config
+
+    save_config(load_config("area-tiny"), tmp_path / "config.yaml")
+    assert load_config(str(tmp_path / "config.yaml")).recipe == "area-tiny"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: area-tiny\n")
+    assert load_config(str(mine)).recipe == "mine"  # a recipe of one's own keeps its file's name

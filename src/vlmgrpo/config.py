@@ -521,9 +521,11 @@ def load_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str
         raise ConfigError(f"{path}: {e}") from None
     _paths_from_recipe(data, path.parent)
     own_description = data.get("description", "")
+    # a run's resolved config.yaml names the recipe it came from (the resume hint passes that file)
+    own_name = data.get("recipe") or path.stem
     if base:
         data = _deep_merge(load_recipe_dict(base, (*_seen, str(path))), data)
-    data["recipe"] = path.stem  # this recipe's name, not its base's
+    data["recipe"] = own_name  # this recipe's name, not its base's
     data["description"] = own_description  # a base's line describes the base
     return data
 
