@@ -398,3 +398,24 @@ def test_an_interrupted_build_leaves_nothing_a_later_run_would_take_for_a_model(
     with pytest.raises(KeyboardInterrupt):
         offline.ensure_inputs(load_config("area-tiny", [f"model.name_or_path={model}"]), print)
     assert list((tmp_path / "runs" / "m").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("def f(rec, ctx):\n    return 1 +\n", ":2: cannot import it (SyntaxError: invalid syntax"),
+        ("import no_such_module_here\n", ":1: cannot import it (ModuleNotFoundError: No module named"),
+        ("x = 1\nraise RuntimeError('set MY_KEY')\n", ":2: cannot import it (RuntimeError: set MY_KEY)"),
+    ],
+)
+def test_a_reward_file_that_cannot_import_is_one_line_with_its_line(tmp_path, source, said):
+    """A reward file with a syntax error or a missing import stopped `train` with a traceback."""
+    from vlmgrpo.rewards import resolve_reward
+
+    f = tmp_path / "r.py"
+    f.write_text(source)
+    with pytest.raises(ConfigError) as e:
+        resolve_reward(f"{f}:f")
+    assert str(e.value).startswith(f"{f}{said}") and "\n" not in str(e.value), str(e.value)
+    with pytest.raises(ConfigError, match=r"no_such_pkg.mod: cannot import it \(ModuleNotFoundError"):
+        resolve_reward("no_such_pkg.mod:f")
