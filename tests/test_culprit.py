@@ -419,3 +419,14 @@ def test_a_reward_file_that_cannot_import_is_one_line_with_its_line(tmp_path, so
     assert str(e.value).startswith(f"{f}{said}") and "\n" not in str(e.value), str(e.value)
     with pytest.raises(ConfigError, match=r"no_such_pkg.mod: cannot import it \(ModuleNotFoundError"):
         resolve_reward("no_such_pkg.mod:f")
+
+
+def test_an_unknown_reward_names_its_recipe_place():
+    """`rewards: [{name: nosuch}]` said "unknown reward 'nosuch'; known: ..." without the key."""
+    from vlmgrpo.rewards.trl_compat import specs_from_entries
+
+    cfg = load_config("area-tiny", ["rewards=[{name: area_format}, {name: area_formt}]"])
+    with pytest.raises(
+        ConfigError, match=r"^rewards\[1\].name: unknown reward 'area_formt'; did you mean 'area_format'"
+    ):
+        specs_from_entries(cfg.rewards)

@@ -86,7 +86,10 @@ def specs_from_entries(
     at = -1
     for i, e in enumerate(entries):
         held = given[i] if given is not None else None
-        fn = held if held is not None else resolve_reward(e.name).fn
+        try:
+            fn = held if held is not None else resolve_reward(e.name).fn
+        except ConfigError as err:  # an unknown name, a file that is not there or will not import
+            raise ConfigError(f"rewards[{i}].name: {err}") from None
         if is_trl_reward(fn):
             for key in ("timeout_s", "max_memory_gb"):
                 if getattr(e, key, None):  # never silently unbounded
