@@ -57,6 +57,15 @@ def test_recipe_file_with_wrong_types(tmp_path):
         load_config(str(p))
 
 
+def test_a_misspelled_base_names_the_file_that_asks_for_it(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("base: area-tny\n")  # it said only "unknown recipe 'area-tny'; ..."
+    with pytest.raises(
+        ConfigError, match=r"mine.yaml: base: unknown recipe 'area-tny'; did you mean 'area-tiny'"
+    ):
+        load_config(str(p))
+
+
 def test_base_recipe_is_merged(tmp_path):
     p = tmp_path / "mine.yaml"
     p.write_text("base: demo\noptim:\n  lr: 0.5\n")

@@ -524,6 +524,10 @@ def load_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str
     # a run's resolved config.yaml names the recipe it came from (the resume hint passes that file)
     own_name = data.get("recipe") or path.stem
     if base:
+        try:
+            recipe_path(base)
+        except ConfigError as e:  # a misspelled base: name the file that asks for it
+            raise ConfigError(f"{path}: base: {e}") from None
         data = _deep_merge(load_recipe_dict(base, (*_seen, str(path))), data)
     data["recipe"] = own_name  # this recipe's name, not its base's
     data["description"] = own_description  # a base's line describes the base
