@@ -339,6 +339,21 @@ def test_a_greedy_task_records_the_settings_it_ran_with(tmp_path, tiny_vlm_dir, 
     assert (r["task"], r["samples_per_item"], r["temperature"]) == ("geometry", 1, 0.0)
 
 
+def test_a_python_api_run_asks_for_a_task_instead_of_grading_scenes(tmp_path, capsys):
+    """A GRPOTrainer run's config.yaml keeps the schema's default data.dataset (scenes): `vlmgrpo
+    eval` graded its checkpoints on synthetic-scene questions, naming them as the run's own task."""
+    from vlmgrpo import GRPOConfig
+    from vlmgrpo.config import save_config
+
+    run = tmp_path / "api-run"
+    run.mkdir()
+    save_config(GRPOConfig(output_dir=str(run), use_cpu=True).to_config(n_rows=8), run / "config.yaml")
+    assert main(["eval", "--output-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'config.yaml'}: trained from Python (GRPOTrainer)" in err and "--task charts" in err
+    assert not (run / "ckpt_tests").exists()
+
+
 def test_eval_will_not_mix_two_tasks_in_one_results_folder(run_dir, capsys):
     assert main(["eval", "--output-dir", str(run_dir), *FAST]) == 0  # charts (or already there)
     assert main(["eval", "--output-dir", str(run_dir), *FAST, "--task", "rewards"]) == 2

@@ -369,6 +369,13 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"{run}: no config.yaml; is this a run folder (train.output_dir)?")
     cfg = config_from_file(run / "config.yaml")
+    from vlmgrpo.trl_config import API_RECIPE
+
+    if cfg.recipe == API_RECIPE and not (opts.task or opts.data):  # its data.dataset is a default
+        raise ConfigError(
+            f"{run / 'config.yaml'}: trained from Python (GRPOTrainer), whose datasets config.yaml does "
+            "not hold: no task of its own to evaluate; name one with --data TEST_SET.json or --task charts"
+        )
     task = resolve_task(opts, cfg)
     fn = EVAL_TASKS.get(task)
     requested_ks = opts.ks
