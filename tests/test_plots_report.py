@@ -487,3 +487,22 @@ def test_no_eval_note_says_evaluation_was_off_when_the_config_says_so(tmp_path):
         "metrics.jsonl: no held-out evaluation during training (train.eval_every is 0 in config.yaml)"
         in notes
     )
+
+
+def test_a_python_api_runs_eval_hint_names_data(tmp_path):
+    """`vlmgrpo eval --output-dir RUN` alone stops on a GRPOTrainer run (no datasets in its
+    config.yaml); the report's hint gave that command as it is."""
+    from vlmgrpo import GRPOConfig
+    from vlmgrpo.config import save_config
+
+    run = tmp_path / "api"
+    run.mkdir()
+    save_config(GRPOConfig(output_dir=str(run), use_cpu=True).to_config(n_rows=8), run / "config.yaml")
+    log = RunLog(run, tensorboard=False)
+    log.log(1, "grpo", {"reward/mean": 0.5})
+    log.close()
+    _, notes = make_figures(run, window=3)
+    assert (
+        f"{run / 'ckpt_tests'}: no checkpoint evaluation (run `vlmgrpo eval --output-dir {run} --data TEST_SET.json`)"
+        in notes
+    )
