@@ -49,8 +49,8 @@ def import_from_path(spec: str) -> Any:
 
 
 def _line_in(e: BaseException, path: Path) -> str:
-    """ ":N", the line of `path` where `e` arose (a SyntaxError's own line, else the innermost frame
-    in that file), or "" when the traceback never passed through it."""
+    """The line of `path` where `e` arose, as ":N" (a SyntaxError's own line, else the innermost
+    frame in that file); "" when the traceback never passed through it."""
     if (
         isinstance(e, SyntaxError)
         and e.lineno
