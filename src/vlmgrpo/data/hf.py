@@ -273,7 +273,15 @@ def load(kwargs: dict[str, Any], split: str) -> Any:
     kw = {k: v for k, v in kw.items() if v is not None}
     if kwargs.get("revision"):
         kw["revision"] = kwargs["revision"]
+    offline = None
+    if not is_local_path(path):  # a Hub id: with no network, datasets retries for ~30 s per split
+        from vlmgrpo.models import _hub_unreachable
+
+        offline = _hub_unreachable()
+    was_offline = datasets.config.HF_HUB_OFFLINE
     try:
+        if offline:  # the local cache only: a cached set loads, an uncached one fails at once
+            datasets.config.HF_HUB_OFFLINE = True
         return datasets.load_dataset(*args, split=split, streaming=bool(kwargs.get("streaming")), **kw)
     except ValueError as e:
         if "split" in str(e).lower() or "Unknown split" in str(e):
@@ -282,12 +290,18 @@ def load(kwargs: dict[str, Any], split: str) -> Any:
     except Exception as e:  # offline, unknown id, bad file: many exception types, one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         hint = (
-            f"; download it where the Hub is reachable (`hf download --repo-type dataset {path} "
-            "--local-dir DIR`) and set data.kwargs.path to that folder"
-            if not is_local_path(path)
+            f"; the Hub is out of reach ({offline}) and no local folder {path} is in {Path.cwd()}"
+            if offline
             else ""
         )
+        if not is_local_path(path):
+            hint += (
+                f"; download it where the Hub is reachable (`hf download --repo-type dataset {path} "
+                "--local-dir DIR`) and set data.kwargs.path to that folder"
+            )
         raise DataError(f"{path}: cannot load with datasets.load_dataset ({first}){hint}") from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = was_offline
 
 
 def build(kwargs: dict[str, Any], split: str, seed: int) -> HFDataset | HFStream:
