@@ -268,6 +268,32 @@ def test_a_trl_reward_that_raises_stops_the_run_naming_it_a_time_out_is_none():
     assert res.per_reward["trl"].tolist() == [3.0, 4.0]
 
 
+def test_a_trl_reward_type_error_says_what_it_was_given():
+    """README's accuracy reward reads c[0]["content"]: on a dataset of string prompts TRL (and we)
+    pass string completions, and the line was only "string indices must be integers"; a missing
+    column said only which argument was missing. Both now name the columns and the completions' form."""
+    from vlmgrpo.rewards.base import RewardError
+
+    def accuracy(completions, answer, **kwargs):
+        return [float(a in c[0]["content"]) for c, a in zip(completions, answer)]
+
+    def wants_solution(completions, solution, **kwargs):
+        return [0.0 for _ in completions]
+
+    recs = _records("colour?", ["red", "blue"], "red")  # a string prompt
+    specs = [trl_spec([("accuracy", accuracy, 1.0, {})])]
+    with pytest.raises(
+        RewardError, match=r"string indices.*completions are strings \(string prompts; a conversation"
+    ):
+        compute_rewards(recs, specs, RewardContext())
+    with pytest.raises(
+        RewardError, match=r"'solution'; completions are strings .*; dataset columns: answer, id, images$"
+    ):
+        compute_rewards(recs, [trl_spec([("wants_solution", wants_solution, 1.0, {})])], RewardContext())
+    chat = _records([{"role": "user", "content": "colour?"}], ["red", "blue"], "red")
+    assert compute_rewards(chat, specs, RewardContext()).per_reward["trl"].tolist() == [1.0, 0.0]
+
+
 def test_trl_rewards_get_trl_arguments_none_async_and_mix_with_native():
     seen = {}
 
@@ -387,6 +413,37 @@ def test_resume_from_checkpoint_continues_the_run(tiny_vlm_dir, tmp_path):
         )
     with pytest.raises(ConfigError, match=r"no 'completions' parameter"):
         GRPOTrainer(str(tiny_vlm_dir), lambda rec, ctx: 1.0, args=args(1), train_dataset=ds)
+
+
+def test_a_second_train_into_one_output_dir_keeps_the_first_runs_checkpoints(tiny_vlm_dir, tmp_path):
+    """Bug: running a TRL script twice (train() with no resume into the same output_dir) moved the
+    first run's metrics aside but wrote its ckpt-N over the first run's (rmtree), and its samples."""
+    import hashlib
+
+    ds = datasets.Dataset.from_dict({"prompt": ["a", "b"], "image": [_image(), _image("blue")]})
+
+    def longer(completions, **kwargs):
+        return [len(c) / 10 for c in completions]
+
+    run = tmp_path / "run"
+    args = GRPOConfig(output_dir=str(run), per_device_train_batch_size=2, num_generations=2,
+                      max_completion_length=4, max_steps=1, save_steps=1, use_cpu=True, learning_rate=1e-2,
+                      log_completions=True, logging_steps=1, report_to="none")  # fmt: skip
+
+    def digest(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    GRPOTrainer(str(tiny_vlm_dir), longer, args=args, train_dataset=ds).train()
+    first = digest(run / "ckpts" / "ckpt-1" / "trainer_state.pt")
+    first_samples = (run / "samples" / "step-000001" / "samples.json").read_text()
+    GRPOTrainer(str(tiny_vlm_dir), longer, args=args, train_dataset=ds).train()
+    assert digest(run / "ckpts" / "prev" / "ckpt-1" / "trainer_state.pt") == first
+    assert (run / "ckpts" / "ckpt-1" / "COMPLETE").is_file()  # the second run's own
+    assert (run / "samples.prev" / "step-000001" / "samples.json").read_text() == first_samples
+    assert (run / "metrics.prev.jsonl").is_file()
+    from vlmgrpo.checkpoint import list_checkpoints
+
+    assert [c.name for c in list_checkpoints(run / "ckpts")] == ["ckpt-1"]  # prev/ is not one
 
 
 def test_global_step_counts_optimizer_steps_as_in_trl(tiny_vlm_dir, tmp_path):

@@ -182,6 +182,25 @@ def test_cli_writes_a_fixed_set_that_loads_back(tmp_path):
     ds = build({"path": str(tmp_path / "eval")}, "test", 0)
     assert [x["answer"] for x in ds] == [r["answer"] for r in rows]
     assert ds[0]["images"][0].size == (64, 64)
+    # a second write into the folder refuses (it replaced the set silently), keeping the first
+    from vlmgrpo.errors import DataError
+
+    before = (tmp_path / "eval" / "data.jsonl").read_text()
+    with pytest.raises(DataError, match=r"eval: already holds a set \(data.jsonl\)"):
+        run_cli(p.parse_args(["--output", str(tmp_path / "eval"), "--n", "2", "--seed", "7"]))
+    assert (tmp_path / "eval" / "data.jsonl").read_text() == before
+
+
+def test_a_missing_eval_folder_names_its_key(tmp_path):
+    """`--set data.kwargs.path=nowhere/` said "nowhere: no data.jsonl here", naming no key."""
+    from vlmgrpo.errors import DataError
+
+    with pytest.raises(
+        DataError, match=r"nowhere: no such folder \(the fixed eval set named by data.eval_kwargs"
+    ):
+        build({"path": str(tmp_path / "nowhere")}, "test", 0)
+    with pytest.raises(DataError, match=r"no data.jsonl here \(.*data.kwargs.path\); write one with"):
+        build({"path": str(tmp_path)}, "test", 0)
 
 
 # --------------------------------------------------------------------------- rewards

@@ -136,6 +136,11 @@ def test_cli_writes_a_charxiv_shaped_test_set(tmp_path, capsys):
     ds = charts.read_test_set(tmp_path / "test_set.json")
     assert ds[0]["question"] == entries[0]["reasoning_question"]["question"]
     assert ds[0]["images"][0].size == (200, 150)
+    # a second write into the folder refuses (it replaced the set silently), keeping the first
+    before = (tmp_path / "test_set.json").read_text()
+    assert main(["data", "charts", "--output", str(tmp_path), "--n", "2", "--seed", "7"]) == 2
+    assert "already holds a test set (test_set.json)" in capsys.readouterr().err
+    assert (tmp_path / "test_set.json").read_text() == before
 
 
 def test_read_test_set_accepts_short_keys_and_seed_layout(tmp_path):

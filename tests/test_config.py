@@ -57,6 +57,15 @@ def test_recipe_file_with_wrong_types(tmp_path):
         load_config(str(p))
 
 
+def test_a_misspelled_base_names_the_file_that_asks_for_it(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("base: area-tny\n")  # it said only "unknown recipe 'area-tny'; ..."
+    with pytest.raises(
+        ConfigError, match=r"mine.yaml: base: unknown recipe 'area-tny'; did you mean 'area-tiny'"
+    ):
+        load_config(str(p))
+
+
 def test_base_recipe_is_merged(tmp_path):
     p = tmp_path / "mine.yaml"
     p.write_text("base: demo\noptim:\n  lr: 0.5\n")
@@ -87,3 +96,27 @@ def test_set_reaches_into_a_list_entry():
         load_config("cycle-charxiv", ["rewards[3].weight=1"])
     with pytest.raises(ConfigError, match=r"needs a non-negative integer index"):
         load_config("cycle-charxiv", ["rewards[x].weight=1"])
+    # a dotted index (the way some tools write it) used to say only "'rewards' is not a section"
+    with pytest.raises(ConfigError, match=r"'rewards' is a list; name an entry, e.g. rewards\[0\].weight$"):
+        load_config("cycle-charxiv", ["rewards.0.weight=1"])
+    with pytest.raises(ConfigError, match=r"e.g. rewards\[0\].kwargs.x$"):
+        load_config("cycle-charxiv", ["rewards.kwargs.x=1"])
+
+
+def test_a_group_of_one_is_refused():
+    # group_size 1 used to train for every step with all advantages 0 and exit 0
+    with pytest.raises(ConfigError, match=r"rollout.group_size: GRPO needs at least 2 completions"):
+        load_config("area-tiny", ["rollout.group_size=1"])
+    load_config("area-tiny", ["rollout.group_size=1", "train.steps=0", "warmup.steps=5"])  # no GRPO step
+
+
+def test_a_runs_config_yaml_keeps_its_recipe_name(tmp_path):
+    """The resume hint says `--recipe RUN/config.yaml`: the resumed run's config.yaml and report then
+    named the recipe "config" (the file's stem), not the recipe the run came from."""
+    from vlmgrpo.config import save_config
+
+    save_config(load_config("area-tiny"), tmp_path / "config.yaml")
+    assert load_config(str(tmp_path / "config.yaml")).recipe == "area-tiny"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: area-tiny\n")
+    assert load_config(str(mine)).recipe == "mine"  # a recipe of one's own keeps its file's name

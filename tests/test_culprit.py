@@ -101,7 +101,8 @@ def test_a_reward_raising_on_every_sample_stops_with_the_first_exception(
     caplog.set_level(logging.WARNING)
     assert main(_train(tiny_vlm_dir, tmp_path / "run", f"{{name: '{spec}', label: b}}")) == 2
     line = _error_line(capsys)
-    assert f"reward rewards[0] ({spec}, logged as b) failed on all 2 samples of step 0 (train)" in line
+    # metrics.jsonl's step: the first training step is 1 (the line said "step 0 (train)")
+    assert f"reward rewards[0] ({spec}, logged as b) failed on all 2 samples of step 1 (train)" in line
     assert "; first: ValueError: boom on sample 0 (id " in line
     assert not [r for r in caplog.records if "boom" in r.getMessage()]  # no warning per sample
 
@@ -145,7 +146,7 @@ def test_per_sample_failures_are_one_warning_per_step(tiny_vlm_dir, tmp_path, re
     said = [r.getMessage() for r in caplog.records if "failed on" in r.getMessage()]
     # 2 steps x 2 micro-batches x 1 failing sample: two lines, one per step, with the step's count
     assert len(said) == 2, said
-    for step, msg in enumerate(said):
+    for step, msg in enumerate(said, 1):  # metrics.jsonl's steps, 1 and 2
         assert msg.startswith(f"step {step} (train): reward rewards[0] ({spec}) failed on 2 of 8 samples")
         assert "KeyError: 'no such field' on sample 0" in msg
 
@@ -397,3 +398,35 @@ def test_an_interrupted_build_leaves_nothing_a_later_run_would_take_for_a_model(
     with pytest.raises(KeyboardInterrupt):
         offline.ensure_inputs(load_config("area-tiny", [f"model.name_or_path={model}"]), print)
     assert list((tmp_path / "runs" / "m").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("def f(rec, ctx):\n    return 1 +\n", ":2: cannot import it (SyntaxError: invalid syntax"),
+        ("import no_such_module_here\n", ":1: cannot import it (ModuleNotFoundError: No module named"),
+        ("x = 1\nraise RuntimeError('set MY_KEY')\n", ":2: cannot import it (RuntimeError: set MY_KEY)"),
+    ],
+)
+def test_a_reward_file_that_cannot_import_is_one_line_with_its_line(tmp_path, source, said):
+    """A reward file with a syntax error or a missing import stopped `train` with a traceback."""
+    from vlmgrpo.rewards import resolve_reward
+
+    f = tmp_path / "r.py"
+    f.write_text(source)
+    with pytest.raises(ConfigError) as e:
+        resolve_reward(f"{f}:f")
+    assert str(e.value).startswith(f"{f}{said}") and "\n" not in str(e.value), str(e.value)
+    with pytest.raises(ConfigError, match=r"no_such_pkg.mod: cannot import it \(ModuleNotFoundError"):
+        resolve_reward("no_such_pkg.mod:f")
+
+
+def test_an_unknown_reward_names_its_recipe_place():
+    """`rewards: [{name: nosuch}]` said "unknown reward 'nosuch'; known: ..." without the key."""
+    from vlmgrpo.rewards.trl_compat import specs_from_entries
+
+    cfg = load_config("area-tiny", ["rewards=[{name: area_format}, {name: area_formt}]"])
+    with pytest.raises(
+        ConfigError, match=r"^rewards\[1\].name: unknown reward 'area_formt'; did you mean 'area_format'"
+    ):
+        specs_from_entries(cfg.rewards)

@@ -297,6 +297,63 @@ def test_eval_uses_the_runs_own_eval_settings(tmp_path, tiny_vlm_dir, capsys):
     assert (r["num_items"], r["temperature"], r["max_new_tokens"], r["system"]) == (2, 0.5, 5, "Be brief.")
 
 
+def test_a_damaged_checkpoint_is_one_line_and_the_others_are_evaluated(tmp_path, tiny_vlm_dir, capsys):
+    """Bug: a checkpoint cut short after its COMPLETE marker (disk full, a copy) stopped `vlmgrpo
+    eval` with safetensors' traceback, before the later checkpoints were evaluated."""
+    from vlmgrpo.checkpoint import save_checkpoint
+    from vlmgrpo.config import config_from_file
+    from vlmgrpo.models import load_policy
+
+    run = make_area_run(tmp_path / "area", tiny_vlm_dir)
+    save_checkpoint(run / "ckpts", 4, {"": load_policy(config_from_file(run / "config.yaml").model)}, {})
+    weights = run / "ckpts" / "ckpt-2" / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    args = ["eval", "--output-dir", str(run), "--no-base", "--num-items", "2", "--max-new-tokens", "4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ckpt-2: checkpoint is damaged (model.safetensors: truncated" in err[0], err
+    assert sorted(p.stem for p in (run / "ckpt_tests").glob("*.json")) == ["ckpt-4"]  # the later one ran
+
+
+def test_a_greedy_task_records_the_settings_it_ran_with(tmp_path, tiny_vlm_dir, capsys):
+    """Bug: geometry is evaluated greedily, one answer per item (the line printed said so), but its
+    result file recorded the run's eval settings (geometry-tiny: 4 samples at temperature 1.0)."""
+    from vlmgrpo.checkpoint import save_checkpoint
+    from vlmgrpo.config import load_config, save_config
+    from vlmgrpo.data import geometry_synthetic
+    from vlmgrpo.models import load_policy
+
+    run = tmp_path / "geo"
+    geometry_synthetic.write(tmp_path / "data", 2, 2, seed=0)
+    cfg = load_config("geometry-tiny", [f"model.name_or_path={tiny_vlm_dir}", f"train.output_dir={run}",
+                                        f"data.kwargs.path={tmp_path / 'data'}"])  # fmt: skip
+    assert (cfg.eval.num_chains, cfg.eval.temperature) == (4, 1.0)  # what the file used to claim
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    save_checkpoint(run / "ckpts", 1, {"": load_policy(cfg.model)}, {})
+    args = ["eval", "--output-dir", str(run), "--no-base", "--num-items", "1", "--max-new-tokens", "4"]
+    assert main(args) == 0
+    assert "1 items, greedy, 1 answer each" in capsys.readouterr().out
+    r = json.loads((run / "ckpt_tests" / "ckpt-1.json").read_text())
+    assert (r["task"], r["samples_per_item"], r["temperature"]) == ("geometry", 1, 0.0)
+
+
+def test_a_python_api_run_asks_for_a_task_instead_of_grading_scenes(tmp_path, capsys):
+    """A GRPOTrainer run's config.yaml keeps the schema's default data.dataset (scenes): `vlmgrpo
+    eval` graded its checkpoints on synthetic-scene questions, naming them as the run's own task."""
+    from vlmgrpo import GRPOConfig
+    from vlmgrpo.config import save_config
+
+    run = tmp_path / "api-run"
+    run.mkdir()
+    save_config(GRPOConfig(output_dir=str(run), use_cpu=True).to_config(n_rows=8), run / "config.yaml")
+    assert main(["eval", "--output-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'config.yaml'}: trained from Python (GRPOTrainer)" in err and "--task charts" in err
+    assert not (run / "ckpt_tests").exists()
+
+
 def test_eval_will_not_mix_two_tasks_in_one_results_folder(run_dir, capsys):
     assert main(["eval", "--output-dir", str(run_dir), *FAST]) == 0  # charts (or already there)
     assert main(["eval", "--output-dir", str(run_dir), *FAST, "--task", "rewards"]) == 2

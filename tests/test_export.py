@@ -114,6 +114,22 @@ def test_full_checkpoint_exports_clean_and_bad_paths_are_one_line(tiny_vlm_dir, 
         export(tmp_path / "nope", tmp_path / "y")
 
 
+def test_an_adapter_whose_relative_base_is_not_here_says_so(tmp_path, monkeypatch):
+    """A LoRA run trained with --model ../tiny, exported from another folder: the line quoted the
+    Hub's repo-id rules ("Repo id must use alphanumeric chars ...: '../tiny'")."""
+    from vlmgrpo.commands.export import load_merged
+    from vlmgrpo.errors import ModelLoadError
+
+    ckpt = tmp_path / "ckpt-1"
+    ckpt.mkdir()
+    (ckpt / "adapter_config.json").write_text('{"base_model_name_or_path": "../tiny"}')
+    monkeypatch.chdir(ckpt)
+    with pytest.raises(
+        ModelLoadError, match=r"^\.\./tiny: the adapter's base model folder is not there .*pass --base$"
+    ):
+        load_merged(ckpt)
+
+
 def _modes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777) for p in root.rglob("*") if p.is_file()}
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,45 @@ def test_offline_hub_id_and_geometry3k_fail_in_one_line_saying_how_to_work_offli
     assert "\n" not in msg and "set data.kwargs.path to a folder of its parquet files" in msg
     with pytest.raises(Exception, match=r"no such file or folder"):
         build_dataset("hf", {"path": "./missing.parquet"}, "train", 0)
+
+
+def test_a_missing_data_file_named_without_a_folder_is_not_asked_of_the_hub(monkeypatch, tmp_path):
+    """`path: rows.jsonl` (beside the recipe, but the run started elsewhere) has a Hub id's shape:
+    it went to the Hub (offline: ~30 s of retries) and the line advised `hf download`."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(
+        DataError, match=r"rows.jsonl: data.kwargs.path: no such file or folder \(a relative path"
+    ):
+        build_dataset("hf", {"path": "rows.jsonl"}, "train", 0)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_data_hub_id_without_network_fails_in_seconds_with_one_line(tmp_path):
+    """A data.kwargs.path of the Hub's shape (a local folder name misspelled, or a set never
+    downloaded) with no network: datasets retried for ~30 s with two warning lines per retry, then
+    one line; the Hub is now probed first (as for models) and the set read from the cache only."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{sock.getsockname()[1]}", HF_HOME=str(tmp_path / "hf"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: area-tiny\ndata: {dataset: hf, kwargs: {path: my-vqa-set}}\n")
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "vlmgrpo.cli", "train", "--recipe", str(recipe), "--output-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    sock.close()
+    assert r.returncode == 2 and time.monotonic() - t0 < 20, r.stderr[-3000:]
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("error: my-vqa-set: cannot load with datasets.load_dataset (")
+    assert (
+        "the Hub is out of reach (127.0.0.1:" in lines[0]
+        and f"no local folder my-vqa-set is in {tmp_path}" in lines[0]
+    )

@@ -151,7 +151,7 @@ def test_partial_metrics_file_is_reported(tmp_path, capsys):
     assert main(["plot", "--output-dir", str(run)]) == 0
     out = capsys.readouterr().out
     assert "1 unreadable line(s) skipped" in out
-    assert "no eval/*/mean metrics" in out and "no checkpoint evaluation" in out
+    assert "no held-out evaluation during training" in out and "no checkpoint evaluation" in out
     assert {p.stem for p in (run / "plots").glob("*.png")} == {"training", "components", "warmup"}
 
 
@@ -473,3 +473,36 @@ def test_adversary_control_terms_equal_up_to_float32_are_drawn_once(tmp_path):
     labels = figs["adversary"].axes[0].get_legend_handles_labels()[1]
     assert labels == ["total reward", "discount = solvability", "realism"]
     assert figs["adversary"].axes[0].get_xlabel() == "round"
+
+
+def test_no_eval_note_says_evaluation_was_off_when_the_config_says_so(tmp_path):
+    """img2code-tiny sets train.eval_every: 0; plot and report printed "missing: ... no eval/*/mean
+    metrics (train.eval_every = 0?)", a guess the run's config.yaml answers."""
+    rows = [
+        (s, "grpo", {"reward/mean": -1.0 + 0.1 * s, "reward/img2code/mean": -1.0 + 0.1 * s}) for s in (1, 2)
+    ]
+    run = write_run(tmp_path / "img2code", "img2code-tiny", rows)
+    _, notes = make_figures(run, window=3)
+    assert (
+        "metrics.jsonl: no held-out evaluation during training (train.eval_every is 0 in config.yaml)"
+        in notes
+    )
+
+
+def test_a_python_api_runs_eval_hint_names_data(tmp_path):
+    """`vlmgrpo eval --output-dir RUN` alone stops on a GRPOTrainer run (no datasets in its
+    config.yaml); the report's hint gave that command as it is."""
+    from vlmgrpo import GRPOConfig
+    from vlmgrpo.config import save_config
+
+    run = tmp_path / "api"
+    run.mkdir()
+    save_config(GRPOConfig(output_dir=str(run), use_cpu=True).to_config(n_rows=8), run / "config.yaml")
+    log = RunLog(run, tensorboard=False)
+    log.log(1, "grpo", {"reward/mean": 0.5})
+    log.close()
+    _, notes = make_figures(run, window=3)
+    assert (
+        f"{run / 'ckpt_tests'}: no checkpoint evaluation (run `vlmgrpo eval --output-dir {run} --data TEST_SET.json`)"
+        in notes
+    )

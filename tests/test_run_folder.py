@@ -133,6 +133,22 @@ def test_resume_from_keeps_cut_rows_and_checkpoints_and_tensorboard_has_no_dupli
     assert (out / "ckpts" / "cut-2-2" / "ckpt-4").is_dir()
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny_vlm_dir, tmp_path, capsys):
+    """--resume on a run at its train.steps (or with a lower one) printed only "run folder: ..."
+    and wrote its last checkpoint again."""
+    out = tmp_path / "run"
+    assert main(_train(tiny_vlm_dir, out, 2)) == 0
+    state = out / "ckpts" / "ckpt-2" / "trainer_state.pt"
+    before = (state.stat().st_mtime_ns, hashlib.sha256(state.read_bytes()).hexdigest())
+    rows = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(_train(tiny_vlm_dir, out, 1, "--resume")) == 0
+    said = capsys.readouterr().out
+    assert "nothing to train: ckpt-2 is at step 2 and train.steps is 1; raise it" in said, said
+    assert (state.stat().st_mtime_ns, hashlib.sha256(state.read_bytes()).hexdigest()) == before
+    assert (out / "metrics.jsonl").read_text() == rows
+
+
 def test_starting_over_never_replaces_an_earlier_metrics_backup(tiny_vlm_dir, tmp_path):
     """--resume with no checkpoint starts from step 0 and moves the earlier rows aside: a second
     such start keeps the first backup (it used to overwrite metrics.prev.jsonl)."""

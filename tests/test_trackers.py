@@ -161,3 +161,31 @@ def test_missing_wandb_is_one_line_at_start_up(tiny_vlm_dir, tmp_path, monkeypat
     assert GRPOConfig(report_to="wandb").to_config(n_rows=4).train.wandb is True
     with pytest.raises(ConfigError, match=r"report_to='mlflow'"):
         GRPOConfig(report_to=["mlflow"]).to_config(n_rows=4)
+
+
+def test_wandb_without_a_key_is_one_line(tmp_path):
+    """`train.wandb: true` with no API key (and no WANDB_MODE=offline) stopped with W&B's traceback.
+    In a fresh process: W&B keeps its settings per process, and other tests here run it offline."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no-netrc"), WANDB_CONFIG_DIR=str(tmp_path / "cfg"),
+               PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))  # fmt: skip
+    code = (
+        "import sys; from vlmgrpo.config import load_config; from vlmgrpo.trackers import WandbTracker\n"
+        "from vlmgrpo.errors import ConfigError\n"
+        "try: WandbTracker(load_config('area-tiny', ['train.wandb=true']), sys.argv[1])\n"
+        "except ConfigError as e: print(e); sys.exit(2)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stdout.strip()
+    assert (
+        line.startswith("train.wandb (report_to='wandb'): W&B did not start (")
+        and "WANDB_MODE=offline" in line
+    )
+    assert "\n" not in line
+    assert not (tmp_path / "wandb_run_id").exists()  # a later run does not take it for its W&B run

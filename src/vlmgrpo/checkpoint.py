@@ -174,15 +174,24 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def weights_problem(path: Path) -> str | None:
+    """Why the weights of checkpoint `path` cannot load (None: every .safetensors file under it has
+    a parsing header and all its data). Reads the headers only."""
+    for f in sorted(path.rglob("*.safetensors")):
+        why = _safetensors_problem(f)
+        if why:
+            return str(f.relative_to(path).parent / why) if f.parent != path else why
+    return None
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why checkpoint `path` cannot be resumed from (None: it looks intact). Cheap: reads the
     safetensors headers and the trainer state's zip directory, not the tensors."""
     import zipfile
 
-    for f in sorted(path.rglob("*.safetensors")):
-        why = _safetensors_problem(f)
-        if why:
-            return str(f.relative_to(path).parent / why) if f.parent != path else why
+    why = weights_problem(path)
+    if why:
+        return why
     state = path / "trainer_state.pt"
     if not state.is_file():
         return "trainer_state.pt is missing"

@@ -521,9 +521,15 @@ def load_recipe_dict(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str
         raise ConfigError(f"{path}: {e}") from None
     _paths_from_recipe(data, path.parent)
     own_description = data.get("description", "")
+    # a run's resolved config.yaml names the recipe it came from (the resume hint passes that file)
+    own_name = data.get("recipe") or path.stem
     if base:
+        try:
+            recipe_path(base)
+        except ConfigError as e:  # a misspelled base: name the file that asks for it
+            raise ConfigError(f"{path}: base: {e}") from None
         data = _deep_merge(load_recipe_dict(base, (*_seen, str(path))), data)
-    data["recipe"] = path.stem  # this recipe's name, not its base's
+    data["recipe"] = own_name  # this recipe's name, not its base's
     data["description"] = own_description  # a base's line describes the base
     return data
 
@@ -601,6 +607,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     seq[idx] = value
                 else:
                     node = seq[idx]
+            if not last and isinstance(node, list):
+                nxt, *rest = keys[i + 1 :]
+                at, rest = (nxt, rest) if nxt.isdigit() else ("0", [nxt, *rest])
+                hint = f"{raw}[{at}]" + "".join(f".{r}" for r in rest)
+                raise ConfigError(f"--set {text!r}: '{raw}' is a list; name an entry, e.g. {hint}")
             if not last and not isinstance(node, dict):
                 raise ConfigError(f"--set {text!r}: '{raw}' is not a section")
     return data
@@ -671,6 +682,13 @@ def validate(cfg: Config) -> None:
     for key in NON_NEGATIVE:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0 (0 = off or the default), got {_get(cfg, key)}")
+    if cfg.train.steps > 0 and cfg.rollout.group_size < 2:
+        # each advantage is a reward minus its group's mean: a group of one always gives 0, so every
+        # step would train on nothing while looking like a normal run
+        raise ConfigError(
+            f"rollout.group_size: GRPO needs at least 2 completions per prompt (a group of one has no "
+            f"baseline, so every advantage is 0), got {cfg.rollout.group_size}"
+        )
     from vlmgrpo.offline import check_builders
 
     check_builders(cfg.build)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmgrpo.errors import ConfigError, DataError
+from vlmgrpo.errors import ConfigError, DataError, VlmgrpoError
 from vlmgrpo.registry import Registry
 from vlmgrpo.tasks.qa_eval import item_stats, pass_at_k, qa_task, regrade, summarize_items  # noqa: F401
 from vlmgrpo.tasks.reward_eval import img2code_task, reward_task  # noqa: F401
@@ -355,11 +355,13 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None] = print) -> list[dict]:
     """Evaluate the base model and every complete checkpoint of `run`; returns the results written or
-    found (without their per-item lists). Raises VlmgrpoError on a missing run or config."""
+    found (without their per-item lists). Raises VlmgrpoError on a missing run or config, and after
+    the others on a checkpoint whose weights are damaged (a truncated file), naming it."""
     import gc
 
     import torch
 
+    from vlmgrpo.checkpoint import weights_problem
     from vlmgrpo.config import config_from_file
     from vlmgrpo.dist import resolve_device
 
@@ -367,6 +369,13 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"{run}: no config.yaml; is this a run folder (train.output_dir)?")
     cfg = config_from_file(run / "config.yaml")
+    from vlmgrpo.trl_config import API_RECIPE
+
+    if cfg.recipe == API_RECIPE and not (opts.task or opts.data):  # its data.dataset is a default
+        raise ConfigError(
+            f"{run / 'config.yaml'}: trained from Python (GRPOTrainer), whose datasets config.yaml does "
+            "not hold: no task of its own to evaluate; name one with --data TEST_SET.json or --task charts"
+        )
     task = resolve_task(opts, cfg)
     fn = EVAL_TASKS.get(task)
     requested_ks = opts.ks
@@ -384,6 +393,7 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
     if dropped:
         echo(f"note: pass@{','.join(map(str, dropped))} needs more than {opts.num_samples} samples; skipped")
     echo(settings_line(task, opts, cfg))
+    damaged: list[str] = []  # checkpoints whose weights cannot load: the others are still evaluated
     for name, step, path in models:
         dest = out_dir / f"{name}.json"
         prev = _read_json(dest) if not opts.force else None
@@ -400,6 +410,10 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
             else:
                 echo(f"{name}: already evaluated ({dest}); --force to redo")
             summaries.append({k: v for k, v in prev.items() if k != "items"})
+            continue
+        why = weights_problem(path) if path is not None else None
+        if why:
+            damaged.append(f"{path}: checkpoint is damaged ({why})")
             continue
         t0 = time.perf_counter()
         model, proc = load_model(cfg, path, device)
@@ -422,8 +436,9 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
             "grader": grader_name(task, cfg, judge),
             "data": opts.data or None,
             "num_items": len(items or []),
-            "samples_per_item": opts.num_samples,
-            "temperature": opts.temperature,
+            # what ran: a greedy task samples once at temperature 0 whatever the run's eval settings
+            "samples_per_item": 1 if task in GREEDY_TASKS else opts.num_samples,
+            "temperature": 0.0 if task in GREEDY_TASKS else opts.temperature,
             "max_new_tokens": opts.max_new_tokens,
             "system": opts.system,
             "seed": opts.seed,
@@ -435,6 +450,8 @@ def evaluate_run(run: str | Path, opts: EvalOptions, echo: Callable[[str], None]
         echo(format_summary(result) + f"  -> {dest}")
     if judge is not None and getattr(judge, "stats", None):
         echo(f"judge: {judge.stats}")
+    if damaged:
+        raise VlmgrpoError("; ".join(damaged) + "; not evaluated (the other models were)")
     return summaries
 
 

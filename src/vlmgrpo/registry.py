@@ -9,11 +9,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from vlmgrpo.errors import ConfigError
+from vlmgrpo.errors import ConfigError, first_line
 
 T = TypeVar("T")
 
@@ -30,13 +31,37 @@ def import_from_path(spec: str) -> Any:
         mod_spec = importlib.util.spec_from_file_location(f"vlmgrpo_user_{path.stem}", path)
         assert mod_spec and mod_spec.loader
         module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as e:  # the user's file: a syntax error, a missing import, a raise at import
+            raise ConfigError(
+                f"{target}{_line_in(e, path)}: cannot import it ({first_line(e)}) (from '{spec}')"
+            ) from None
     else:
-        module = importlib.import_module(target)
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ConfigError(f"{target}: cannot import it ({first_line(e)}) (from '{spec}')") from None
     try:
         return getattr(module, attr)
     except AttributeError:
         raise ConfigError(f"{target} has no attribute '{attr}' (from '{spec}')") from None
+
+
+def _line_in(e: BaseException, path: Path) -> str:
+    """The line of `path` where `e` arose, as ":N" (a SyntaxError's own line, else the innermost
+    frame in that file); "" when the traceback never passed through it."""
+    if (
+        isinstance(e, SyntaxError)
+        and e.lineno
+        and e.filename
+        and Path(e.filename).resolve() == path.resolve()
+    ):
+        return f":{e.lineno}"
+    frames = [
+        f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()
+    ]
+    return f":{frames[-1].lineno}" if frames else ""
 
 
 class Registry(Generic[T]):

@@ -29,13 +29,25 @@ log = logging.getLogger("vlmgrpo.trainer")  # the trainer's logger: these lines 
 def set_aside_earlier_metrics(out: Path, metrics_path: Path) -> None:
     """A fresh start (or --resume before any checkpoint) in a folder with metrics: an earlier
     attempt's rows would repeat steps, so they move aside, numbered (a later start never replaces
-    them), and its TensorBoard events with them."""
+    them), and its TensorBoard events and sampled steps (which the new run's would replace) with them."""
     prev = runlog.numbered(out / "metrics.prev.jsonl")
     metrics_path.replace(prev)
-    tb = out / "tb"
-    if tb.is_dir():
-        tb.replace(out / prev.name.replace("metrics.", "tb.").removesuffix(".jsonl"))
+    for name in ("tb", "samples"):
+        if (out / name).is_dir():
+            (out / name).replace(out / prev.name.replace("metrics.", f"{name}.").removesuffix(".jsonl"))
     log.warning("starting from step 0: the earlier metrics moved to %s", prev.name)
+
+
+def set_aside_earlier_checkpoints(out: Path) -> Path | None:
+    """A fresh start over an earlier run's checkpoints (the Python API's second `train()` into one
+    output_dir; the CLI refuses such a folder unless --overwrite): the new ckpt-N would replace
+    theirs and `--resume` could pick one of theirs. They move to `ckpts/prev/` (returned; numbered,
+    never deleted), and their evaluation results to `ckpt_tests/prev/`."""
+    found = ckpt.list_checkpoints(out / "ckpts")
+    dest = _move_checkpoints(out, found, "prev") if found else None
+    if dest:
+        log.warning("starting from step 0: the earlier checkpoints moved to %s/", dest.relative_to(out))
+    return dest
 
 
 def set_aside_later_checkpoints(out: Path, step: int) -> Path | None:
@@ -47,7 +59,14 @@ def set_aside_later_checkpoints(out: Path, step: int) -> Path | None:
     later = [c for c in ckpt.list_checkpoints(root) if ckpt.checkpoint_step(c) > step]
     if not later:
         return None
-    dest = runlog.numbered(root / f"cut-{step}")
+    return _move_checkpoints(out, later, f"cut-{step}")
+
+
+def _move_checkpoints(out: Path, later: list[Path], name: str) -> Path:
+    """Move checkpoints `later` of `out/ckpts` to `out/ckpts/<name>` (numbered) and their
+    `vlmgrpo eval` results to `out/ckpt_tests/<that name>`; returns the checkpoints' new folder."""
+    root = out / "ckpts"
+    dest = runlog.numbered(root / name)
     dest.mkdir(parents=True)
     for c in later:
         c.replace(dest / c.name)

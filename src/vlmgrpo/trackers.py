@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from vlmgrpo.errors import ConfigError
+from vlmgrpo.errors import ConfigError, first_line
 from vlmgrpo.numeric import as_number
 
 
@@ -77,16 +77,25 @@ class WandbTracker:
         wandb = _wandb()
         self.wandb = wandb
         id_file = Path(root) / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        fresh = not id_file.is_file()
+        run_id = secrets.token_hex(4) if fresh else id_file.read_text().strip()
         id_file.write_text(run_id)
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or cfg.train.wandb_project,
-            name=cfg.train.wandb_name or Path(root).name,
-            id=run_id,
-            resume="allow",
-            dir=os.environ.get("WANDB_DIR") or str(root),
-            config=cfg.to_dict(),
-        )
+        try:
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT") or cfg.train.wandb_project,
+                name=cfg.train.wandb_name or Path(root).name,
+                id=run_id,
+                resume="allow",
+                dir=os.environ.get("WANDB_DIR") or str(root),
+                config=cfg.to_dict(),
+            )
+        except Exception as e:  # no API key, an unreachable server: W&B's own traceback said it
+            if fresh:
+                id_file.unlink(missing_ok=True)
+            raise ConfigError(
+                f"train.wandb (report_to='wandb'): W&B did not start ({first_line(e)}); run `wandb login` "
+                "or set WANDB_API_KEY, or WANDB_MODE=offline to log locally"
+            ) from None
         # W&B's own step must only grow, but the warm start counts its steps from 1 and a resumed
         # run logs its last steps again: each phase plots against its own step metric instead
         self.run.define_metric("train/step")

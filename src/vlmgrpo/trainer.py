@@ -629,8 +629,10 @@ class Trainer:
             if self.dist.is_main
             else NullLog()
         )
-        if self.resume_from is None and self.dist.is_main and self.runlog.metrics_path.exists():
-            runfolder.set_aside_earlier_metrics(self.out, self.runlog.metrics_path)
+        if self.resume_from is None and self.dist.is_main:
+            if self.runlog.metrics_path.exists():
+                runfolder.set_aside_earlier_metrics(self.out, self.runlog.metrics_path)
+            runfolder.set_aside_earlier_checkpoints(self.out)
         if self.resume_from is not None:
             self._restore()
             cut = self.runlog.truncate_after(self.step)
@@ -640,6 +642,12 @@ class Trainer:
                 if later:
                     moved += f"; later checkpoints moved to {later.relative_to(self.out)}/"
                 print(f"resuming from {self.resume_from.name} (step {self.step}){moved}", flush=True)
+                if self.step >= cfg.train.steps:  # the loop below would not run: say so
+                    print(
+                        f"nothing to train: {self.resume_from.name} is at step {self.step} and train.steps "
+                        f"is {cfg.train.steps}; raise it (--set train.steps=N) to continue",
+                        flush=True,
+                    )
         elif cfg.warmup.steps > 0:
             from vlmgrpo.warmup import warm_start
 
@@ -705,7 +713,10 @@ class Trainer:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
-        if not cfg.train.save_every or self.step % cfg.train.save_every:
+        if (steps_run or self.resume_from is None) and (
+            not cfg.train.save_every or self.step % cfg.train.save_every
+        ):
+            # (a resume that trained nothing: its checkpoint is there already, not rewritten)
             # before dropping a prefetched rollout (rollout.overlap, a stop or max_time_s): the
             # checkpoint's sampler is the one before its draws, so a resume draws those prompts again
             self.save()

@@ -27,6 +27,9 @@ from typing import Any
 from vlmgrpo.config import Config, validate
 from vlmgrpo.errors import ConfigError
 
+# the recipe name of a GRPOTrainer run: its datasets are Python objects that config.yaml cannot hold
+API_RECIPE = "python-api"
+
 log = logging.getLogger(__name__)
 
 # TRL field -> where it lands in the native schema (the one table of the mapping; `to_config`
@@ -303,7 +306,7 @@ class GRPOConfig(_TRLFields):
         a stream); `world`: the number of processes (default: $WORLD_SIZE or 1)."""
         self.unsupported_values()
         world = world or int(os.environ.get("WORLD_SIZE", "1"))
-        cfg = Config(recipe="python-api")
+        cfg = Config(recipe=API_RECIPE)
         g, bs, ga = self.num_generations, self.per_device_train_batch_size, self.gradient_accumulation_steps
         if g < 2:
             raise ConfigError(f"GRPOConfig.num_generations={g}: GRPO needs at least 2 completions per prompt")

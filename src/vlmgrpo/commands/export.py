@@ -79,6 +79,14 @@ def load_merged(checkpoint: Path, base: str | None = None) -> tuple[Any, Any]:
     base = base or json.loads(adapter.read_text()).get("base_model_name_or_path") or ""
     if not base:
         raise ConfigError(f"{adapter}: names no base model; pass --base")
+    from vlmgrpo.sources import is_local_path
+
+    if is_local_path(base) and not Path(base).expanduser().exists():
+        # a run records its model path as given: relative to where it trained, not to here
+        raise ModelLoadError(
+            f"{base}: the adapter's base model folder is not there (a relative path counts from where "
+            f"the run trained; this is {Path.cwd()}); pass --base"
+        )
     try:
         config = transformers.AutoConfig.from_pretrained(base)
         model = _auto_class(config).from_pretrained(base, dtype="auto")

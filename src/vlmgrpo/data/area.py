@@ -344,7 +344,11 @@ class AreaFolderSet(Sequence):
         self.max_side = max_side
         meta = path / "data.jsonl"
         if not meta.is_file():
-            raise DataError(f"{path}: no data.jsonl here; write one with `vlmgrpo data area --output {path}`")
+            what = "no data.jsonl here" if path.is_dir() else "no such folder"
+            raise DataError(
+                f"{path}: {what} (the fixed eval set named by data.eval_kwargs.path, else data.kwargs.path); "
+                f"write one with `vlmgrpo data area --output {path}`"
+            )
         self.root = path
         self.rows = []
         try:
@@ -429,7 +433,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Write a fixed evaluation set; use it with `--set data.eval_kwargs.path=DIR`."""
+    """Write a fixed evaluation set; use it with `--set data.eval_kwargs.path=DIR`. Refuses a folder
+    that holds one already."""
     opts = resolve_options(
         {
             "min_size": args.min_size,
@@ -441,6 +446,8 @@ def run_cli(args: argparse.Namespace) -> int:
         }
     )
     out = Path(args.output)
+    if (out / "data.jsonl").exists():  # nothing written is overwritten (an eval set a run used)
+        raise DataError(f"{out}: already holds a set (data.jsonl); choose another --output")
     (out / "images").mkdir(parents=True, exist_ok=True)
     ds = AreaFixedSet(opts, args.split, args.seed)
     with open(out / "data.jsonl", "w") as f:

@@ -443,8 +443,11 @@ def build(kwargs: dict[str, Any], split: str, seed: int) -> Sequence[dict[str, A
 def write_test_set(
     out: str | Path, n: int, split: str = "test", seed: int = 0, width: int = 480, height: int = 360
 ) -> Path:
-    """Write `out/test_set.json` and `out/images/<figure_id>.png`; returns the JSON path."""
+    """Write `out/test_set.json` and `out/images/<figure_id>.png`; returns the JSON path. Refuses a
+    folder that holds a test set already (nothing written is overwritten)."""
     out = Path(out)
+    if (out / "test_set.json").exists():
+        raise DataError(f"{out}: already holds a test set (test_set.json); choose another --output")
     (out / "images").mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(n):

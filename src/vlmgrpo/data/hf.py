@@ -253,8 +253,13 @@ def load_args(path: str, name: str | None = None, data_files: Any = None) -> tup
         return (builder,), {"data_files": str(p)}
     if p.is_dir():  # the Hub's parquet layout or an imagefolder: load_dataset infers the builder
         return (str(p),), {"name": name, "data_files": data_files}
-    if is_local_path(path):  # not a Hub id (vlmgrpo/sources.py), and not there
-        raise DataError(f"{path}: data.kwargs.path: no such file or folder")
+    # not a Hub id (vlmgrpo/sources.py), or a data file's name ("rows.jsonl" has a Hub id's shape,
+    # but asking the Hub for it took ~30 s of retries offline and then advised `hf download`)
+    if is_local_path(path) or p.suffix.lower() in FILE_BUILDERS:
+        raise DataError(
+            f"{path}: data.kwargs.path: no such file or folder (a relative path starts from the "
+            f"working directory, {Path.cwd()})"
+        )
     return (path,), {"name": name, "data_files": data_files}
 
 
@@ -268,7 +273,15 @@ def load(kwargs: dict[str, Any], split: str) -> Any:
     kw = {k: v for k, v in kw.items() if v is not None}
     if kwargs.get("revision"):
         kw["revision"] = kwargs["revision"]
+    offline = None
+    if not is_local_path(path):  # a Hub id: with no network, datasets retries for ~30 s per split
+        from vlmgrpo.models import _hub_unreachable
+
+        offline = _hub_unreachable()
+    was_offline = datasets.config.HF_HUB_OFFLINE
     try:
+        if offline:  # the local cache only: a cached set loads, an uncached one fails at once
+            datasets.config.HF_HUB_OFFLINE = True
         return datasets.load_dataset(*args, split=split, streaming=bool(kwargs.get("streaming")), **kw)
     except ValueError as e:
         if "split" in str(e).lower() or "Unknown split" in str(e):
@@ -277,12 +290,18 @@ def load(kwargs: dict[str, Any], split: str) -> Any:
     except Exception as e:  # offline, unknown id, bad file: many exception types, one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         hint = (
-            f"; download it where the Hub is reachable (`hf download --repo-type dataset {path} "
-            "--local-dir DIR`) and set data.kwargs.path to that folder"
-            if not is_local_path(path)
+            f"; the Hub is out of reach ({offline}) and no local folder {path} is in {Path.cwd()}"
+            if offline
             else ""
         )
+        if not is_local_path(path):
+            hint += (
+                f"; download it where the Hub is reachable (`hf download --repo-type dataset {path} "
+                "--local-dir DIR`) and set data.kwargs.path to that folder"
+            )
         raise DataError(f"{path}: cannot load with datasets.load_dataset ({first}){hint}") from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = was_offline
 
 
 def build(kwargs: dict[str, Any], split: str, seed: int) -> HFDataset | HFStream:

@@ -296,8 +296,10 @@ def _draw_controls(ctx: PlotContext, ax: Any, rows_of=None) -> None:
 @figure("eval")
 def eval_figure(ctx: PlotContext) -> Any:
     if not any(_eval_keys(r) for r in ctx.runs):
-        if ctx.main.grpo:
-            ctx.notes.append("metrics.jsonl: no eval/*/mean metrics (train.eval_every = 0?)")
+        if ctx.main.grpo:  # the config says whether evaluation was off (img2code-tiny) or did not run
+            every = (ctx.main.config.get("train") or {}).get("eval_every")
+            why = "train.eval_every is 0 in config.yaml" if every == 0 else "train.eval_every = 0?"
+            ctx.notes.append(f"metrics.jsonl: no held-out evaluation during training ({why})")
         return None
     fig, (ax,) = new_figure(ctx, f"Held-out evaluation during training: {ctx.main.reward_title()}")
     constant = draw_runs(ctx, ax, _eval_keys)

@@ -164,8 +164,12 @@ def load_run(path: str | Path, results_dir: str = "") -> RunData:
     key = headline_key(results)
     data.results = [r for r in results if key and _is_num(r.get(key))]
     if not data.results:
+        from vlmgrpo.trl_config import API_RECIPE
+
+        # a GRPOTrainer run's datasets are not in config.yaml: eval needs one named (--data)
+        extra = " --data TEST_SET.json" if data.config.get("recipe") == API_RECIPE else ""
         data.notes.append(
-            f"{path / 'ckpt_tests'}: no checkpoint evaluation (run `vlmgrpo eval --output-dir {path}`)"
+            f"{path / 'ckpt_tests'}: no checkpoint evaluation (run `vlmgrpo eval --output-dir {path}{extra}`)"
         )
     return data
 

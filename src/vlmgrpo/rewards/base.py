@@ -72,7 +72,7 @@ class RewardRecord:
 class RewardContext:
     """What a reward may know besides its record."""
 
-    step: int = 0
+    step: int = 0  # GRPO steps done: a "train" call is part of metrics.jsonl's step `step + 1`
     phase: str = "train"  # "train" | "eval"
     # policy.generate(list_of_messages, list_of_image_lists, **sampling) -> list[str]; None when the
     # caller has no policy (e.g. offline grading).
@@ -250,6 +250,12 @@ def _sample_name(rec: RewardRecord, i: int) -> str:
     return f"sample {i}" + (f" (id {sid})" if sid not in (None, "") else "")
 
 
+def step_label(ctx: RewardContext) -> str:
+    """The step a reward call belongs to as metrics.jsonl numbers it: "step 1 (train)" for the first
+    training step (ctx.step counts the steps done before it), "step 0 (eval)" before any."""
+    return f"step {ctx.step + 1 if ctx.phase == 'train' else ctx.step} ({ctx.phase})"
+
+
 def log_failures(result: RewardResult, specs: Sequence[RewardSpec], ctx: RewardContext) -> None:
     """One warning per reward that failed on some samples: how many, and the first failure."""
     n = len(result.total)
@@ -257,8 +263,8 @@ def log_failures(result: RewardResult, specs: Sequence[RewardSpec], ctx: RewardC
         k = result.failed.get(spec.key, 0)
         if k:
             log.warning(
-                "step %d (%s): %s failed on %d of %d samples, skipped; first: %s",
-                ctx.step, ctx.phase, _who(spec, index), k, n, result.errors.get(spec.key, "?"),
+                "%s: %s failed on %d of %d samples, skipped; first: %s",
+                step_label(ctx), _who(spec, index), k, n, result.errors.get(spec.key, "?"),
             )  # fmt: skip
 
 
@@ -292,7 +298,7 @@ def compute_rewards(
                 # (down past its max_down_s): say so and stop, do not skip step after step
                 raise
             except Exception as e:  # counted below: the whole batch failed
-                raw, ok, first_error = [None] * n, [False] * n, first_line(e)
+                raw, ok, first_error = [None] * n, [False] * n, first_line(e, 400)  # room for TRL's hint
                 timeouts = n if isinstance(e, STOPPED) else 0
             if len(raw) != n:
                 raise RewardError(f"{_who(spec, index)}: returned {len(raw)} values for {n} records")
@@ -327,8 +333,7 @@ def compute_rewards(
         n_failed = ok.count(False)
         if n and n_failed == n and timeouts < n:  # time-outs aside, it failed on every sample
             raise RewardError(
-                f"{_who(spec, index)} failed on all {n} samples of step {ctx.step} ({ctx.phase}); "
-                f"first: {first_error}"
+                f"{_who(spec, index)} failed on all {n} samples of {step_label(ctx)}; first: {first_error}"
             )
         if n_failed:
             errors[spec.key] = first_error

@@ -86,7 +86,10 @@ def specs_from_entries(
     at = -1
     for i, e in enumerate(entries):
         held = given[i] if given is not None else None
-        fn = held if held is not None else resolve_reward(e.name).fn
+        try:
+            fn = held if held is not None else resolve_reward(e.name).fn
+        except ConfigError as err:  # an unknown name, a file that is not there or will not import
+            raise ConfigError(f"rewards[{i}].name: {err}") from None
         if is_trl_reward(fn):
             for key in ("timeout_s", "max_memory_gb"):
                 if getattr(e, key, None):  # never silently unbounded
@@ -152,13 +155,30 @@ async def _gather(calls: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
     return [(i, r) for (i, _), r in zip(calls, results)]
 
 
-def _values(name: str, out: Any, n: int) -> list[float]:
-    """A function's output as n floats, NaN for None."""
+def arguments_hint(args: dict[str, Any]) -> str:
+    """What a TRL function was given, for its TypeError: the usual causes are indexing
+    `c[0]["content"]` into completions that are strings (string prompts), or a column the dataset
+    lacks."""
+    skip = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric"}
+    names = [k for k in args if k not in skip]
+    columns = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") if names else "none"
+    comps = args.get("completions") or [""]
+    kind = (
+        "strings (string prompts; a conversation prompt gives [{'role', 'content'}] lists, as in TRL)"
+        if isinstance(comps[0], str)
+        else "[{'role', 'content'}] lists"
+    )
+    return f"; completions are {kind}; dataset columns: {columns}"
+
+
+def _values(name: str, out: Any, n: int, hint: str = "") -> list[float]:
+    """A function's output as n floats, NaN for None. `hint` is added to a TypeError's line."""
     if isinstance(out, BaseException):
         if isinstance(out, VlmgrpoError):
             raise out
         if not isinstance(out, TimeoutError):  # raised on the whole batch: a bug, never skipped
-            raise RuntimeError(f"TRL reward {name} raised {type(out).__name__}: {out}") from out
+            extra = hint if isinstance(out, TypeError) else ""
+            raise RuntimeError(f"TRL reward {name} raised {type(out).__name__}: {out}{extra}") from out
         log.warning("TRL reward %s timed out on a batch of %d: %s", name, n, out)
         return [math.nan] * n
     vals = list(out)
@@ -200,7 +220,8 @@ def trl_rewards(
             outs[j] = res
     if pending:  # async functions run concurrently, as TRL runs them
         outs.update(dict(asyncio.run(_gather(pending))))
-    per_fn = [_values(name, outs[j], n) for j, (name, *_) in enumerate(funcs)]
+    hint = arguments_hint(args) if any(isinstance(o, TypeError) for o in outs.values()) else ""
+    per_fn = [_values(name, outs[j], n, hint) for j, (name, *_) in enumerate(funcs)]
     result: list[dict[str, float] | None] = []
     for i in range(n):
         vals = [v[i] for v in per_fn]
