@@ -197,3 +197,38 @@ def test_a_file_where_the_run_folder_should_be_is_one_line_before_any_model_load
 def test_resume_and_overwrite_together_is_an_error(tiny_vlm_dir, tmp_path, capsys):
     assert main(_train(tiny_vlm_dir, tmp_path / "run", 1, "--resume", "--overwrite")) == 2
     assert "choose one" in _error_line(capsys)
+
+
+def test_config_yaml_records_relative_inputs_as_absolute_paths(tiny_vlm_dir, tmp_path, monkeypatch):
+    """A model folder given relative to where training ran (`--model m`) was written to config.yaml
+    as typed, so `vlmgrpo eval` / `export` / `--resume` from any other folder could not find it."""
+    import yaml
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_vlm_dir, work / "m")
+    monkeypatch.chdir(work)
+    assert main(_train(Path("m"), Path("run"), 1)) == 0
+    cfg = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    assert cfg["model"]["name_or_path"] == str((work / "m").resolve())
+    monkeypatch.chdir(tmp_path)  # elsewhere: the recorded path still loads
+    from vlmgrpo.config import config_from_file
+
+    assert Path(config_from_file(work / "run" / "config.yaml").model.name_or_path).is_dir()
+
+
+def test_absolute_inputs_leaves_hub_ids_and_missing_paths_alone(tmp_path, monkeypatch):
+    from vlmgrpo.commands.train import absolute_inputs
+    from vlmgrpo.config import Config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evalset").mkdir()
+    cfg = Config()
+    cfg.model.name_or_path = "Qwen/Qwen2.5-VL-3B-Instruct"
+    cfg.data.kwargs = {"path": "missing/folder"}
+    cfg.data.eval_kwargs = {"path": "evalset"}
+    cfg.extra = {"adversary": {"model": {"name_or_path": "evalset"}}}
+    assert absolute_inputs(cfg) == ["data.eval_kwargs.path", "extra.adversary.model.name_or_path"]
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert cfg.data.kwargs["path"] == "missing/folder"
+    assert cfg.data.eval_kwargs["path"] == str(tmp_path / "evalset")
+    assert cfg.extra["adversary"]["model"]["name_or_path"] == str(tmp_path / "evalset")

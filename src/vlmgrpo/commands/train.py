@@ -80,6 +80,47 @@ def prepare(cfg, resume: bool, overwrite: bool, recipe=None) -> None:
     offline.ensure_inputs(cfg, recipe=recipe)  # `recipe`: only its own paths are built, not --model's
 
 
+# config keys that name a run's inputs on disk: recorded absolute in config.yaml (`absolute_inputs`)
+INPUT_PATH_KEYS = (
+    "model.name_or_path",
+    "data.kwargs.path",
+    "data.eval_kwargs.path",
+    "extra.adversary.model.name_or_path",
+)
+
+
+def absolute_inputs(cfg) -> list[str]:
+    """Make the relative local paths among `INPUT_PATH_KEYS` absolute (only those that exist from
+    here), so that the run folder's config.yaml, and a LoRA adapter's base model path, still point
+    at the inputs when `vlmgrpo eval`, `export` or `--resume` run from another folder. Returns the
+    keys changed."""
+    from pathlib import Path
+
+    from vlmgrpo.sources import is_local_path
+
+    changed = []
+    for key in INPUT_PATH_KEYS:
+        *parents, last = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else getattr(node, k, None)
+            if node is None:
+                break
+        get = (lambda n, k: n.get(k)) if isinstance(node, dict) else (lambda n, k: getattr(n, k, None))
+        value = get(node, last) if node is not None else None
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            continue
+        if not is_local_path(value) or not Path(value).expanduser().exists():
+            continue
+        absolute = str(Path(value).expanduser().resolve())
+        if isinstance(node, dict):
+            node[last] = absolute
+        else:
+            setattr(node, last, absolute)
+        changed.append(key)
+    return changed
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -105,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         recipe = None
     prepare(cfg, resume=bool(resume), overwrite=args.overwrite, recipe=recipe)
+    absolute_inputs(cfg)  # after the builds: an offline recipe's model folder exists by now
     if "adversary" in cfg.extra:  # seed B: policy + adversary (vlmgrpo.adversarial)
         from vlmgrpo.adversarial import train_adversarial as train
     else:
