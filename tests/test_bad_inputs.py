@@ -448,3 +448,14 @@ def test_bad_sample_stops_the_run_when_skipping_is_off(tiny_vlm_dir, tmp_path):
     with pytest.raises(DataError) as e:
         Trainer(_folder_cfg(tiny_vlm_dir, tmp_path / "run", folder, "data.skip_bad_samples=false")).fit()
     assert str(e.value).startswith(str(folder / "bad-")) and "\n" not in str(e.value)
+
+
+def test_output_piped_into_a_reader_that_leaves_early_is_no_traceback():
+    """`vlmgrpo recipes NAME | head -1` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    # `true` exits before the interpreter has started: every write meets a closed pipe
+    cmd = f"{sys.executable} -m vlmgrpo.cli recipes geometry3k | true; echo ${{PIPESTATUS[0]}}"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert r.stderr == "" and r.stdout.strip() == "141", (r.stdout, r.stderr)
