@@ -131,6 +131,25 @@ def test_compare_draws_every_figure_for_every_run_in_its_own_colour(run_dir, tmp
     assert "b/run" in names and len(names) == 2 and all(n.endswith("/run") for n in names)
 
 
+def test_compare_with_another_task_gives_each_metric_its_own_checkpoint_panel(run_dir, tmp_path):
+    """Bug: a compared run evaluated on another task (area's score beside charts pass@1) was drawn on
+    the main run's axis, under the main run's metric, and the main run's own curve was lost to the
+    shared headline key."""
+    other = make_run(tmp_path / "area", offset=0.1)
+    for p in (other / "ckpt_tests").iterdir():  # area-style results: a score, no pass@1
+        r = json.loads(p.read_text())
+        r = {k: v for k, v in r.items() if not k.startswith("pass@")} | {"score": 1.5, "task": "area"}
+        r["metric"] = "area correctness (-3..3)"
+        p.write_text(json.dumps(r))
+    figs, _ = make_figures(run_dir, compare=[other], window=3)
+    axes = figs["checkpoints"].axes
+    assert len(axes) == 2
+    by_title = {ax.get_title(): ax.get_legend_handles_labels()[1] for ax in axes}
+    assert {"run: pass@1", "run: pass@2"} <= set(by_title["pass@1, offline charts benchmark"])
+    assert any(lab.startswith("area:") for lab in by_title["area correctness (-3..3)"])
+    assert not any(lab.startswith("area:") for lab in by_title["pass@1, offline charts benchmark"])
+
+
 def test_missing_metrics_draws_what_exists(tmp_path, capsys):
     run = make_run(tmp_path / "run", steps=6)
     (run / "metrics.jsonl").unlink()

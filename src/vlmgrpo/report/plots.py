@@ -312,24 +312,34 @@ def eval_figure(ctx: PlotContext) -> Any:
 
 @figure("checkpoints")
 def checkpoints_figure(ctx: PlotContext) -> Any:
+    """pass@1 (or the task's score) of every evaluated model vs its step. Compared runs evaluated on
+    another task (another metric) get a panel of their own: one axis would put an area score beside
+    a pass@1 under the main run's title."""
     runs = [r for r in ctx.runs if r.results]
     if not runs:
         return None
-    key = headline_key([x for r in runs for x in r.results]) or "score"
-    fig, (ax,) = new_figure(ctx, f"Checkpoint evaluation: {result_metric(runs[0].results)}")
+    groups: dict[str, list[int]] = {}  # metric -> indices into ctx.runs, the main run's first
     for i, run in enumerate(ctx.runs):
-        if not run.results:
-            continue
-        color = ctx.style(i, 0)[0] if ctx.compare else ctx.theme["colors"][0]
-        _checkpoint_curve(ax, ctx, run, key, color)
-    if key == "pass@1":
-        ax.set_ylim(-0.03, 1.03)
+        if run.results:
+            groups.setdefault(result_metric(run.results), []).append(i)
+    title = "Checkpoint evaluation" + (f": {next(iter(groups))}" if len(groups) == 1 else "")
+    size = (10.0, 4.6) if len(groups) == 1 else (max(10.0, 5.2 * len(groups)), 4.6)
+    fig, axes = new_figure(ctx, title, len(groups), 1, size)
     from matplotlib.ticker import MaxNLocator
 
     last = max([x["step"] for r in runs for x in r.results] + [r.max_step() for r in ctx.runs] + [1.0])
-    ax.set_xlim(-0.03 * last, 1.03 * last)  # one result (the base model alone) still gets a real axis
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    finish(ax, "checkpoint step (base model = 0)", key if key == "pass@1" else "score")
+    for ax, (metric, idx) in zip(axes, groups.items()):
+        key = headline_key([x for i in idx for x in ctx.runs[i].results]) or "score"
+        for i in idx:
+            color = ctx.style(i, 0)[0] if ctx.compare else ctx.theme["colors"][0]
+            _checkpoint_curve(ax, ctx, ctx.runs[i], key, color)
+        if key == "pass@1":
+            ax.set_ylim(-0.03, 1.03)
+        if len(groups) > 1:
+            ax.set_title(metric, fontsize=10)
+        ax.set_xlim(-0.03 * last, 1.03 * last)  # one result (the base model alone) still gets a real axis
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        finish(ax, "checkpoint step (base model = 0)", key if key == "pass@1" else "score")
     return fig
 
 
