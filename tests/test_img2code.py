@@ -146,6 +146,16 @@ def test_cli_converts_to_base64_and_splits(sample_dir, tmp_path):
     assert sizes == [2, 2, 2]  # 6 rows at 2:1:1, eval and test rounded half to even
 
 
+def test_cli_create_sample_refuses_a_folder_that_holds_a_set(sample_dir, capsys):
+    """`--create-sample` into a folder with a set replaced it silently (the set a run used)."""
+    from vlmgrpo.cli import main
+
+    before = (sample_dir / "dataset.jsonl").read_bytes()
+    assert main(["data", "img2code", "--create-sample", "--out", str(sample_dir), "--n", "2"]) == 2
+    assert "already holds a set" in capsys.readouterr().err
+    assert (sample_dir / "dataset.jsonl").read_bytes() == before
+
+
 # ---------------------------------------------------------------------------- the reward
 def test_reward_credits_the_reference_and_penalises_each_failure_class(sample_dir):
     ds = build_dataset("img2code", {"path": str(sample_dir / "dataset.jsonl")}, "train", 0)

@@ -448,6 +448,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     if args.create_sample:
+        out = Path(args.out or "data/img2code")
+        if (out / "dataset.jsonl").exists():  # a set a run trained or evaluated on: never replaced
+            raise DataError(f"{out}: already holds a set (dataset.jsonl); choose another --out")
         path = create_sample(
             args.out or "data/img2code", args.n, args.seed, args.ratios, args.family, timeout_s=args.timeout
         )
