@@ -122,3 +122,16 @@ def test_merge_into_bf16_copy_rounds_once_and_leaves_w_alone(tiny_vlm_dir, reque
     want = (w0.float() + layer.scaling["default"] * (b @ a)).to(torch.bfloat16)
     assert torch.equal(out, want) and torch.equal(w, w0)
     assert not torch.equal(out, w0)
+
+
+def test_lora_with_checkpointing_loads_without_a_deprecation_warning(tiny_vlm_dir):
+    """peft reads transformers' deprecated `is_gradient_checkpointing`: every LoRA run with
+    gradient checkpointing (geometry3k) printed a FutureWarning that is not the user's to fix."""
+    import warnings
+
+    cfg = ModelConfig(name_or_path=str(tiny_vlm_dir), gradient_checkpointing=True)
+    cfg.lora = LoraConfig(enabled=True, r=4, alpha=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_policy(cfg)
+    assert not [w for w in caught if "checkpointing" in str(w.message)]

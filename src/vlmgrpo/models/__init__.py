@@ -8,6 +8,7 @@ demo use the same path on tiny models saved by `vlmgrpo.models.tiny`.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,9 @@ def prepare_policy(model: Any, proc: Any, cfg: ModelConfig, device: Any = "cpu")
             target_modules=cfg.lora.target_modules,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lcfg)
+        with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, lcfg)
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
     return model, proc
