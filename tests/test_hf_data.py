@@ -163,3 +163,25 @@ def test_a_data_hub_id_without_network_fails_in_seconds_with_one_line(tmp_path):
         "the Hub is out of reach (127.0.0.1:" in lines[0]
         and f"no local folder my-vqa-set is in {tmp_path}" in lines[0]
     )
+
+
+def test_geometry3k_from_the_hub_without_network_fails_in_seconds_with_one_line(tmp_path):
+    """geometry3k's own Hub loader had the same ~30 s of retries offline as `hf` data had."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{sock.getsockname()[1]}", HF_HOME=str(tmp_path / "hf"))
+    code = (
+        "from vlmgrpo.data.geometry3k import load_hf_records\n"
+        "from vlmgrpo.errors import DataError\n"
+        "try:\n    load_hf_records('hiyouga/geometry3k', 'train')\n"
+        "except DataError as e:\n    print(e)\n"
+    )
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    sock.close()
+    assert time.monotonic() - t0 < 20, r.stderr[-2000:]
+    lines = [x for x in r.stdout.splitlines() if x.strip()]
+    assert len(lines) == 1 and "the Hub is out of reach (127.0.0.1:" in lines[0], (r.stdout, r.stderr[-2000:])

@@ -230,12 +230,17 @@ def load_hf_records(hf_id: str, split: str) -> list[dict[str, Any]]:
             f"geometry3k: loading '{hf_id}' needs the datasets package (pip install datasets); or "
             "download its parquet files and set data.kwargs.path to their folder"
         ) from None
+    from vlmgrpo.data.hf import cache_only, hub_unreachable_for
+
+    offline = hub_unreachable_for(hf_id)  # probed first: offline, datasets retries for ~30 s
     try:
-        ds = datasets.load_dataset(hf_id, split=split)
+        with cache_only(offline):
+            ds = datasets.load_dataset(hf_id, split=split)
     except Exception as e:  # offline, unknown id, unknown split: many exception types, one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = f"; the Hub is out of reach ({offline})" if offline else ""
         raise DataError(
-            f"geometry3k: cannot load '{hf_id}' split '{split}' ({first}); "
+            f"geometry3k: cannot load '{hf_id}' split '{split}' ({first}){why}; "
             "set data.kwargs.path to a folder of its parquet files to work offline (e.g. "
             f"`hf download --repo-type dataset {hf_id} --local-dir DIR` where the Hub is reachable)"
         ) from None

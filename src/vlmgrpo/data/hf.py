@@ -25,9 +25,10 @@ continuing where it stopped; map-style sets resume exactly (the sampler's RNG is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,30 @@ def load_args(path: str, name: str | None = None, data_files: Any = None) -> tup
     return (path,), {"name": name, "data_files": data_files}
 
 
+def hub_unreachable_for(path: str) -> str | None:
+    """Why the Hub cannot be reached, asked only for a Hub id (None for a local path, or when it can):
+    with no network `datasets` retries for ~30 s per split before it fails."""
+    if is_local_path(path):
+        return None
+    from vlmgrpo.models import _hub_unreachable
+
+    return _hub_unreachable()
+
+
+@contextlib.contextmanager
+def cache_only(offline: str | None) -> Iterator[None]:
+    """`datasets` reads its local cache only while `offline` (a reason) is set: a cached set loads,
+    an uncached one fails at once instead of after the retries."""
+    datasets = _datasets()
+    was = datasets.config.HF_HUB_OFFLINE
+    try:
+        if offline:
+            datasets.config.HF_HUB_OFFLINE = True
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = was
+
+
 def load(kwargs: dict[str, Any], split: str) -> Any:
     """The split of the recipe's source, as `datasets` returns it (streamed when asked)."""
     datasets = _datasets()
@@ -273,16 +298,10 @@ def load(kwargs: dict[str, Any], split: str) -> Any:
     kw = {k: v for k, v in kw.items() if v is not None}
     if kwargs.get("revision"):
         kw["revision"] = kwargs["revision"]
-    offline = None
-    if not is_local_path(path):  # a Hub id: with no network, datasets retries for ~30 s per split
-        from vlmgrpo.models import _hub_unreachable
-
-        offline = _hub_unreachable()
-    was_offline = datasets.config.HF_HUB_OFFLINE
+    offline = hub_unreachable_for(path)
     try:
-        if offline:  # the local cache only: a cached set loads, an uncached one fails at once
-            datasets.config.HF_HUB_OFFLINE = True
-        return datasets.load_dataset(*args, split=split, streaming=bool(kwargs.get("streaming")), **kw)
+        with cache_only(offline):
+            return datasets.load_dataset(*args, split=split, streaming=bool(kwargs.get("streaming")), **kw)
     except ValueError as e:
         if "split" in str(e).lower() or "Unknown split" in str(e):
             raise DataError(f"{path}: no split '{split}' ({str(e).splitlines()[0][:200]})") from None
@@ -300,8 +319,6 @@ def load(kwargs: dict[str, Any], split: str) -> Any:
                 "--local-dir DIR`) and set data.kwargs.path to that folder"
             )
         raise DataError(f"{path}: cannot load with datasets.load_dataset ({first}){hint}") from None
-    finally:
-        datasets.config.HF_HUB_OFFLINE = was_offline
 
 
 def build(kwargs: dict[str, Any], split: str, seed: int) -> HFDataset | HFStream:
