@@ -232,3 +232,16 @@ def test_absolute_inputs_leaves_hub_ids_and_missing_paths_alone(tmp_path, monkey
     assert cfg.data.kwargs["path"] == "missing/folder"
     assert cfg.data.eval_kwargs["path"] == str(tmp_path / "evalset")
     assert cfg.extra["adversary"]["model"]["name_or_path"] == str(tmp_path / "evalset")
+
+
+def test_a_folder_with_only_config_yaml_says_so_and_resume_starts_it_again(tiny_vlm_dir, tmp_path, capsys):
+    """A start that stopped before its first step (a reward raising at the step-0 evaluation, W&B
+    without a key) leaves only config.yaml; the refusal now says so and what --resume does."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("recipe: area-tiny\n")
+    assert main(_train(tiny_vlm_dir, out, 1)) == 2
+    err = capsys.readouterr().err
+    assert "holds only config.yaml, from a start that stopped before its first step" in err
+    assert main(_train(tiny_vlm_dir, out, 1, "--resume")) == 0
+    assert (out / "metrics.jsonl").is_file() and "train" in (out / "config.yaml").read_text()

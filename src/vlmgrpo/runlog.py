@@ -117,6 +117,12 @@ def prepare_run_dir(
     found = prior_run_files(out, inputs)
     if not found or resume:
         return None
+    if not overwrite and found == ["config.yaml"]:  # a start that stopped before its first step
+        raise VlmgrpoError(
+            f"{out}: holds only config.yaml, from a start that stopped before its first step; add "
+            f"--resume to start it again from step 0 (that config is replaced), --overwrite to move it "
+            f"aside (to {out / OVERWRITTEN}/), or choose another --output-dir"
+        )
     if not overwrite:
         raise VlmgrpoError(
             f"{out}: holds another run's files ({', '.join(found)}); add --resume to continue it, "
