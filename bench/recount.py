@@ -183,15 +183,22 @@ def recount_reward(label: str, path: Path) -> dict:
             n = F.flux_image_tokens(size, size)
             new = 4 * F.flux_step_flops(f, n, txt)["total"]
             old = 4 * F.flux_old_step_flops(f, total, n, txt)
+            # runs after the recount record the new count as `transformer_tflop_per_image` and
+            # `share_of_floor`, the old one under `old_`; earlier runs recorded only the old one
+            has_new = "old_transformer_tflop_per_image" in sec
+            old_key = "old_transformer_tflop_per_image" if has_new else "transformer_tflop_per_image"
             out[name] = {
                 "image_tokens": n,
                 "text_tokens": txt,
-                "old_tflop_per_image_recorded": sec["transformer_tflop_per_image"],
+                "old_tflop_per_image_recorded": sec[old_key],
+                "new_tflop_per_image_recorded": sec["transformer_tflop_per_image"] if has_new else None,
+                "new_share_recorded": sec["share_of_floor"] if has_new else None,
+                "stock_batched_images_per_s": sec.get("stock_batched_images_per_s"),
                 "old_tflop_per_image": round(old / 1e12, 2),
                 "new_tflop_per_image": round(new / 1e12, 2),
                 "batched_images_per_s": sec["batched_images_per_s"],
                 "per_prompt_images_per_s": sec["per_prompt_images_per_s"],
-                "old_share_recorded": sec["share_of_floor"],
+                "old_share_recorded": sec["old_share_of_floor"] if has_new else sec["share_of_floor"],
                 "old_share": round(sec["batched_images_per_s"] * old / peak, 3),
                 "new_share": round(sec["batched_images_per_s"] * new / peak, 3),
                 "new_share_per_prompt": round(sec["per_prompt_images_per_s"] * new / peak, 3),
