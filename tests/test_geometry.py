@@ -161,6 +161,7 @@ def test_hub_errors_are_one_line(monkeypatch):
         )
 
     fake.load_dataset = offline  # type: ignore[attr-defined]
+    fake.config = types.SimpleNamespace(HF_HUB_OFFLINE=False)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "datasets", fake)
     with pytest.raises(
         DataError, match=r"cannot load 'hiyouga/geometry3k' split 'test' \(Couldn't reach"
