@@ -40,7 +40,9 @@ import resource
 import select
 import shutil
 import signal
+import struct
 import subprocess
+import threading
 import sys
 import tempfile
 import time
@@ -56,7 +58,8 @@ from PIL import Image
 STATUSES = ("ok", "syntax_error", "runtime_error", "timeout", "resource_limit", "no_figure", "sandbox_error")
 # launcher exit codes (before the setup report: syntax / setup; after it: the program's outcome)
 EXIT_OK, EXIT_SYNTAX, EXIT_RUNTIME, EXIT_NO_FIGURE, EXIT_RESOURCE, EXIT_SETUP = 0, 10, 11, 12, 13, 20
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+CLONE_NEWIPC, CLONE_NEWUSER = 0x08000000, 0x10000000
 # soft CPU / file-size limits; SIGKILL not sent by us: the hard CPU limit or the OOM killer
 LIMIT_SIGNALS = (signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL)
 # errors that mean a limit was hit: fork/thread (EAGAIN), memory, file size, open files, tmpfs full
@@ -77,6 +80,9 @@ SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 SBX_LAUNCHER, SBX_MPL_CACHE, SBX_MPL, SBX_WORK = "/sbx/launcher.py", "/sbx/mpl-cache", "/sbx/mpl", "/sbx/work"
 # what a Python program may need besides its interpreter: the shared libraries' cache, fonts
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/fonts", "/etc/localtime")
+# the zygote's writable folders inside the view (everything else is read-only): emptied after every
+# program, with their own modes restored
+SCRATCH = (SBX_WORK, "/tmp", "/dev/shm", SBX_MPL)
 UID_POOL = 1024  # uids leased to concurrent runs: base .. base + UID_POOL - 1
 
 
@@ -100,6 +106,10 @@ class SandboxConfig:
     # True = run with the "always" list only, warned. `Sandbox` itself records it in `isolation`
     allow_unisolated: bool = False
     setup_timeout_s: float = 120.0  # launcher setup (imports) before the program starts
+    # bwrap only: one long-lived launcher per worker imports matplotlib once and forks a clean
+    # child per program (own IPC namespace, session, rlimits; everything it leaves killed and wiped
+    # before the next); False = a fresh bwrap + interpreter per program (~0.4 s more each)
+    zygote: bool = True
     uid_base: int = 0  # first uid of the lease pool; 0 = near the top of the mapped range
     python: str = sys.executable
 
@@ -152,6 +162,24 @@ def _new_session_keyring(libc: Any) -> bool:
     return nr is not None and libc.syscall(nr, 1, None) > 0
 
 
+def _copy_font_list() -> None:
+    """matplotlib's font list, built by the trainer, copied to the writable private MPLCONFIGDIR."""
+    mpl = os.environ["MPLCONFIGDIR"]
+    for name in os.listdir(SBX_MPL_CACHE):
+        if name.endswith(".json"):
+            Path(mpl, name).write_bytes(Path(SBX_MPL_CACHE, name).read_bytes())
+
+
+def _view_report(spec: dict) -> dict[str, bool]:
+    """Which of bwrap's layers hold in this process: namespaces compared by inode with the
+    trainer's (a namespace that is not new fails the test), the host's run folder absent."""
+    ns, report = _ns_inodes(), {}
+    for name, key in NS_KEYS.items():
+        report[key] = name in ns and ns[name] != spec["host_ns"].get(name)
+    report["fs_view"] = not os.path.exists(spec["rundir"])
+    return report
+
+
 def _launcher(spec: dict) -> None:
     """Runs as `python -I sandbox.py SPEC` (inside bwrap where available): read, compile, limit,
     import matplotlib, fork the program, report."""
@@ -169,15 +197,8 @@ def _launcher(spec: dict) -> None:
             os._exit(EXIT_SYNTAX)
         libc = _libc()
         if spec["backend"] == "bwrap":
-            # matplotlib's font list, built by the parent, copied to a writable private folder
-            mpl = os.environ["MPLCONFIGDIR"]
-            for name in os.listdir(SBX_MPL_CACHE):
-                if name.endswith(".json"):
-                    Path(mpl, name).write_bytes(Path(SBX_MPL_CACHE, name).read_bytes())
-            ns = _ns_inodes()  # compared with the trainer's: a namespace that is not new fails the test
-            for name, key in NS_KEYS.items():
-                report[key] = name in ns and ns[name] != spec["host_ns"].get(name)
-            report["fs_view"] = not os.path.exists(spec["rundir"])  # the host's run folder is not here
+            _copy_font_list()
+            report.update(_view_report(spec))
             report["keyring"] = _new_session_keyring(libc)
         import matplotlib
 
@@ -262,6 +283,227 @@ def _program(
     os._exit(rc)
 
 
+# ====================================================================== zygote (child side)
+# One launcher per worker (`python -I sandbox.py --zygote SPEC`, inside bwrap): imports matplotlib
+# once, then per program forks a child that runs it. The zygote itself never runs untrusted code
+# and never reads what a program wrote except its exit status, its output and its figure (from
+# descriptors it created for that child). Between two programs it kills every other process of
+# the PID namespace (kill(-1) as root or as the programs' own uid, with the zygote as subreaper),
+# empties the writable folders (`SCRATCH`), and checks that its own limits and scheduling are
+# unchanged; anything it cannot restore makes it exit, and the trainer starts a fresh one.
+def _send(fd: int, obj: dict, blob: bytes = b"") -> None:
+    head = json.dumps(obj).encode()
+    data = struct.pack(">II", len(head), len(blob)) + head + blob
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
+    """n bytes from fd, or None at EOF or past the deadline (monotonic; None = no deadline)."""
+    buf = bytearray()
+    while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv(fd: int, deadline: float | None = None) -> tuple[dict, bytes] | None:
+    head = _read_exact(fd, 8, deadline)
+    if head is None:
+        return None
+    n_obj, n_blob = struct.unpack(">II", head)
+    body = _read_exact(fd, n_obj + n_blob, deadline)
+    return None if body is None else (json.loads(body[:n_obj]), body[n_obj:])
+
+
+def _own_state() -> list:
+    """What a program running as the zygote's own uid (no root) could change in the zygote without
+    ptrace (which no_dumpable blocks): its rlimits, priority, CPU affinity, scheduling policy."""
+    rl = [resource.getrlimit(getattr(resource, n)) for n in dir(resource) if n.startswith("RLIMIT_")]
+    return [rl, os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0)), os.sched_getscheduler(0)]
+
+
+def _scratch_state() -> dict[str, tuple[int, int]]:
+    return {d: (os.lstat(d).st_mode, os.lstat(d).st_uid) for d in SCRATCH}
+
+
+def _empty(folder: str) -> None:
+    """Remove everything inside `folder` (no link followed); folders a program closed are opened
+    (chmod) first."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            for top, dirs, _ in os.walk(entry.path):
+                for d in dirs:
+                    with contextlib.suppress(OSError):
+                        os.chmod(os.path.join(top, d), 0o700, follow_symlinks=False)
+            with contextlib.suppress(OSError):
+                os.chmod(entry.path, 0o700, follow_symlinks=False)
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _kill_others(pid: int) -> int:
+    """SIGKILL every process of the namespace but init and the zygote, reap them all; the wait
+    status of `pid` (the program's first process)."""
+    me, status = os.getpid(), None
+    for _ in range(100000):
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)  # all we may signal but ourselves and init
+        while True:
+            try:
+                p, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if p == 0:
+                break
+            if p == pid:
+                status = st
+        left = [d for d in os.listdir("/proc") if d.isdigit() and int(d) not in (1, me)]
+        if not left and status is not None:
+            return status
+        time.sleep(0.001)
+    raise OSError("processes of the program survive SIGKILL")
+
+
+def _memfd_tail(fd: int, n: int) -> str:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, n, max(0, size - n)).decode("utf-8", errors="replace")
+
+
+def _zygote_child(src: str, spec: dict, base: dict, fds: dict, plt: Any, libc: Any) -> None:
+    """The forked child: own session, output descriptors only, own IPC namespace, limits, then
+    `_program` (uid drop, no_new_privs, report, run, save)."""
+    try:
+        os.setsid()
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # its own /proc files are its own again
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0), os.dup2(fds["stdout"], 1), os.dup2(fds["stderr"], 2)
+        keep = {0, 1, 2, fds["report"], fds["figure"]}
+        for name in os.listdir("/proc/self/fd"):  # the zygote's pipes to the trainer among them
+            if int(name) not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(int(name))
+        # a fresh IPC namespace: System V objects and POSIX queues of earlier programs are out of
+        # reach, and its own die with it. Without root that needs a user namespace of its own
+        # (its uid mapped to itself, every capability dropped right after)
+        if spec["uid"] is not None:
+            _check(libc.unshare(CLONE_NEWIPC), "unshare(ipc)")
+        else:
+            uid, gid = os.getuid(), os.getgid()
+            _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWIPC), "unshare(user, ipc)")
+            Path("/proc/self/setgroups").write_text("deny")
+            Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+            Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+            hdr, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+            _check(libc.capset(hdr, data), "capset")  # no capability, in any namespace
+        _set_limits(spec)
+        try:
+            code = compile(src, "<program>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
+            sys.stderr.write("".join(traceback.format_exception_only(*sys.exc_info()[:2])))
+            sys.stderr.flush()
+            os._exit(EXIT_SYNTAX)
+        report = dict(base, keyring=_new_session_keyring(libc))
+        os.chdir(SBX_WORK)
+        if "numpy" in sys.modules:  # forked children would all draw the same "random" numbers
+            sys.modules["numpy"].random.seed()
+    except BaseException as e:
+        sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_SETUP)
+    _program(code, src, spec, report, spec["uid"], fds["figure"], libc, plt)
+
+
+def _zygote_one(src: str, spec: dict, base: dict, plt: Any, libc: Any) -> tuple[dict, bytes]:
+    """Fork, time and end one program. (result, PNG bytes or b"")."""
+    report_r, report_w = os.pipe()
+    fds = {n: os.memfd_create(n) for n in ("stdout", "stderr", "figure")}
+    fds["report"] = report_w
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        _zygote_child(src, dict(spec, report_fd=report_w), base, fds, plt, libc)
+    os.close(report_w)
+    t0 = time.monotonic()
+    try:
+        report, in_time = _read_report(report_r, spec["setup_timeout_s"])
+        t0 = time.monotonic()
+        timed_out = not in_time or not _wait_exit(pid, spec["timeout_s"] if report else 5.0)
+    finally:
+        os.close(report_r)
+    elapsed = time.monotonic() - t0
+    status = _kill_others(pid)  # nothing of the program runs any more: its descriptors are final
+    rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    fig = b""
+    if rc == EXIT_OK and report is not None and not timed_out:
+        size = os.fstat(fds["figure"]).st_size
+        fig = os.pread(fds["figure"], size, 0) if size <= 64 << 20 else b""
+    out = dict(rc=rc, report=report, timed_out=timed_out, elapsed=elapsed)
+    out.update(stdout=_memfd_tail(fds["stdout"], 4000), stderr=_memfd_tail(fds["stderr"], 2000))
+    for fd in (fds["stdout"], fds["stderr"], fds["figure"]):
+        os.close(fd)
+    return out, fig
+
+
+def _zygote(spec: dict) -> None:
+    """The zygote's loop: set up once, then one program per message until EOF."""
+    libc, cmd, res = _libc(), spec["cmd_fd"], spec["res_fd"]
+    try:
+        os.umask(0o022)
+        # no ptrace, no /proc/<pid>/mem by a program of the same uid (no root); orphans come here
+        _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+        _check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
+        _copy_font_list()
+        base = dict(_view_report(spec), backend="bwrap", uid=None)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pylab  # noqa: F401  (`from pylab import *` programs)
+        import matplotlib.pyplot as plt
+
+        # one figure drawn and saved here (trusted code) loads the fonts and the renderer's caches
+        # once for every program; it is closed before the first fork
+        fig = plt.figure(figsize=(2, 2))
+        fig.gca().bar([0, 1], [1, 2], color="c"), fig.gca().set_title("warm-up")
+        fig.savefig(io.BytesIO(), format="png", dpi=50)
+        plt.close("all")
+        own, scratch = _own_state(), _scratch_state()
+    except Exception as e:
+        sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
+        os._exit(EXIT_SETUP)
+    _send(res, {"ready": True})
+    base["zygote"], n = os.urandom(6).hex(), 0  # which zygote ran a program, and as its how-manyth
+    while (msg := _recv(cmd)) is not None:
+        n += 1
+        base["zygote_run"] = n
+        out, fig = _zygote_one(msg[0]["code"], dict(spec, nproc=msg[0]["nproc"]), base, plt, libc)
+        why = ""
+        try:
+            for d, (mode, _) in scratch.items():
+                os.chmod(d, mode & 0o7777)  # a program of the same uid may have closed it
+                _empty(d)
+                if os.listdir(d):
+                    why = f"{d} could not be emptied"
+            _copy_font_list()
+            if _scratch_state() != scratch or _own_state() != own:
+                why = why or "the launcher's folders, limits or scheduling were changed"
+        except OSError as e:
+            why = f"cleanup failed: {e}"
+        _send(res, dict(out, recycle=why), fig)
+        if why:
+            break
+    os._exit(0)
+
+
 # ====================================================================== parent side
 def _uid_base() -> int:
     """Sandbox uids start at 0x70000000 (unused in practice); where a user namespace maps fewer
@@ -280,10 +522,9 @@ def _kill_uid(uid: int) -> None:
         )
 
 
-@contextlib.contextmanager
-def _uid_lease(base: int) -> Iterator[int]:
-    """An unused uid for one run, held by an flock so that concurrent sandboxes (threads or other
-    processes on this machine) never share one; leftovers of a crashed run are killed first."""
+def _lease_uid(base: int) -> tuple[int, int]:
+    """(uid, lock fd): an unused uid held by an flock so that concurrent sandboxes (threads or
+    other processes on this machine) never share one; leftovers of a crashed run are killed first."""
     locks = Path("/tmp/.vlmgrpo-sandbox-uids")  # not $TMPDIR: every process must see the same locks
     locks.mkdir(mode=0o700, exist_ok=True)
     for uid in range(base, base + UID_POOL):
@@ -293,14 +534,24 @@ def _uid_lease(base: int) -> Iterator[int]:
         except BlockingIOError:
             os.close(fd)
             continue
-        try:
-            _kill_uid(uid)
-            yield uid
-        finally:
-            _kill_uid(uid)
-            os.close(fd)  # releases the lock
-        return
+        _kill_uid(uid)
+        return uid, fd
     raise OSError(f"all {UID_POOL} sandbox uids from {base} are in use")
+
+
+def _release_uid(uid: int, fd: int) -> None:
+    _kill_uid(uid)
+    os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _uid_lease(base: int) -> Iterator[int]:
+    """An unused uid for one run (`_lease_uid`), its processes killed and the lock released after."""
+    uid, fd = _lease_uid(base)
+    try:
+        yield uid
+    finally:
+        _release_uid(uid, fd)
 
 
 def _user_tasks() -> int:
@@ -404,6 +655,9 @@ def _bwrap_args(dirs: Sequence[str], mpl_cache: str, c: SandboxConfig, root: boo
         args += ["--ro-bind", d, d]
     args += ["--ro-bind", os.path.abspath(__file__), SBX_LAUNCHER, "--ro-bind", mpl_cache, SBX_MPL_CACHE]
     args += ["--size", str(16 << 20), "--tmpfs", SBX_MPL, "--chdir", SBX_WORK]
+    # the rest of the fresh root (/, /sbx, /dev, ...: bwrap's tmpfs, the user's own without root)
+    # read-only: what a program may write is the scratch tmpfs above (`SCRATCH`), wiped between programs
+    args += ["--remount-ro", "/dev", "--remount-ro", "/"]
     return args
 
 
@@ -442,13 +696,91 @@ def _read_figure(path: Path, max_side: int) -> tuple[Any, str]:
     """(PIL image as saved, "") or (None, why): no links or FIFOs followed, size checked first."""
     try:
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
-            img = Image.open(io.BytesIO(f.read(64 << 20)))
+            return _image(f.read(64 << 20), max_side)
+    except Exception as e:
+        return None, f"no readable figure ({type(e).__name__}: {e})"
+
+
+def _image(png: bytes, max_side: int) -> tuple[Any, str]:
+    """(PIL image of the PNG bytes, "") or (None, why); size checked before decoding."""
+    try:
+        img = Image.open(io.BytesIO(png))
         if img.width * img.height > 4 * max_side**2:
             raise ValueError(f"{img.width}x{img.height} pixels")
         img.load()
         return img, ""
     except Exception as e:
         return None, f"no readable figure ({type(e).__name__}: {e})"
+
+
+def _env(home: str, mpl: str) -> dict[str, str]:
+    """The launcher's environment, built from scratch: nothing of the trainer's (keys, tokens,
+    proxies)."""
+    env = dict(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", LC_ALL="C.UTF-8", HOME=home)
+    env.update(TMPDIR=home, MPLBACKEND="Agg", MPLCONFIGDIR=mpl)
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+class _Zygote:
+    """The trainer's handle on one zygote (`_zygote`): a bwrap with a launcher that imported
+    matplotlib, a pipe each way, and (as root) the uid its programs run as, leased for its life."""
+
+    def __init__(self, box: Sandbox, dirs: Sequence[str]) -> None:
+        c = box.config
+        self.uid, self.lock = _lease_uid(box.uid_base) if box.root else (None, None)
+        self.rundir = tempfile.mkdtemp(prefix="vlmgrpo-zyg-")
+        self.err = tempfile.TemporaryFile()
+        self.proc: subprocess.Popen | None = None
+        cmd_r, self.cmd = os.pipe()
+        self.res, res_w = os.pipe()
+        spec = dict(asdict(c), cpu_s=c.cpu_s or c.timeout_s, uid=self.uid, backend="bwrap")
+        spec.update(cmd_fd=cmd_r, res_fd=res_w, rundir=self.rundir, workdir=SBX_WORK, host_ns=_ns_inodes())
+        cmd = [*_bwrap_args(dirs, box.mpl_cache, c, box.root), "--", c.python, "-I", SBX_LAUNCHER]
+        try:
+            self.proc = subprocess.Popen(
+                [*cmd, "--zygote", json.dumps(spec)], cwd=self.rundir, env=_env(SBX_WORK, SBX_MPL),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err,
+                pass_fds=(cmd_r, res_w), start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(cmd_r), os.close(res_w)
+        if _recv(self.res, time.monotonic() + c.setup_timeout_s) is None:
+            why = _tail(self.err, 2000).strip() or f"no answer in {c.setup_timeout_s:g} s"
+            self.close()
+            raise OSError(f"the sandbox's launcher did not start: {why}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def run(self, code: str, nproc: int, c: SandboxConfig) -> tuple[dict, bytes] | None:
+        """(the zygote's result, PNG bytes), or None when it died or stopped answering (then it is
+        closed). Its own timeouts end a program; this deadline only catches a zygote that hangs."""
+        try:
+            _send(self.cmd, {"code": code, "nproc": nproc})
+        except OSError:
+            self.close()
+            return None
+        got = _recv(self.res, time.monotonic() + c.setup_timeout_s + c.timeout_s + 60)
+        if got is None or got[0].get("recycle"):
+            self.close()
+        return got
+
+    def close(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # bwrap: its PID namespace ends with it
+            self.proc.wait()
+            self.proc = None
+        for fd in (self.cmd, self.res):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.cmd = self.res = -1
+        if self.lock is not None:
+            _release_uid(self.uid, self.lock)
+            self.lock = None
+        self.err.close()
+        shutil.rmtree(self.rundir, ignore_errors=True)
 
 
 class Sandbox:
@@ -462,10 +794,51 @@ class Sandbox:
         # "bwrap" (the full list) or "none" (the "always" list); `why_not` says why not bwrap
         self.why_not = bwrap_works() if self.config.isolate else "isolate: false"
         self.backend = "none" if self.why_not else "bwrap"
+        self._idle: list[_Zygote] = []  # zygotes not running a program now
+        self._lock = threading.Lock()
+
+    @property
+    def uses_zygote(self) -> bool:
+        return self.config.zygote and self.backend == "bwrap"
+
+    def close(self) -> None:
+        """End the idle zygotes (they also end with the thread that started them)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for z in idle:
+            z.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _take(self, dirs: Sequence[str]) -> _Zygote:
+        with self._lock:
+            while self._idle:
+                z = self._idle.pop()
+                if z.alive():
+                    return z
+                z.close()
+        return _Zygote(self, dirs)
+
+    def _warm(self, n: int) -> None:
+        """Start zygotes up to n in this thread: bwrap's --die-with-parent ties each to the thread
+        that started it, and a pool thread ends with its run_many."""
+        dirs, why = _interpreter(self.config.python, self.mpl_cache)
+        with self._lock:
+            self._idle = [z for z in self._idle if z.alive() or z.close()]
+            missing = n - len(self._idle)
+        for _ in range(max(0, missing) if not why else 0):
+            with contextlib.suppress(OSError):
+                z = _Zygote(self, dirs)
+                with self._lock:
+                    self._idle.append(z)
 
     def run_many(self, codes: Sequence[str]) -> list[SandboxResult]:
         """Run every program, `workers` at a time; results in input order."""
         workers = min(len(codes), self.config.workers or len(os.sched_getaffinity(0)))  # usable CPUs
+        if self.uses_zygote:
+            self._warm(workers)
         if workers <= 1:
             return [self.run(c) for c in codes]
         with ThreadPoolExecutor(workers, thread_name_prefix="sandbox") as pool:
@@ -477,12 +850,43 @@ class Sandbox:
             dirs, why = _interpreter(self.config.python, self.mpl_cache)
             if why:
                 return SandboxResult("sandbox_error", error=why)
+            if self.uses_zygote:
+                return self._run_zygote(code, dirs)
             if self.root and self.backend == "bwrap":
                 with _uid_lease(self.uid_base) as uid:
                     return self._run(code, uid, dirs)
             return self._run(code, None, dirs)
         except OSError as e:  # no free uid, cannot start Python, ...
             return SandboxResult("sandbox_error", error=f"{type(e).__name__}: {e}")
+
+    def _run_zygote(self, code: str, dirs: Sequence[str]) -> SandboxResult:
+        c, z = self.config, self._take(dirs)
+        # RLIMIT_NPROC counts every task of the uid: the leased uid has none but the program's;
+        # the trainer's own uid (no root) has its current tasks, the zygotes among them
+        got = z.run(code, c.max_procs if self.root else _user_tasks() + c.max_procs + 1, c)
+        if z.alive():
+            with self._lock:
+                self._idle.append(z)
+        if got is None:  # as root a program cannot signal its zygote: the machine killed it
+            status = "sandbox_error" if self.root else "runtime_error"
+            return SandboxResult(status, error="the sandbox's launcher died or hung while the program ran")
+        out, fig = got
+        res = SandboxResult("runtime_error", stdout=out["stdout"], error=out["stderr"].strip())
+        res.elapsed_s, res.isolation = out["elapsed"], out["report"] or {}
+        res.status = self._classify(out["rc"], out["report"], out["timed_out"])
+        return self._finish(res, out["report"] is None and out["timed_out"], lambda: _image(fig, c.max_side))
+
+    def _finish(self, res: SandboxResult, setup_too_long: bool, image: Any) -> SandboxResult:
+        c = self.config
+        if res.status == "sandbox_error" and setup_too_long:
+            res.error = f"launcher setup took over {c.setup_timeout_s:.0f} s; {res.error}"
+        elif res.status == "timeout":
+            res.error = f"killed after {c.timeout_s:g} s wall clock"
+        elif res.status == "ok":
+            res.image, why = image()
+            if res.image is None:
+                res.status, res.error = "no_figure", why
+        return res
 
     def _run(self, code: str, uid: int | None, dirs: Sequence[str]) -> SandboxResult:
         c, bwrap = self.config, self.backend == "bwrap"
@@ -501,11 +905,7 @@ class Sandbox:
             # RLIMIT_NPROC counts every task of the uid: the leased uid has none but the program's;
             # the trainer's own uid has its current tasks, bwrap's two and the launcher
             spec.update(nproc=c.max_procs if uid is not None else _user_tasks() + c.max_procs + 3)
-            # built from scratch: nothing of the trainer's environment (keys, tokens, proxies)
-            home = spec["workdir"]
-            env = dict(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", LC_ALL="C.UTF-8", HOME=home)
-            env.update(TMPDIR=home, MPLBACKEND="Agg", MPLCONFIGDIR=SBX_MPL if bwrap else self.mpl_cache)
-            env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            env = _env(spec["workdir"], SBX_MPL if bwrap else self.mpl_cache)
             if bwrap:
                 cmd = [*_bwrap_args(dirs, self.mpl_cache, c, self.root), "--", c.python, "-I", SBX_LAUNCHER]
             else:
@@ -540,15 +940,9 @@ class Sandbox:
             if report is not None and not bwrap:
                 res.isolation["why_not"] = self.why_not
             res.status = self._classify(proc.returncode, report, timed_out)
-            if res.status == "sandbox_error" and timed_out and report is None:
-                res.error = f"launcher setup took over {c.setup_timeout_s:.0f} s; {res.error}"
-            elif res.status == "timeout":
-                res.error = f"killed after {c.timeout_s:g} s wall clock"
-            elif res.status == "ok":
-                res.image, why = _read_figure(rundir / "figure.png", c.max_side)
-                if res.image is None:
-                    res.status, res.error = "no_figure", why
-            return res
+            return self._finish(
+                res, timed_out and report is None, lambda: _read_figure(rundir / "figure.png", c.max_side)
+            )
 
     @staticmethod
     def _classify(rc: int, report: dict | None, timed_out: bool) -> str:
@@ -565,4 +959,6 @@ class Sandbox:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--zygote":
+        _zygote(json.loads(sys.argv[2]))
     _launcher(json.loads(sys.argv[1]))
