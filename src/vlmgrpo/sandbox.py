@@ -42,9 +42,9 @@ import shutil
 import signal
 import struct
 import subprocess
-import threading
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -730,7 +730,7 @@ class _Zygote:
         c = box.config
         self.uid, self.lock = _lease_uid(box.uid_base) if box.root else (None, None)
         self.rundir = tempfile.mkdtemp(prefix="vlmgrpo-zyg-")
-        self.err = tempfile.TemporaryFile()
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the zygote; closed in close())
         self.proc: subprocess.Popen | None = None
         cmd_r, self.cmd = os.pipe()
         self.res, res_w = os.pipe()
