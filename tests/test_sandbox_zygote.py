@@ -156,7 +156,7 @@ def test_a_program_that_attacks_its_zygote_does_not_change_the_next_score(alone)
         "        try:\n            f()\n            print('CHANGED', p)\n        except OSError:\n            pass\n"
         "plt.plot([0, 1])\n"
     )
-    first, second = _after(attack, alone, timeout_s=10, setup_timeout_s=20)
+    first, second = _after(attack, alone, timeout_s=5, setup_timeout_s=5)
     if ROOT:
         assert "CHANGED" not in first.stdout, first.stdout
         _same_zygote(first, second)

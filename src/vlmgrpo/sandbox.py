@@ -245,7 +245,9 @@ def _program(
             report["uid"] = uid
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid: it clears this
-        cpu = int(spec["cpu_s"] + 0.999)
+        # the program's own CPU seconds: what this process used in its setup is not counted
+        used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+        cpu = int(used + spec["cpu_s"] + 0.999)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         os.write(spec["report_fd"], json.dumps(report).encode() + b"\n")
         os.close(spec["report_fd"])  # EOF: the parent starts the program's clock
@@ -338,12 +340,12 @@ def _empty(folder: str) -> None:
     (chmod) first."""
     for entry in os.scandir(folder):
         if entry.is_dir(follow_symlinks=False):
-            for top, dirs, _ in os.walk(entry.path):
+            with contextlib.suppress(OSError):
+                os.chmod(entry.path, 0o700, follow_symlinks=False)
+            for top, dirs, _ in os.walk(entry.path):  # top-down: each folder opened before it is listed
                 for d in dirs:
                     with contextlib.suppress(OSError):
                         os.chmod(os.path.join(top, d), 0o700, follow_symlinks=False)
-            with contextlib.suppress(OSError):
-                os.chmod(entry.path, 0o700, follow_symlinks=False)
             shutil.rmtree(entry.path, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
@@ -761,7 +763,7 @@ class _Zygote:
         except OSError:
             self.close()
             return None
-        got = _recv(self.res, time.monotonic() + c.setup_timeout_s + c.timeout_s + 60)
+        got = _recv(self.res, time.monotonic() + c.setup_timeout_s + c.timeout_s + 10)
         if got is None or got[0].get("recycle"):
             self.close()
         return got
