@@ -40,7 +40,7 @@ import resource
 import select
 import shutil
 import signal
-import struct
+import socket
 import subprocess
 import sys
 import tempfile
@@ -287,41 +287,33 @@ def _program(
 
 # ====================================================================== zygote (child side)
 # One launcher per worker (`python -I sandbox.py --zygote SPEC`, inside bwrap): imports matplotlib
-# once, then per program forks a child that runs it. The zygote itself never runs untrusted code
-# and never reads what a program wrote except its exit status, its output and its figure (from
-# descriptors it created for that child). Between two programs it kills every other process of
-# the PID namespace (kill(-1) as root or as the programs' own uid, with the zygote as subreaper),
-# empties the writable folders (`SCRATCH`), and checks that its own limits and scheduling are
-# unchanged; anything it cannot restore makes it exit, and the trainer starts a fresh one.
-def _send(fd: int, obj: dict, blob: bytes = b"") -> None:
-    head = json.dumps(obj).encode()
-    data = struct.pack(">II", len(head), len(blob)) + head + blob
-    while data:
-        data = data[os.write(fd, data) :]
+# once, then per program forks a child that runs it. The zygote itself never runs untrusted code,
+# and nothing a program chose ever enters its memory (which the next child inherits): the program
+# arrives as a descriptor (SCM_RIGHTS) that only the child reads; its output and figure go to
+# memfds that the zygote hands to the trainer unread; a helper process forked for the purpose
+# empties the scratch folders (the zygote never lists a file name a program chose). Between two
+# programs every other process of the PID namespace is killed (kill(-1), the zygote subreaper);
+# the scratch folders must then be empty and the zygote's own limits and scheduling unchanged, or
+# it exits after its answer and the trainer starts a fresh one.
+MAX_MSG = 1 << 16  # one message on the zygote's socket (SOCK_SEQPACKET): JSON, no program text
 
 
-def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
-    """n bytes from fd, or None at EOF or past the deadline (monotonic; None = no deadline)."""
-    buf = bytearray()
-    while len(buf) < n:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-        chunk = os.read(fd, min(n - len(buf), 1 << 20))
-        if not chunk:
+def _send(sock: socket.socket, obj: dict, fds: Sequence[int] = ()) -> None:
+    socket.send_fds(sock, [json.dumps(obj).encode()], list(fds))
+
+
+def _recv(sock: socket.socket, deadline: float | None = None) -> tuple[dict, list[int]] | None:
+    """(message, descriptors) or None at EOF or past the deadline (monotonic; None = no deadline)."""
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
             return None
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv(fd: int, deadline: float | None = None) -> tuple[dict, bytes] | None:
-    head = _read_exact(fd, 8, deadline)
-    if head is None:
+    data, fds, _, _ = socket.recv_fds(sock, MAX_MSG, 4)
+    if not data:
+        for fd in fds:
+            os.close(fd)
         return None
-    n_obj, n_blob = struct.unpack(">II", head)
-    body = _read_exact(fd, n_obj + n_blob, deadline)
-    return None if body is None else (json.loads(body[:n_obj]), body[n_obj:])
+    return json.loads(data), fds
 
 
 def _own_state() -> list:
@@ -352,6 +344,13 @@ def _empty(folder: str) -> None:
                 os.unlink(entry.path)
 
 
+def _reap(pid: int) -> int:
+    """Wait for `pid`, a child of the zygote; its wait status."""
+    while True:
+        with contextlib.suppress(InterruptedError):
+            return os.waitpid(pid, 0)[1]
+
+
 def _kill_others(pid: int) -> int:
     """SIGKILL every process of the namespace but init and the zygote, reap them all; the wait
     status of `pid` (the program's first process)."""
@@ -375,21 +374,36 @@ def _kill_others(pid: int) -> int:
     raise OSError("processes of the program survive SIGKILL")
 
 
-def _memfd_tail(fd: int, n: int) -> str:
-    size = os.fstat(fd).st_size
-    return os.pread(fd, n, max(0, size - n)).decode("utf-8", errors="replace")
+def _clean_scratch(modes: dict[str, tuple[int, int]]) -> str:
+    """Empty the scratch folders in a forked helper (file names stay out of the zygote's memory)
+    and restore their modes. "" or what is left."""
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for d, (mode, _) in modes.items():
+                os.chmod(d, mode & 0o7777)  # a program of the same uid may have closed it
+                _empty(d)  # matplotlib's font list too: the zygote read it at its import
+        finally:
+            os._exit(0)
+    _reap(pid)
+    for d in SCRATCH:
+        with os.scandir(d) as it:
+            if any(True for _ in it):
+                return f"{d} could not be emptied"
+    return "" if _scratch_state() == modes else "a scratch folder's owner or mode changed"
 
 
-def _zygote_child(src: str, spec: dict, base: dict, fds: dict, plt: Any, libc: Any) -> None:
-    """The forked child: own session, output descriptors only, own IPC namespace, limits, then
-    `_program` (uid drop, no_new_privs, report, run, save)."""
+def _zygote_child(spec: dict, base: dict, fds: dict, plt: Any, libc: Any) -> None:
+    """The forked child: own session, its descriptors only, own IPC namespace, limits, read and
+    compile the program, then `_program` (uid drop, no_new_privs, report, run, save)."""
     try:
         os.setsid()
         libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # its own /proc files are its own again
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0), os.dup2(fds["stdout"], 1), os.dup2(fds["stderr"], 2)
-        keep = {0, 1, 2, fds["report"], fds["figure"]}
-        for name in os.listdir("/proc/self/fd"):  # the zygote's pipes to the trainer among them
+        keep = {0, 1, 2, fds["report"], fds["figure"], fds["program"]}
+        for name in os.listdir("/proc/self/fd"):  # the zygote's socket to the trainer among them
             if int(name) not in keep:
                 with contextlib.suppress(OSError):
                     os.close(int(name))
@@ -407,6 +421,8 @@ def _zygote_child(src: str, spec: dict, base: dict, fds: dict, plt: Any, libc: A
             hdr, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
             _check(libc.capset(hdr, data), "capset")  # no capability, in any namespace
         _set_limits(spec)
+        with os.fdopen(fds["program"], "rb") as f:
+            src = f.read().decode("utf-8", errors="replace")
         try:
             code = compile(src, "<program>", "exec", dont_inherit=True)
         except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
@@ -424,17 +440,17 @@ def _zygote_child(src: str, spec: dict, base: dict, fds: dict, plt: Any, libc: A
     _program(code, src, spec, report, spec["uid"], fds["figure"], libc, plt)
 
 
-def _zygote_one(src: str, spec: dict, base: dict, plt: Any, libc: Any) -> tuple[dict, bytes]:
-    """Fork, time and end one program. (result, PNG bytes or b"")."""
+def _zygote_one(program_fd: int, spec: dict, base: dict, plt: Any, libc: Any) -> tuple[dict, list[int]]:
+    """Fork, time and end one program. (result, [stdout, stderr, figure] memfds)."""
     report_r, report_w = os.pipe()
     fds = {n: os.memfd_create(n) for n in ("stdout", "stderr", "figure")}
-    fds["report"] = report_w
+    fds.update(report=report_w, program=program_fd)
     sys.stdout.flush(), sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         os.close(report_r)
-        _zygote_child(src, dict(spec, report_fd=report_w), base, fds, plt, libc)
-    os.close(report_w)
+        _zygote_child(dict(spec, report_fd=report_w), base, fds, plt, libc)
+    os.close(report_w), os.close(program_fd)
     t0 = time.monotonic()
     try:
         report, in_time = _read_report(report_r, spec["setup_timeout_s"])
@@ -445,20 +461,13 @@ def _zygote_one(src: str, spec: dict, base: dict, plt: Any, libc: Any) -> tuple[
     elapsed = time.monotonic() - t0
     status = _kill_others(pid)  # nothing of the program runs any more: its descriptors are final
     rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-    fig = b""
-    if rc == EXIT_OK and report is not None and not timed_out:
-        size = os.fstat(fds["figure"]).st_size
-        fig = os.pread(fds["figure"], size, 0) if size <= 64 << 20 else b""
     out = dict(rc=rc, report=report, timed_out=timed_out, elapsed=elapsed)
-    out.update(stdout=_memfd_tail(fds["stdout"], 4000), stderr=_memfd_tail(fds["stderr"], 2000))
-    for fd in (fds["stdout"], fds["stderr"], fds["figure"]):
-        os.close(fd)
-    return out, fig
+    return out, [fds["stdout"], fds["stderr"], fds["figure"]]
 
 
 def _zygote(spec: dict) -> None:
     """The zygote's loop: set up once, then one program per message until EOF."""
-    libc, cmd, res = _libc(), spec["cmd_fd"], spec["res_fd"]
+    libc, sock = _libc(), socket.socket(fileno=spec["sock_fd"])
     try:
         os.umask(0o022)
         # no ptrace, no /proc/<pid>/mem by a program of the same uid (no root); orphans come here
@@ -482,25 +491,21 @@ def _zygote(spec: dict) -> None:
     except Exception as e:
         sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
         os._exit(EXIT_SETUP)
-    _send(res, {"ready": True})
+    _send(sock, {"ready": True})
     base["zygote"], n = os.urandom(6).hex(), 0  # which zygote ran a program, and as its how-manyth
-    while (msg := _recv(cmd)) is not None:
-        n += 1
+    while (msg := _recv(sock)) is not None:
+        (head, fds), n = msg, n + 1
         base["zygote_run"] = n
-        out, fig = _zygote_one(msg[0]["code"], dict(spec, nproc=msg[0]["nproc"]), base, plt, libc)
-        why = ""
+        out, memfds = _zygote_one(fds[0], dict(spec, nproc=head["nproc"]), base, plt, libc)
         try:
-            for d, (mode, _) in scratch.items():
-                os.chmod(d, mode & 0o7777)  # a program of the same uid may have closed it
-                _empty(d)
-                if os.listdir(d):
-                    why = f"{d} could not be emptied"
-            _copy_font_list()
-            if _scratch_state() != scratch or _own_state() != own:
-                why = why or "the launcher's folders, limits or scheduling were changed"
+            why = _clean_scratch(scratch)
+            if _own_state() != own:
+                why = why or "the launcher's limits or scheduling were changed"
         except OSError as e:
             why = f"cleanup failed: {e}"
-        _send(res, dict(out, recycle=why), fig)
+        _send(sock, dict(out, recycle=why), memfds)
+        for fd in memfds:
+            os.close(fd)
         if why:
             break
     os._exit(0)
@@ -726,7 +731,7 @@ def _env(home: str, mpl: str) -> dict[str, str]:
 
 class _Zygote:
     """The trainer's handle on one zygote (`_zygote`): a bwrap with a launcher that imported
-    matplotlib, a pipe each way, and (as root) the uid its programs run as, leased for its life."""
+    matplotlib, a socket to it, and (as root) the uid its programs run as, leased for its life."""
 
     def __init__(self, box: Sandbox, dirs: Sequence[str]) -> None:
         c = box.config
@@ -734,20 +739,19 @@ class _Zygote:
         self.rundir = tempfile.mkdtemp(prefix="vlmgrpo-zyg-")
         self.err = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the zygote; closed in close())
         self.proc: subprocess.Popen | None = None
-        cmd_r, self.cmd = os.pipe()
-        self.res, res_w = os.pipe()
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         spec = dict(asdict(c), cpu_s=c.cpu_s or c.timeout_s, uid=self.uid, backend="bwrap")
-        spec.update(cmd_fd=cmd_r, res_fd=res_w, rundir=self.rundir, workdir=SBX_WORK, host_ns=_ns_inodes())
+        spec.update(sock_fd=theirs.fileno(), rundir=self.rundir, workdir=SBX_WORK, host_ns=_ns_inodes())
         cmd = [*_bwrap_args(dirs, box.mpl_cache, c, box.root), "--", c.python, "-I", SBX_LAUNCHER]
         try:
             self.proc = subprocess.Popen(
                 [*cmd, "--zygote", json.dumps(spec)], cwd=self.rundir, env=_env(SBX_WORK, SBX_MPL),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err,
-                pass_fds=(cmd_r, res_w), start_new_session=True,
+                pass_fds=(theirs.fileno(),), start_new_session=True,
             )  # fmt: skip
         finally:
-            os.close(cmd_r), os.close(res_w)
-        if _recv(self.res, time.monotonic() + c.setup_timeout_s) is None:
+            theirs.close()
+        if _recv(self.sock, time.monotonic() + c.setup_timeout_s) is None:
             why = _tail(self.err, 2000).strip() or f"no answer in {c.setup_timeout_s:g} s"
             self.close()
             raise OSError(f"the sandbox's launcher did not start: {why}")
@@ -755,18 +759,33 @@ class _Zygote:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def run(self, code: str, nproc: int, c: SandboxConfig) -> tuple[dict, bytes] | None:
-        """(the zygote's result, PNG bytes), or None when it died or stopped answering (then it is
-        closed). Its own timeouts end a program; this deadline only catches a zygote that hangs."""
+    def run(self, code: str, nproc: int, c: SandboxConfig) -> tuple[dict, dict[str, Any]] | None:
+        """(the zygote's result, {"stdout", "stderr": text tails, "figure": PNG bytes}), or None when
+        it died or stopped answering (then it is closed). Its own timeouts end a program; this
+        deadline only catches a zygote that hangs."""
+        prog = os.memfd_create("program")
         try:
-            _send(self.cmd, {"code": code, "nproc": nproc})
+            os.write(prog, code.encode("utf-8", errors="replace"))
+            os.lseek(prog, 0, os.SEEK_SET)
+            _send(self.sock, {"nproc": nproc}, [prog])
         except OSError:
             self.close()
             return None
-        got = _recv(self.res, time.monotonic() + c.setup_timeout_s + c.timeout_s + 10)
-        if got is None or got[0].get("recycle"):
+        finally:
+            os.close(prog)
+        got = _recv(self.sock, time.monotonic() + c.setup_timeout_s + c.timeout_s + 10)
+        if got is None or got[0].get("recycle") or len(got[1]) != 3:
             self.close()
-        return got
+        if got is None or len(got[1]) != 3:
+            return None
+        out, (o, e, f) = got
+        try:
+            size = os.fstat(f).st_size
+            fig = os.pread(f, size, 0) if size <= 64 << 20 else b""
+            return out, dict(stdout=_fd_tail(o, 4000), stderr=_fd_tail(e, 2000), figure=fig)
+        finally:
+            for fd in (o, e, f):
+                os.close(fd)
 
     def close(self) -> None:
         if self.proc is not None:
@@ -774,15 +793,17 @@ class _Zygote:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # bwrap: its PID namespace ends with it
             self.proc.wait()
             self.proc = None
-        for fd in (self.cmd, self.res):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.cmd = self.res = -1
+        self.sock.close()
         if self.lock is not None:
             _release_uid(self.uid, self.lock)
             self.lock = None
         self.err.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def _fd_tail(fd: int, n: int) -> str:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, n, max(0, size - n)).decode("utf-8", errors="replace")
 
 
 class Sandbox:
@@ -872,8 +893,9 @@ class Sandbox:
         if got is None:  # as root a program cannot signal its zygote: the machine killed it
             status = "sandbox_error" if self.root else "runtime_error"
             return SandboxResult(status, error="the sandbox's launcher died or hung while the program ran")
-        out, fig = got
-        res = SandboxResult("runtime_error", stdout=out["stdout"], error=out["stderr"].strip())
+        out, got_fds = got
+        fig = got_fds["figure"]
+        res = SandboxResult("runtime_error", stdout=got_fds["stdout"], error=got_fds["stderr"].strip())
         res.elapsed_s, res.isolation = out["elapsed"], out["report"] or {}
         res.status = self._classify(out["rc"], out["report"], out["timed_out"])
         return self._finish(res, out["report"] is None and out["timed_out"], lambda: _image(fig, c.max_side))
