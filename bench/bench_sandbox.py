@@ -2,11 +2,11 @@
 
     PYTHONPATH=src python bench/bench_sandbox.py [--n 16] [--workers 1]
 
-Times, each as the median of `--n` runs after one warm-up (wall seconds; CPU seconds of the
-children where it applies): bwrap starting `true`; bwrap starting `python -I -c pass`; the same
-importing matplotlib (Agg) + pyplot; the program itself and its savefig in this process (after
+Times, each as the median of `--n` runs after one warm-up (wall seconds): bwrap starting `true`;
+bwrap starting `python -I -c pass`; the same importing matplotlib (Agg) + pyplot; the program itself and its savefig in this process (after
 the import); reading the PNG back and scoring it against a reference (the reward's five metrics);
-`Sandbox.run` end to end (one program, sequential) and `Sandbox.run_many` of 16 programs.
+`Sandbox.run` end to end (one program, sequential) and `Sandbox.run_many` of 16 programs, each
+with a fresh bwrap + interpreter per program (`zygote=False`) and with the zygote.
 """
 
 from __future__ import annotations
@@ -95,14 +95,19 @@ def main() -> None:
     out["similarity (5 metrics, 224 px)"] = timed(
         lambda: similarity([ref], [Image.open(io.BytesIO(png))], SEED_WEIGHTS, 224), args.n
     )
-    seq = sb.Sandbox(workers=1, isolate=bool(args.isolate))
-    out["Sandbox.run (1 program)"] = timed(lambda: seq.run(PROGRAM), args.n)
-    res = box.run_many([PROGRAM] * 16)
-    assert all(r.ok for r in res), [r.error for r in res if not r.ok][:1]
-    w, c = timed(lambda: box.run_many([PROGRAM] * 16), max(2, args.n // 8))
-    out["Sandbox.run_many (16 programs) / 16"] = (w / 16, c / 16)
-    for k, (w, c) in out.items():
-        print(f"{k:40s} wall {w * 1000:8.1f} ms   child CPU {c * 1000:8.1f} ms")
+    for zyg in (False, True):
+        tag = "zygote" if zyg else "a bwrap + Python per program"
+        seq = sb.Sandbox(workers=1, isolate=bool(args.isolate), zygote=zyg)
+        out[f"Sandbox.run, 1 program ({tag})"] = timed(lambda: seq.run(PROGRAM), args.n)
+        out[f"  of which the program + savefig ({tag})"] = (seq.run(PROGRAM).elapsed_s, 0.0)
+        box = sb.Sandbox(workers=args.workers, isolate=bool(args.isolate), zygote=zyg)
+        res = box.run_many([PROGRAM] * 16)
+        assert all(r.ok for r in res), [r.error for r in res if not r.ok][:1]
+        w, c = timed(lambda: box.run_many([PROGRAM] * 16), max(2, args.n // 8))
+        out[f"Sandbox.run_many, 16 programs, per program ({tag})"] = (w / 16, c / 16)
+        seq.close(), box.close()
+    for k, (w, _) in out.items():
+        print(f"{k:70s} {w * 1000:8.1f} ms")
     print(json.dumps({"loadavg": os.getloadavg(), "cpus": len(os.sched_getaffinity(0))}))
 
 
