@@ -218,7 +218,7 @@ def _img2code_data(out: Path, seed: int) -> list[str]:
 # that run and draw the right bars at that temperature. At 0.7 the warm-started policy already ran
 # 83-100% of its programs and GRPO had too little to raise (28% / -13% / 3% of the gap in 48 steps;
 # 100-200-step tries at 0.7 with other lr, prompts, image size, KL or PPO epochs stayed within
-# +-0.03 or fell: docs/learning.md). 250 steps of 4 figures x 8 programs fit the 10 minutes since
+# +-0.03 or fell: docs/learning.md). 200 steps of 4 figures x 8 programs fit the 10 minutes since
 # the sandbox's zygote (~50 ms a program instead of ~0.4 s). The model is the cycle demo's (colour
 # filters: a random tiny vision tower does not tell colours apart).
 IMG2CODE_OVERRIDES: tuple[str, ...] = (
@@ -240,12 +240,12 @@ IMG2CODE_OVERRIDES: tuple[str, ...] = (
     "rollout.max_new_tokens=40",
     "rollout.temperature=1.0",
     "optim.lr=3e-4",
-    "train.steps=250",
+    "train.steps=200",
     "eval.num_items=24",
     "eval.num_chains=4",
     "eval.temperature=1.0",
     "train.eval_every=25",
-    "train.save_every=125",
+    "train.save_every=100",
     "train.log_samples_every=25",
 )
 
