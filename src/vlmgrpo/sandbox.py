@@ -849,8 +849,11 @@ class Sandbox:
         that started it, and a pool thread ends with its run_many."""
         dirs, why = _interpreter(self.config.python, self.mpl_cache)
         with self._lock:
-            self._idle = [z for z in self._idle if z.alive() or z.close()]
+            dead = [z for z in self._idle if not z.alive()]
+            self._idle = [z for z in self._idle if z.alive()]
             missing = n - len(self._idle)
+        for z in dead:
+            z.close()
         for _ in range(max(0, missing) if not why else 0):
             with contextlib.suppress(OSError):
                 z = _Zygote(self, dirs)
