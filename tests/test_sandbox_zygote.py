@@ -141,10 +141,12 @@ def test_ipc_objects_of_one_program_are_invisible_to_the_next(alone):
     _same_zygote(first, second)
 
 
+@(pytest.mark.slow if not ROOT else lambda f: f)
 def test_a_program_that_attacks_its_zygote_does_not_change_the_next_score(alone):
     """It signals, renices, re-limits and pins every process it can see. As root it can touch
     none of them (another uid); without root it shares the zygote's uid: a zygote whose limits or
-    scheduling changed, or that died, is replaced before the next program."""
+    scheduling changed, or that died, is replaced before the next program (`slow` there: the
+    stopped zygote is given up only after setup_timeout_s + timeout_s + 10 s)."""
     attack = (
         "import os, resource, signal, matplotlib.pyplot as plt\nme = os.getpid()\n"
         "for p in [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != me]:\n"
