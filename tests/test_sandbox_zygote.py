@@ -181,6 +181,30 @@ def test_limits_hold_per_program(alone, attack, status):
     _same_zygote(first, second)
 
 
+def test_a_zygote_that_died_while_idle_is_replaced_before_the_program(monkeypatch):
+    """A zygote can die between programs (the thread that started it ended: bwrap's
+    --die-with-parent); the next program must run in a fresh one, not fail. `alive` is made to
+    miss the death, as it does when the program is sent before the death is reaped."""
+    import os
+    import signal
+
+    from vlmgrpo import sandbox as sb
+
+    require_isolation()
+    box = Sandbox(workers=1)
+    try:
+        first = box.run(VICTIM)
+        (z,) = box._idle
+        os.killpg(z.proc.pid, signal.SIGKILL)
+        z.proc.wait()
+        monkeypatch.setattr(sb._Zygote, "alive", lambda self: self.proc is not None)
+        second = box.run(VICTIM)
+    finally:
+        box.close()
+    assert second.status == "ok", second.error
+    assert second.isolation["zygote"] != first.isolation["zygote"]
+
+
 def test_programs_draw_different_random_numbers():
     """Forked children would share the zygote's numpy seed; each is reseeded."""
     require_isolation()

@@ -761,16 +761,17 @@ class _Zygote:
 
     def run(self, code: str, nproc: int, c: SandboxConfig) -> tuple[dict, dict[str, Any]] | None:
         """(the zygote's result, {"stdout", "stderr": text tails, "figure": PNG bytes}), or None when
-        it died or stopped answering (then it is closed). Its own timeouts end a program; this
-        deadline only catches a zygote that hangs."""
+        it died or stopped answering while the program ran (then it is closed); ConnectionError when
+        it was gone before the program reached it. Its own timeouts end a program; this deadline
+        only catches a zygote that hangs."""
         prog = os.memfd_create("program")
         try:
             os.write(prog, code.encode("utf-8", errors="replace"))
             os.lseek(prog, 0, os.SEEK_SET)
             _send(self.sock, {"nproc": nproc}, [prog])
-        except OSError:
+        except OSError as e:
             self.close()
-            return None
+            raise ConnectionError(f"the sandbox's launcher is gone: {e}") from e
         finally:
             os.close(prog)
         got = _recv(self.sock, time.monotonic() + c.setup_timeout_s + c.timeout_s + 10)
@@ -886,10 +887,17 @@ class Sandbox:
             return SandboxResult("sandbox_error", error=f"{type(e).__name__}: {e}")
 
     def _run_zygote(self, code: str, dirs: Sequence[str]) -> SandboxResult:
-        c, z = self.config, self._take(dirs)
-        # RLIMIT_NPROC counts every task of the uid: the leased uid has none but the program's;
-        # the trainer's own uid (no root) has its current tasks, the zygotes among them
-        got = z.run(code, c.max_procs if self.root else _user_tasks() + c.max_procs + 1, c)
+        c = self.config
+        for attempt in range(2):
+            z = self._take(dirs)
+            # RLIMIT_NPROC counts every task of the uid: the leased uid has none but the program's;
+            # the trainer's own uid (no root) has its current tasks, the zygotes among them
+            try:
+                got = z.run(code, c.max_procs if self.root else _user_tasks() + c.max_procs + 1, c)
+                break
+            except ConnectionError:  # died while idle (its thread ended, the machine killed it)
+                if attempt:
+                    raise  # run() makes it a sandbox_error
         if z.alive():
             with self._lock:
                 self._idle.append(z)
