@@ -186,6 +186,7 @@ def test_a_zygote_that_died_while_idle_is_replaced_before_the_program(monkeypatc
     --die-with-parent); the next program must run in a fresh one, not fail. `alive` is made to
     miss the death, as it does when the program is sent before the death is reaped."""
     import os
+    import select
     import signal
 
     from vlmgrpo import sandbox as sb
@@ -197,6 +198,7 @@ def test_a_zygote_that_died_while_idle_is_replaced_before_the_program(monkeypatc
         (z,) = box._idle
         os.killpg(z.proc.pid, signal.SIGKILL)
         z.proc.wait()
+        assert select.select([z.sock], [], [], 10)[0]  # EOF: the zygote inside is gone too
         monkeypatch.setattr(sb._Zygote, "alive", lambda self: self.proc is not None)
         second = box.run(VICTIM)
     finally:

@@ -494,6 +494,7 @@ def _zygote(spec: dict) -> None:
     _send(sock, {"ready": True})
     base["zygote"], n = os.urandom(6).hex(), 0  # which zygote ran a program, and as its how-manyth
     while (msg := _recv(sock)) is not None:
+        _send(sock, {"ack": True})  # the program reached a live zygote (a death from here is its)
         (head, fds), n = msg, n + 1
         base["zygote_run"] = n
         out, memfds = _zygote_one(fds[0], dict(spec, nproc=head["nproc"]), base, plt, libc)
@@ -774,6 +775,10 @@ class _Zygote:
             raise ConnectionError(f"the sandbox's launcher is gone: {e}") from e
         finally:
             os.close(prog)
+        ack = _recv(self.sock, time.monotonic() + c.setup_timeout_s)
+        if ack is None or not ack[0].get("ack"):
+            self.close()
+            raise ConnectionError("the sandbox's launcher is gone: no answer to a program")
         got = _recv(self.sock, time.monotonic() + c.setup_timeout_s + c.timeout_s + 10)
         if got is None or got[0].get("recycle") or len(got[1]) != 3:
             self.close()
