@@ -40,9 +40,11 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -56,7 +58,8 @@ from PIL import Image
 STATUSES = ("ok", "syntax_error", "runtime_error", "timeout", "resource_limit", "no_figure", "sandbox_error")
 # launcher exit codes (before the setup report: syntax / setup; after it: the program's outcome)
 EXIT_OK, EXIT_SYNTAX, EXIT_RUNTIME, EXIT_NO_FIGURE, EXIT_RESOURCE, EXIT_SETUP = 0, 10, 11, 12, 13, 20
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+CLONE_NEWIPC, CLONE_NEWUSER = 0x08000000, 0x10000000
 # soft CPU / file-size limits; SIGKILL not sent by us: the hard CPU limit or the OOM killer
 LIMIT_SIGNALS = (signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL)
 # errors that mean a limit was hit: fork/thread (EAGAIN), memory, file size, open files, tmpfs full
@@ -77,6 +80,9 @@ SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 SBX_LAUNCHER, SBX_MPL_CACHE, SBX_MPL, SBX_WORK = "/sbx/launcher.py", "/sbx/mpl-cache", "/sbx/mpl", "/sbx/work"
 # what a Python program may need besides its interpreter: the shared libraries' cache, fonts
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/fonts", "/etc/localtime")
+# the zygote's writable folders inside the view (everything else is read-only): emptied after every
+# program, with their own modes restored
+SCRATCH = (SBX_WORK, "/tmp", "/dev/shm", SBX_MPL)
 UID_POOL = 1024  # uids leased to concurrent runs: base .. base + UID_POOL - 1
 
 
@@ -100,6 +106,10 @@ class SandboxConfig:
     # True = run with the "always" list only, warned. `Sandbox` itself records it in `isolation`
     allow_unisolated: bool = False
     setup_timeout_s: float = 120.0  # launcher setup (imports) before the program starts
+    # bwrap only: one long-lived launcher per worker imports matplotlib once and forks a clean
+    # child per program (own IPC namespace, session, rlimits; everything it leaves killed and wiped
+    # before the next); False = a fresh bwrap + interpreter per program (~0.4 s more each)
+    zygote: bool = True
     uid_base: int = 0  # first uid of the lease pool; 0 = near the top of the mapped range
     python: str = sys.executable
 
@@ -152,6 +162,24 @@ def _new_session_keyring(libc: Any) -> bool:
     return nr is not None and libc.syscall(nr, 1, None) > 0
 
 
+def _copy_font_list() -> None:
+    """matplotlib's font list, built by the trainer, copied to the writable private MPLCONFIGDIR."""
+    mpl = os.environ["MPLCONFIGDIR"]
+    for name in os.listdir(SBX_MPL_CACHE):
+        if name.endswith(".json"):
+            Path(mpl, name).write_bytes(Path(SBX_MPL_CACHE, name).read_bytes())
+
+
+def _view_report(spec: dict) -> dict[str, bool]:
+    """Which of bwrap's layers hold in this process: namespaces compared by inode with the
+    trainer's (a namespace that is not new fails the test), the host's run folder absent."""
+    ns, report = _ns_inodes(), {}
+    for name, key in NS_KEYS.items():
+        report[key] = name in ns and ns[name] != spec["host_ns"].get(name)
+    report["fs_view"] = not os.path.exists(spec["rundir"])
+    return report
+
+
 def _launcher(spec: dict) -> None:
     """Runs as `python -I sandbox.py SPEC` (inside bwrap where available): read, compile, limit,
     import matplotlib, fork the program, report."""
@@ -169,15 +197,8 @@ def _launcher(spec: dict) -> None:
             os._exit(EXIT_SYNTAX)
         libc = _libc()
         if spec["backend"] == "bwrap":
-            # matplotlib's font list, built by the parent, copied to a writable private folder
-            mpl = os.environ["MPLCONFIGDIR"]
-            for name in os.listdir(SBX_MPL_CACHE):
-                if name.endswith(".json"):
-                    Path(mpl, name).write_bytes(Path(SBX_MPL_CACHE, name).read_bytes())
-            ns = _ns_inodes()  # compared with the trainer's: a namespace that is not new fails the test
-            for name, key in NS_KEYS.items():
-                report[key] = name in ns and ns[name] != spec["host_ns"].get(name)
-            report["fs_view"] = not os.path.exists(spec["rundir"])  # the host's run folder is not here
+            _copy_font_list()
+            report.update(_view_report(spec))
             report["keyring"] = _new_session_keyring(libc)
         import matplotlib
 
@@ -224,7 +245,9 @@ def _program(
             report["uid"] = uid
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid: it clears this
-        cpu = int(spec["cpu_s"] + 0.999)
+        # the program's own CPU seconds: what this process used in its setup is not counted
+        used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+        cpu = int(used + spec["cpu_s"] + 0.999)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         os.write(spec["report_fd"], json.dumps(report).encode() + b"\n")
         os.close(spec["report_fd"])  # EOF: the parent starts the program's clock
@@ -262,6 +285,233 @@ def _program(
     os._exit(rc)
 
 
+# ====================================================================== zygote (child side)
+# One launcher per worker (`python -I sandbox.py --zygote SPEC`, inside bwrap): imports matplotlib
+# once, then per program forks a child that runs it. The zygote itself never runs untrusted code,
+# and nothing a program chose ever enters its memory (which the next child inherits): the program
+# arrives as a descriptor (SCM_RIGHTS) that only the child reads; its output and figure go to
+# memfds that the zygote hands to the trainer unread; a helper process forked for the purpose
+# empties the scratch folders (the zygote never lists a file name a program chose). Between two
+# programs every other process of the PID namespace is killed (kill(-1), the zygote subreaper);
+# the scratch folders must then be empty and the zygote's own limits and scheduling unchanged, or
+# it exits after its answer and the trainer starts a fresh one.
+MAX_MSG = 1 << 16  # one message on the zygote's socket (SOCK_SEQPACKET): JSON, no program text
+
+
+def _send(sock: socket.socket, obj: dict, fds: Sequence[int] = ()) -> None:
+    socket.send_fds(sock, [json.dumps(obj).encode()], list(fds))
+
+
+def _recv(sock: socket.socket, deadline: float | None = None) -> tuple[dict, list[int]] | None:
+    """(message, descriptors) or None at EOF or past the deadline (monotonic; None = no deadline)."""
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            return None
+    data, fds, _, _ = socket.recv_fds(sock, MAX_MSG, 4)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return json.loads(data), fds
+
+
+def _own_state() -> list:
+    """What a program running as the zygote's own uid (no root) could change in the zygote without
+    ptrace (which no_dumpable blocks): its rlimits, priority, CPU affinity, scheduling policy."""
+    rl = [resource.getrlimit(getattr(resource, n)) for n in dir(resource) if n.startswith("RLIMIT_")]
+    return [rl, os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0)), os.sched_getscheduler(0)]
+
+
+def _scratch_state() -> dict[str, tuple[int, int]]:
+    return {d: (os.lstat(d).st_mode, os.lstat(d).st_uid) for d in SCRATCH}
+
+
+def _empty(folder: str) -> None:
+    """Remove everything inside `folder` (no link followed); folders a program closed are opened
+    (chmod) first."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                os.chmod(entry.path, 0o700, follow_symlinks=False)
+            for top, dirs, _ in os.walk(entry.path):  # top-down: each folder opened before it is listed
+                for d in dirs:
+                    with contextlib.suppress(OSError):
+                        os.chmod(os.path.join(top, d), 0o700, follow_symlinks=False)
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _reap(pid: int) -> int:
+    """Wait for `pid`, a child of the zygote; its wait status."""
+    while True:
+        with contextlib.suppress(InterruptedError):
+            return os.waitpid(pid, 0)[1]
+
+
+def _kill_others(pid: int) -> int:
+    """SIGKILL every process of the namespace but init and the zygote, reap them all; the wait
+    status of `pid` (the program's first process)."""
+    me, status = os.getpid(), None
+    for _ in range(100000):
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)  # all we may signal but ourselves and init
+        while True:
+            try:
+                p, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if p == 0:
+                break
+            if p == pid:
+                status = st
+        left = [d for d in os.listdir("/proc") if d.isdigit() and int(d) not in (1, me)]
+        if not left and status is not None:
+            return status
+        time.sleep(0.001)
+    raise OSError("processes of the program survive SIGKILL")
+
+
+def _clean_scratch(modes: dict[str, tuple[int, int]]) -> str:
+    """Empty the scratch folders in a forked helper (file names stay out of the zygote's memory)
+    and restore their modes. "" or what is left."""
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for d, (mode, _) in modes.items():
+                os.chmod(d, mode & 0o7777)  # a program of the same uid may have closed it
+                _empty(d)  # matplotlib's font list too: the zygote read it at its import
+        finally:
+            os._exit(0)
+    _reap(pid)
+    for d in SCRATCH:
+        with os.scandir(d) as it:
+            if any(True for _ in it):
+                return f"{d} could not be emptied"
+    return "" if _scratch_state() == modes else "a scratch folder's owner or mode changed"
+
+
+def _zygote_child(spec: dict, base: dict, fds: dict, plt: Any, libc: Any) -> None:
+    """The forked child: own session, its descriptors only, own IPC namespace, limits, read and
+    compile the program, then `_program` (uid drop, no_new_privs, report, run, save)."""
+    try:
+        os.setsid()
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # its own /proc files are its own again
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0), os.dup2(fds["stdout"], 1), os.dup2(fds["stderr"], 2)
+        keep = {0, 1, 2, fds["report"], fds["figure"], fds["program"]}
+        for name in os.listdir("/proc/self/fd"):  # the zygote's socket to the trainer among them
+            if int(name) not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(int(name))
+        # a fresh IPC namespace: System V objects and POSIX queues of earlier programs are out of
+        # reach, and its own die with it. Without root that needs a user namespace of its own
+        # (its uid mapped to itself, every capability dropped right after)
+        if spec["uid"] is not None:
+            _check(libc.unshare(CLONE_NEWIPC), "unshare(ipc)")
+        else:
+            uid, gid = os.getuid(), os.getgid()
+            _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWIPC), "unshare(user, ipc)")
+            Path("/proc/self/setgroups").write_text("deny")
+            Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+            Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+            hdr, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+            _check(libc.capset(hdr, data), "capset")  # no capability, in any namespace
+        _set_limits(spec)
+        with os.fdopen(fds["program"], "rb") as f:
+            src = f.read().decode("utf-8", errors="replace")
+        try:
+            code = compile(src, "<program>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
+            sys.stderr.write("".join(traceback.format_exception_only(*sys.exc_info()[:2])))
+            sys.stderr.flush()
+            os._exit(EXIT_SYNTAX)
+        report = dict(base, keyring=_new_session_keyring(libc))
+        os.chdir(SBX_WORK)
+        if "numpy" in sys.modules:  # forked children would all draw the same "random" numbers
+            sys.modules["numpy"].random.seed()
+    except BaseException as e:
+        sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_SETUP)
+    _program(code, src, spec, report, spec["uid"], fds["figure"], libc, plt)
+
+
+def _zygote_one(program_fd: int, spec: dict, base: dict, plt: Any, libc: Any) -> tuple[dict, list[int]]:
+    """Fork, time and end one program. (result, [stdout, stderr, figure] memfds)."""
+    report_r, report_w = os.pipe()
+    fds = {n: os.memfd_create(n) for n in ("stdout", "stderr", "figure")}
+    fds.update(report=report_w, program=program_fd)
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        _zygote_child(dict(spec, report_fd=report_w), base, fds, plt, libc)
+    os.close(report_w), os.close(program_fd)
+    t0 = time.monotonic()
+    try:
+        report, in_time = _read_report(report_r, spec["setup_timeout_s"])
+        t0 = time.monotonic()
+        timed_out = not in_time or not _wait_exit(pid, spec["timeout_s"] if report else 5.0)
+    finally:
+        os.close(report_r)
+    elapsed = time.monotonic() - t0
+    status = _kill_others(pid)  # nothing of the program runs any more: its descriptors are final
+    rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    out = dict(rc=rc, report=report, timed_out=timed_out, elapsed=elapsed)
+    return out, [fds["stdout"], fds["stderr"], fds["figure"]]
+
+
+def _zygote(spec: dict) -> None:
+    """The zygote's loop: set up once, then one program per message until EOF."""
+    libc, sock = _libc(), socket.socket(fileno=spec["sock_fd"])
+    try:
+        os.umask(0o022)
+        # no ptrace, no /proc/<pid>/mem by a program of the same uid (no root); orphans come here
+        _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+        _check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
+        _copy_font_list()
+        base = dict(_view_report(spec), backend="bwrap", uid=None)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pylab  # noqa: F401  (`from pylab import *` programs)
+        import matplotlib.pyplot as plt
+
+        # one figure drawn and saved here (trusted code) loads the fonts and the renderer's caches
+        # once for every program; it is closed before the first fork
+        fig = plt.figure(figsize=(2, 2))
+        fig.gca().bar([0, 1], [1, 2], color="c"), fig.gca().set_title("warm-up")
+        fig.savefig(io.BytesIO(), format="png", dpi=50)
+        plt.close("all")
+        own, scratch = _own_state(), _scratch_state()
+    except Exception as e:
+        sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
+        os._exit(EXIT_SETUP)
+    _send(sock, {"ready": True})
+    base["zygote"], n = os.urandom(6).hex(), 0  # which zygote ran a program, and as its how-manyth
+    while (msg := _recv(sock)) is not None:
+        _send(sock, {"ack": True})  # the program reached a live zygote (a death from here is its)
+        (head, fds), n = msg, n + 1
+        base["zygote_run"] = n
+        out, memfds = _zygote_one(fds[0], dict(spec, nproc=head["nproc"]), base, plt, libc)
+        try:
+            why = _clean_scratch(scratch)
+            if _own_state() != own:
+                why = why or "the launcher's limits or scheduling were changed"
+        except OSError as e:
+            why = f"cleanup failed: {e}"
+        _send(sock, dict(out, recycle=why), memfds)
+        for fd in memfds:
+            os.close(fd)
+        if why:
+            break
+    os._exit(0)
+
+
 # ====================================================================== parent side
 def _uid_base() -> int:
     """Sandbox uids start at 0x70000000 (unused in practice); where a user namespace maps fewer
@@ -280,10 +530,9 @@ def _kill_uid(uid: int) -> None:
         )
 
 
-@contextlib.contextmanager
-def _uid_lease(base: int) -> Iterator[int]:
-    """An unused uid for one run, held by an flock so that concurrent sandboxes (threads or other
-    processes on this machine) never share one; leftovers of a crashed run are killed first."""
+def _lease_uid(base: int) -> tuple[int, int]:
+    """(uid, lock fd): an unused uid held by an flock so that concurrent sandboxes (threads or
+    other processes on this machine) never share one; leftovers of a crashed run are killed first."""
     locks = Path("/tmp/.vlmgrpo-sandbox-uids")  # not $TMPDIR: every process must see the same locks
     locks.mkdir(mode=0o700, exist_ok=True)
     for uid in range(base, base + UID_POOL):
@@ -293,14 +542,24 @@ def _uid_lease(base: int) -> Iterator[int]:
         except BlockingIOError:
             os.close(fd)
             continue
-        try:
-            _kill_uid(uid)
-            yield uid
-        finally:
-            _kill_uid(uid)
-            os.close(fd)  # releases the lock
-        return
+        _kill_uid(uid)
+        return uid, fd
     raise OSError(f"all {UID_POOL} sandbox uids from {base} are in use")
+
+
+def _release_uid(uid: int, fd: int) -> None:
+    _kill_uid(uid)
+    os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _uid_lease(base: int) -> Iterator[int]:
+    """An unused uid for one run (`_lease_uid`), its processes killed and the lock released after."""
+    uid, fd = _lease_uid(base)
+    try:
+        yield uid
+    finally:
+        _release_uid(uid, fd)
 
 
 def _user_tasks() -> int:
@@ -404,6 +663,9 @@ def _bwrap_args(dirs: Sequence[str], mpl_cache: str, c: SandboxConfig, root: boo
         args += ["--ro-bind", d, d]
     args += ["--ro-bind", os.path.abspath(__file__), SBX_LAUNCHER, "--ro-bind", mpl_cache, SBX_MPL_CACHE]
     args += ["--size", str(16 << 20), "--tmpfs", SBX_MPL, "--chdir", SBX_WORK]
+    # the rest of the fresh root (/, /sbx, /dev, ...: bwrap's tmpfs, the user's own without root)
+    # read-only: what a program may write is the scratch tmpfs above (`SCRATCH`), wiped between programs
+    args += ["--remount-ro", "/dev", "--remount-ro", "/"]
     return args
 
 
@@ -442,13 +704,112 @@ def _read_figure(path: Path, max_side: int) -> tuple[Any, str]:
     """(PIL image as saved, "") or (None, why): no links or FIFOs followed, size checked first."""
     try:
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
-            img = Image.open(io.BytesIO(f.read(64 << 20)))
+            return _image(f.read(64 << 20), max_side)
+    except Exception as e:
+        return None, f"no readable figure ({type(e).__name__}: {e})"
+
+
+def _image(png: bytes, max_side: int) -> tuple[Any, str]:
+    """(PIL image of the PNG bytes, "") or (None, why); size checked before decoding."""
+    try:
+        img = Image.open(io.BytesIO(png))
         if img.width * img.height > 4 * max_side**2:
             raise ValueError(f"{img.width}x{img.height} pixels")
         img.load()
         return img, ""
     except Exception as e:
         return None, f"no readable figure ({type(e).__name__}: {e})"
+
+
+def _env(home: str, mpl: str) -> dict[str, str]:
+    """The launcher's environment, built from scratch: nothing of the trainer's (keys, tokens,
+    proxies)."""
+    env = dict(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", LC_ALL="C.UTF-8", HOME=home)
+    env.update(TMPDIR=home, MPLBACKEND="Agg", MPLCONFIGDIR=mpl)
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+class _Zygote:
+    """The trainer's handle on one zygote (`_zygote`): a bwrap with a launcher that imported
+    matplotlib, a socket to it, and (as root) the uid its programs run as, leased for its life."""
+
+    def __init__(self, box: Sandbox, dirs: Sequence[str]) -> None:
+        c = box.config
+        self.uid, self.lock = _lease_uid(box.uid_base) if box.root else (None, None)
+        self.rundir = tempfile.mkdtemp(prefix="vlmgrpo-zyg-")
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the zygote; closed in close())
+        self.proc: subprocess.Popen | None = None
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        spec = dict(asdict(c), cpu_s=c.cpu_s or c.timeout_s, uid=self.uid, backend="bwrap")
+        spec.update(sock_fd=theirs.fileno(), rundir=self.rundir, workdir=SBX_WORK, host_ns=_ns_inodes())
+        cmd = [*_bwrap_args(dirs, box.mpl_cache, c, box.root), "--", c.python, "-I", SBX_LAUNCHER]
+        try:
+            self.proc = subprocess.Popen(
+                [*cmd, "--zygote", json.dumps(spec)], cwd=self.rundir, env=_env(SBX_WORK, SBX_MPL),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err,
+                pass_fds=(theirs.fileno(),), start_new_session=True,
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        if _recv(self.sock, time.monotonic() + c.setup_timeout_s) is None:
+            why = _tail(self.err, 2000).strip() or f"no answer in {c.setup_timeout_s:g} s"
+            self.close()
+            raise OSError(f"the sandbox's launcher did not start: {why}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def run(self, code: str, nproc: int, c: SandboxConfig) -> tuple[dict, dict[str, Any]] | None:
+        """(the zygote's result, {"stdout", "stderr": text tails, "figure": PNG bytes}), or None when
+        it died or stopped answering while the program ran (then it is closed); ConnectionError when
+        it was gone before the program reached it. Its own timeouts end a program; this deadline
+        only catches a zygote that hangs."""
+        prog = os.memfd_create("program")
+        try:
+            os.write(prog, code.encode("utf-8", errors="replace"))
+            os.lseek(prog, 0, os.SEEK_SET)
+            _send(self.sock, {"nproc": nproc}, [prog])
+        except OSError as e:
+            self.close()
+            raise ConnectionError(f"the sandbox's launcher is gone: {e}") from e
+        finally:
+            os.close(prog)
+        ack = _recv(self.sock, time.monotonic() + c.setup_timeout_s)
+        if ack is None or not ack[0].get("ack"):
+            self.close()
+            raise ConnectionError("the sandbox's launcher is gone: no answer to a program")
+        got = _recv(self.sock, time.monotonic() + c.setup_timeout_s + c.timeout_s + 10)
+        if got is None or got[0].get("recycle") or len(got[1]) != 3:
+            self.close()
+        if got is None or len(got[1]) != 3:
+            return None
+        out, (o, e, f) = got
+        try:
+            size = os.fstat(f).st_size
+            fig = os.pread(f, size, 0) if size <= 64 << 20 else b""
+            return out, dict(stdout=_fd_tail(o, 4000), stderr=_fd_tail(e, 2000), figure=fig)
+        finally:
+            for fd in (o, e, f):
+                os.close(fd)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # bwrap: its PID namespace ends with it
+            self.proc.wait()
+            self.proc = None
+        self.sock.close()
+        if self.lock is not None:
+            _release_uid(self.uid, self.lock)
+            self.lock = None
+        self.err.close()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def _fd_tail(fd: int, n: int) -> str:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, n, max(0, size - n)).decode("utf-8", errors="replace")
 
 
 class Sandbox:
@@ -462,10 +823,54 @@ class Sandbox:
         # "bwrap" (the full list) or "none" (the "always" list); `why_not` says why not bwrap
         self.why_not = bwrap_works() if self.config.isolate else "isolate: false"
         self.backend = "none" if self.why_not else "bwrap"
+        self._idle: list[_Zygote] = []  # zygotes not running a program now
+        self._lock = threading.Lock()
+
+    @property
+    def uses_zygote(self) -> bool:
+        return self.config.zygote and self.backend == "bwrap"
+
+    def close(self) -> None:
+        """End the idle zygotes (they also end with the thread that started them)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for z in idle:
+            z.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _take(self, dirs: Sequence[str]) -> _Zygote:
+        with self._lock:
+            while self._idle:
+                z = self._idle.pop()
+                if z.alive():
+                    return z
+                z.close()
+        return _Zygote(self, dirs)
+
+    def _warm(self, n: int) -> None:
+        """Start zygotes up to n in this thread: bwrap's --die-with-parent ties each to the thread
+        that started it, and a pool thread ends with its run_many."""
+        dirs, why = _interpreter(self.config.python, self.mpl_cache)
+        with self._lock:
+            dead = [z for z in self._idle if not z.alive()]
+            self._idle = [z for z in self._idle if z.alive()]
+            missing = n - len(self._idle)
+        for z in dead:
+            z.close()
+        for _ in range(max(0, missing) if not why else 0):
+            with contextlib.suppress(OSError):
+                z = _Zygote(self, dirs)
+                with self._lock:
+                    self._idle.append(z)
 
     def run_many(self, codes: Sequence[str]) -> list[SandboxResult]:
         """Run every program, `workers` at a time; results in input order."""
         workers = min(len(codes), self.config.workers or len(os.sched_getaffinity(0)))  # usable CPUs
+        if self.uses_zygote:
+            self._warm(workers)
         if workers <= 1:
             return [self.run(c) for c in codes]
         with ThreadPoolExecutor(workers, thread_name_prefix="sandbox") as pool:
@@ -477,12 +882,51 @@ class Sandbox:
             dirs, why = _interpreter(self.config.python, self.mpl_cache)
             if why:
                 return SandboxResult("sandbox_error", error=why)
+            if self.uses_zygote:
+                return self._run_zygote(code, dirs)
             if self.root and self.backend == "bwrap":
                 with _uid_lease(self.uid_base) as uid:
                     return self._run(code, uid, dirs)
             return self._run(code, None, dirs)
         except OSError as e:  # no free uid, cannot start Python, ...
             return SandboxResult("sandbox_error", error=f"{type(e).__name__}: {e}")
+
+    def _run_zygote(self, code: str, dirs: Sequence[str]) -> SandboxResult:
+        c = self.config
+        for attempt in range(2):
+            z = self._take(dirs)
+            # RLIMIT_NPROC counts every task of the uid: the leased uid has none but the program's;
+            # the trainer's own uid (no root) has its current tasks, the zygotes among them
+            try:
+                got = z.run(code, c.max_procs if self.root else _user_tasks() + c.max_procs + 1, c)
+                break
+            except ConnectionError:  # died while idle (its thread ended, the machine killed it)
+                if attempt:
+                    raise  # run() makes it a sandbox_error
+        if z.alive():
+            with self._lock:
+                self._idle.append(z)
+        if got is None:  # as root a program cannot signal its zygote: the machine killed it
+            status = "sandbox_error" if self.root else "runtime_error"
+            return SandboxResult(status, error="the sandbox's launcher died or hung while the program ran")
+        out, got_fds = got
+        fig = got_fds["figure"]
+        res = SandboxResult("runtime_error", stdout=got_fds["stdout"], error=got_fds["stderr"].strip())
+        res.elapsed_s, res.isolation = out["elapsed"], out["report"] or {}
+        res.status = self._classify(out["rc"], out["report"], out["timed_out"])
+        return self._finish(res, out["report"] is None and out["timed_out"], lambda: _image(fig, c.max_side))
+
+    def _finish(self, res: SandboxResult, setup_too_long: bool, image: Any) -> SandboxResult:
+        c = self.config
+        if res.status == "sandbox_error" and setup_too_long:
+            res.error = f"launcher setup took over {c.setup_timeout_s:.0f} s; {res.error}"
+        elif res.status == "timeout":
+            res.error = f"killed after {c.timeout_s:g} s wall clock"
+        elif res.status == "ok":
+            res.image, why = image()
+            if res.image is None:
+                res.status, res.error = "no_figure", why
+        return res
 
     def _run(self, code: str, uid: int | None, dirs: Sequence[str]) -> SandboxResult:
         c, bwrap = self.config, self.backend == "bwrap"
@@ -501,11 +945,7 @@ class Sandbox:
             # RLIMIT_NPROC counts every task of the uid: the leased uid has none but the program's;
             # the trainer's own uid has its current tasks, bwrap's two and the launcher
             spec.update(nproc=c.max_procs if uid is not None else _user_tasks() + c.max_procs + 3)
-            # built from scratch: nothing of the trainer's environment (keys, tokens, proxies)
-            home = spec["workdir"]
-            env = dict(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", LC_ALL="C.UTF-8", HOME=home)
-            env.update(TMPDIR=home, MPLBACKEND="Agg", MPLCONFIGDIR=SBX_MPL if bwrap else self.mpl_cache)
-            env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            env = _env(spec["workdir"], SBX_MPL if bwrap else self.mpl_cache)
             if bwrap:
                 cmd = [*_bwrap_args(dirs, self.mpl_cache, c, self.root), "--", c.python, "-I", SBX_LAUNCHER]
             else:
@@ -540,15 +980,9 @@ class Sandbox:
             if report is not None and not bwrap:
                 res.isolation["why_not"] = self.why_not
             res.status = self._classify(proc.returncode, report, timed_out)
-            if res.status == "sandbox_error" and timed_out and report is None:
-                res.error = f"launcher setup took over {c.setup_timeout_s:.0f} s; {res.error}"
-            elif res.status == "timeout":
-                res.error = f"killed after {c.timeout_s:g} s wall clock"
-            elif res.status == "ok":
-                res.image, why = _read_figure(rundir / "figure.png", c.max_side)
-                if res.image is None:
-                    res.status, res.error = "no_figure", why
-            return res
+            return self._finish(
+                res, timed_out and report is None, lambda: _read_figure(rundir / "figure.png", c.max_side)
+            )
 
     @staticmethod
     def _classify(rc: int, report: dict | None, timed_out: bool) -> str:
@@ -565,4 +999,6 @@ class Sandbox:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--zygote":
+        _zygote(json.loads(sys.argv[2]))
     _launcher(json.loads(sys.argv[1]))
