@@ -90,7 +90,7 @@ def test_cycle_demo_reports_transfer_for_base_and_every_checkpoint(tmp_path, mon
         r = json.loads((out / "ckpt_tests" / f"{name}.json").read_text())
         assert r["task"] == "scenes-qa" and r["pass@1"] == t["pass@1"][name]
     assert "transfer, pass@1 on 6 questions" in capsys.readouterr().out
-    # the cycle demo's model has the shape filters, and GRPO a KL to the warm-started policy
+    # the cycle demo's model, and GRPO with a KL to the warm-started policy
     assert json.loads((out / "model" / "demo_model.json").read_text()) == demo.CYCLE_MODEL
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["grpo"]["beta"] > 0 and cfg["grpo"]["ref"]["kind"] == "copy"

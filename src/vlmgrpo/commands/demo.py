@@ -50,10 +50,11 @@ from vlmgrpo.tasks.scene_qa_eval import SCENE_QA_DEFAULTS
 #   ~ +-`shape_filters`. Why they exist: each object's centre falls on the shared corner of the 4
 #   patches of its cell's merged token, so each patch holds one quadrant of it, and per-channel
 #   means see how much ink a quadrant has, not its outline; with the templates a warm start on
-#   "a red circle" targets reads shape (held-out 0.67 after 400 steps, against 0.28 without). Under
-#   GRPO alone the policy collapsed to "circle" (the shape whose drawing is closest to all three)
-#   and closed no more of the gap; with the KL to the warm start of `DEMO_OVERRIDES` it closes more
-#   than the colour-only model, which is why the cycle demo uses them (`CYCLE_MODEL`, docs/demo.md).
+#   "a red circle" targets reads shape (held-out 0.67 after 400 steps, against 0.28 without). Why
+#   off: under GRPO the policy did not learn shape with them either (without a KL it collapsed to
+#   "circle", the shape whose drawing is closest to all three; with the KL of `DEMO_OVERRIDES` the
+#   shape words stay varied but at chance), and the 6 colour filters they take cost seed 2 most of
+#   its gain (docs/learning.md, "Cycle"). `vlmgrpo demo --shape-filters` builds them.
 DEMO_MODEL: dict = {
     "arch": "qwen3_vl",
     "seed": 0,
@@ -63,8 +64,8 @@ DEMO_MODEL: dict = {
 }
 # The variant measured with shape filters (docs/demo.md, "Shape"): 18 colour filters + 8 shape ones.
 SHAPE_FILTERS_MODEL: dict = {**DEMO_MODEL, "colour_filters": 18, "shape_filters": 4.0}
-# The cycle demo's model (`vlmgrpo demo`, `make demo`; `--no-shape-filters` gives DEMO_MODEL).
-CYCLE_MODEL: dict = SHAPE_FILTERS_MODEL
+# The cycle demo's model (`vlmgrpo demo`, `make demo`; `--shape-filters` gives SHAPE_FILTERS_MODEL).
+CYCLE_MODEL: dict = DEMO_MODEL
 SHAPE_DIMS = 8  # channels of `shape_filters`: (square, triangle) minus circle x 4 patch corners
 POSITION_DIMS = 6
 # Settings `vlmgrpo demo` puts on top of the `demo` recipe (before any --set); the recipe keeps its
@@ -351,8 +352,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--shape-filters",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="cycle only: the tiny model's fixed shape filters (default: on; --no-shape-filters "
-        "builds the colour-filter model of the demo before 2026-12-05)",
+        help="cycle only: build the tiny model with fixed shape filters (SHAPE_FILTERS_MODEL; "
+        "default: off, DEMO_MODEL)",
     )
     p.add_argument(
         "--set",
