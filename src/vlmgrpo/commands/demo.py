@@ -502,7 +502,9 @@ def run(args: argparse.Namespace) -> int:
     shape_filters = getattr(args, "shape_filters", None)
     if shape_filters is not None:
         if args.task != "cycle":
-            raise ConfigError(f"demo --[no-]shape-filters: the cycle task's model only, not --task {args.task}")
+            raise ConfigError(
+                f"demo --[no-]shape-filters: the cycle task's model only, not --task {args.task}"
+            )
         task = replace(task, model_spec=SHAPE_FILTERS_MODEL if shape_filters else DEMO_MODEL)
     out = Path(args.output_dir or ("runs/demo" if args.task == "cycle" else f"runs/demo-{args.task}"))
     model_dir = _build_model(task, out / "model")
