@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from vlmgrpo.cli import main
 from vlmgrpo.commands import demo
@@ -89,3 +90,29 @@ def test_cycle_demo_reports_transfer_for_base_and_every_checkpoint(tmp_path, mon
         r = json.loads((out / "ckpt_tests" / f"{name}.json").read_text())
         assert r["task"] == "scenes-qa" and r["pass@1"] == t["pass@1"][name]
     assert "transfer, pass@1 on 6 questions" in capsys.readouterr().out
+    # the cycle demo's model, and GRPO with a KL to the warm-started policy
+    assert json.loads((out / "model" / "demo_model.json").read_text()) == demo.CYCLE_MODEL
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["grpo"]["beta"] > 0 and cfg["grpo"]["ref"]["kind"] == "copy"
+
+
+def test_demo_shape_filters_switch_picks_the_model_and_is_cycle_only(tmp_path, monkeypatch, capsys):
+    specs = []
+
+    class Built(Exception):
+        pass
+
+    def build(task, model_dir):  # record which model the run would build, then stop before training
+        specs.append(task.model_spec)
+        raise Built
+
+    monkeypatch.setattr(demo, "_build_model", build)
+    for flag, spec in (([], demo.CYCLE_MODEL), (["--shape-filters"], demo.SHAPE_FILTERS_MODEL),
+                       (["--no-shape-filters"], demo.DEMO_MODEL)):  # fmt: skip
+        with pytest.raises(Built):
+            main(["demo", "--output-dir", str(tmp_path / "c"), *flag])
+        assert specs.pop() == spec
+    assert main(["demo", "--task", "area", "--no-shape-filters", "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "--[no-]shape-filters" in err and "--task area" in err and len(err.strip().splitlines()) == 1
+    assert not specs and not (tmp_path / "a").exists()  # stopped before building or writing anything

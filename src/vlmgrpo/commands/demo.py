@@ -25,10 +25,11 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from vlmgrpo.errors import ConfigError
 from vlmgrpo.tasks.scene_qa_eval import SCENE_QA_DEFAULTS
 
 # How `vlmgrpo demo` builds its tiny model (docs/demo.md). Two fixed parts of the vision tower
@@ -50,8 +51,10 @@ from vlmgrpo.tasks.scene_qa_eval import SCENE_QA_DEFAULTS
 #   patches of its cell's merged token, so each patch holds one quadrant of it, and per-channel
 #   means see how much ink a quadrant has, not its outline; with the templates a warm start on
 #   "a red circle" targets reads shape (held-out 0.67 after 400 steps, against 0.28 without). Why
-#   off: under GRPO the demo still did not learn shape with them (it collapsed to "circle", the
-#   shape whose drawing is closest to all three) and closed no more of the gap (docs/demo.md).
+#   off: under GRPO the policy did not learn shape with them either (without a KL it collapsed to
+#   "circle", the shape whose drawing is closest to all three; with the KL of `DEMO_OVERRIDES` the
+#   shape words stay varied but at chance), and the 6 colour filters they take cost seed 2 most of
+#   its gain (docs/learning.md, "Cycle"). `vlmgrpo demo --shape-filters` builds them.
 DEMO_MODEL: dict = {
     "arch": "qwen3_vl",
     "seed": 0,
@@ -61,12 +64,27 @@ DEMO_MODEL: dict = {
 }
 # The variant measured with shape filters (docs/demo.md, "Shape"): 18 colour filters + 8 shape ones.
 SHAPE_FILTERS_MODEL: dict = {**DEMO_MODEL, "colour_filters": 18, "shape_filters": 4.0}
+# The cycle demo's model (`vlmgrpo demo`, `make demo`; `--shape-filters` gives SHAPE_FILTERS_MODEL).
+CYCLE_MODEL: dict = DEMO_MODEL
 SHAPE_DIMS = 8  # channels of `shape_filters`: (square, triangle) minus circle x 4 patch corners
 POSITION_DIMS = 6
-# Settings `vlmgrpo demo` puts on top of the `demo` recipe (before any --set). group_size 16: more
-# position words tried per image in a group; with 8, seed 1 closed 16% of the gap, with 16, 47%
-# (docs/demo.md). The recipe keeps 8 so that `vlmgrpo train --recipe demo` stays cheap.
-DEMO_OVERRIDES: tuple[str, ...] = ("rollout.group_size=16",)
+# Settings `vlmgrpo demo` puts on top of the `demo` recipe (before any --set); the recipe keeps its
+# cheaper values so that `vlmgrpo train --recipe demo` (and the tests using it) stay cheap.
+# - group_size 16: more position words tried per image in a group; with 8, seed 1 closed 16% of
+#   the gap, with 16, 47% (docs/demo.md).
+# - a k3 KL to the warm-started policy (grpo.beta 0.15, a frozen copy taken after the warm start):
+#   without it the policy drifts to one shape word ("circle"), and a group then has no shape
+#   contrast left; with it the words stay varied (docs/demo.md, "Shape"; beta 0.04 let them
+#   collapse again).
+# - lr 5e-4 and 500 GRPO steps: at 3e-4 the held-out curve still rose at step 400 and needed 600
+#   steps (9-10 min per seed on the loaded 2-core box); at 5e-4 it levels off by ~450.
+DEMO_OVERRIDES: tuple[str, ...] = (
+    "rollout.group_size=16",
+    "grpo.beta=0.15",
+    "grpo.ref.kind=copy",
+    "optim.lr=5e-4",
+    "train.steps=500",
+)
 
 
 def _set_position_code(visual: Any, gain: float) -> None:
@@ -305,7 +323,7 @@ GEOMETRY_OVERRIDES: tuple[str, ...] = (
 # Demo budgets: what each task's recipe runs under `vlmgrpo demo` (the recipes stay as they are).
 _EVERY = ("train.eval_every=25", "train.save_every=100", "train.log_samples_every=25")
 TASKS: dict[str, DemoTask] = {
-    "cycle": DemoTask("demo", "similarity", overrides=DEMO_OVERRIDES),
+    "cycle": DemoTask("demo", "similarity", overrides=DEMO_OVERRIDES, model_spec=CYCLE_MODEL),
     "geometry": DemoTask(
         "geometry-tiny",
         "accuracy",
@@ -337,6 +355,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--output-dir", default=None, help="where the model and the run(s) go (default runs/demo[-TASK])"
     )
     p.add_argument("--seeds", default="1", help="comma-separated seeds; one run folder per seed")
+    p.add_argument(
+        "--shape-filters",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cycle only: build the tiny model with fixed shape filters (SHAPE_FILTERS_MODEL; "
+        "default: off, DEMO_MODEL)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -481,6 +506,13 @@ def run(args: argparse.Namespace) -> int:
     from vlmgrpo.trainer import Trainer
 
     task = TASKS[args.task]
+    shape_filters = getattr(args, "shape_filters", None)
+    if shape_filters is not None:
+        if args.task != "cycle":
+            raise ConfigError(
+                f"demo --[no-]shape-filters: the cycle task's model only, not --task {args.task}"
+            )
+        task = replace(task, model_spec=SHAPE_FILTERS_MODEL if shape_filters else DEMO_MODEL)
     out = Path(args.output_dir or ("runs/demo" if args.task == "cycle" else f"runs/demo-{args.task}"))
     model_dir = _build_model(task, out / "model")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
