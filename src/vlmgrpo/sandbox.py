@@ -323,15 +323,52 @@ def _own_state() -> list:
     return [rl, os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0)), os.sched_getscheduler(0)]
 
 
-def _scratch_state() -> dict[str, tuple[int, int]]:
-    return {d: (os.lstat(d).st_mode, os.lstat(d).st_uid) for d in SCRATCH}
+Entry = tuple[int, int, bool]  # (mode, uid, is a mount point)
 
 
-def _empty(folder: str) -> None:
-    """Remove everything inside `folder` (no link followed); folders a program closed are opened
-    (chmod) first."""
+def _tree(folder: str) -> dict[str, Entry]:
+    """Everything under `folder` by relative path, without descending into mount points: the
+    interpreter's folders that bwrap binds below a scratch tmpfs (a venv under /tmp) appear as
+    mount points, with the folders bwrap made on their way."""
+    dev, out = os.lstat(folder).st_dev, {}
+    for top, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                out[os.path.relpath(path, folder)] = (st.st_mode, st.st_uid, st.st_dev != dev)
+        dirs[:] = [
+            d for d in dirs if not out.get(os.path.relpath(os.path.join(top, d), folder), (0, 0, 1))[2]
+        ]
+    return out
+
+
+def _scratch_state() -> dict[str, tuple[int, int, dict[str, Entry]]]:
+    """Each scratch folder's mode and owner, and what must stay in it between programs: the mount
+    points of bound interpreter folders and the folders on their way (nothing else, normally)."""
+    state = {}
+    for d in SCRATCH:
+        tree = _tree(d)
+        mounts = [r for r, e in tree.items() if e[2]]
+        keep = {r for m in mounts for r in tree if r == m or m.startswith(r + os.sep)}
+        state[d] = (os.lstat(d).st_mode, os.lstat(d).st_uid, {r: tree[r] for r in keep})
+    return state
+
+
+def _empty(folder: str, keep: dict[str, Entry], prefix: str = "") -> None:
+    """Remove everything inside `folder` but `keep` (relative paths; mount points left alone, the
+    folders on their way emptied and given back their modes); no link followed; folders a program
+    closed are opened (chmod) first."""
     for entry in os.scandir(folder):
-        if entry.is_dir(follow_symlinks=False):
+        rel = os.path.join(prefix, entry.name)
+        if rel in keep:
+            if not keep[rel][2]:  # a folder on the way to a mount point: empty it, restore its mode
+                with contextlib.suppress(OSError):
+                    os.chmod(entry.path, 0o700, follow_symlinks=False)
+                _empty(entry.path, keep, rel)
+                with contextlib.suppress(OSError):
+                    os.chmod(entry.path, keep[rel][0] & 0o7777, follow_symlinks=False)
+        elif entry.is_dir(follow_symlinks=False):
             with contextlib.suppress(OSError):
                 os.chmod(entry.path, 0o700, follow_symlinks=False)
             for top, dirs, _ in os.walk(entry.path):  # top-down: each folder opened before it is listed
@@ -374,24 +411,23 @@ def _kill_others(pid: int) -> int:
     raise OSError("processes of the program survive SIGKILL")
 
 
-def _clean_scratch(modes: dict[str, tuple[int, int]]) -> str:
+def _clean_scratch(state: dict[str, tuple[int, int, dict[str, Entry]]]) -> str:
     """Empty the scratch folders in a forked helper (file names stay out of the zygote's memory)
-    and restore their modes. "" or what is left."""
+    but what `state` keeps (`_scratch_state`), and restore their modes. "" or what is left."""
     sys.stdout.flush(), sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         try:
-            for d, (mode, _) in modes.items():
+            for d, (mode, _, keep) in state.items():
                 os.chmod(d, mode & 0o7777)  # a program of the same uid may have closed it
-                _empty(d)  # matplotlib's font list too: the zygote read it at its import
+                _empty(d, keep)  # matplotlib's font list too: the zygote read it at its import
         finally:
             os._exit(0)
     _reap(pid)
-    for d in SCRATCH:
-        with os.scandir(d) as it:
-            if any(True for _ in it):
-                return f"{d} could not be emptied"
-    return "" if _scratch_state() == modes else "a scratch folder's owner or mode changed"
+    for d, (_, _, keep) in state.items():
+        if _tree(d) != keep:
+            return f"{d} could not be emptied"
+    return "" if _scratch_state() == state else "a scratch folder's owner or mode changed"
 
 
 def _zygote_child(spec: dict, base: dict, fds: dict, plt: Any, libc: Any) -> None:
