@@ -217,3 +217,27 @@ def test_programs_draw_different_random_numbers():
     finally:
         box.close()
     assert len(set(outs)) == 3, outs
+
+
+def test_cleanup_keeps_bound_interpreter_folders_below_a_scratch_folder(tmp_path):
+    """A venv under /tmp is bound by bwrap below the sandbox's /tmp: its mount point and the folders
+    bwrap made on the way must survive the cleanup (emptied of anything a program put there, modes
+    restored), or the zygote counted them as leftovers and was replaced after every program (CI's
+    fresh clone, venv under /tmp). Pure functions on a plain folder; the mount is marked by hand."""
+    import os
+
+    from vlmgrpo import sandbox as sb
+
+    way, mount = tmp_path / "ci" / "main", tmp_path / "ci" / "main" / ".venv"
+    mount.mkdir(parents=True)
+    (mount / "python").write_text("interpreter")
+    keep = {r: (os.lstat(tmp_path / r).st_mode, os.getuid(), r == os.path.join("ci", "main", ".venv"))
+            for r in ("ci", os.path.join("ci", "main"), os.path.join("ci", "main", ".venv"))}  # fmt: skip
+    (tmp_path / "ci" / "planted").write_text("x")  # a program's files on the way and beside it
+    (way / "deep").mkdir()
+    (tmp_path / "left.txt").write_text("x")
+    os.chmod(way, 0o777)
+    sb._empty(str(tmp_path), keep)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "ci", "ci/main", "ci/main/.venv", "ci/main/.venv/python"]  # fmt: skip
+    assert os.lstat(way).st_mode == keep[os.path.join("ci", "main")][0]
