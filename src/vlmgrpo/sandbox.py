@@ -180,6 +180,19 @@ def _view_report(spec: dict) -> dict[str, bool]:
     return report
 
 
+def _read_program(fd: int) -> tuple[str, Any]:
+    """(source, code object) of the program in descriptor `fd`; a program that does not compile
+    has its error written to stderr and the process exits with EXIT_SYNTAX."""
+    with os.fdopen(fd, "rb") as f:
+        src = f.read().decode("utf-8", errors="replace")
+    try:
+        return src, compile(src, "<program>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
+        sys.stderr.write("".join(traceback.format_exception_only(*sys.exc_info()[:2])))
+        sys.stderr.flush()
+        os._exit(EXIT_SYNTAX)
+
+
 def _launcher(spec: dict) -> None:
     """Runs as `python -I sandbox.py SPEC` (inside bwrap where available): read, compile, limit,
     import matplotlib, fork the program, report."""
@@ -187,14 +200,7 @@ def _launcher(spec: dict) -> None:
     try:
         os.umask(0o022)
         _set_limits(spec)
-        with os.fdopen(spec["program_fd"], "rb") as f:
-            src = f.read().decode("utf-8", errors="replace")
-        try:
-            code = compile(src, "<program>", "exec", dont_inherit=True)
-        except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
-            sys.stderr.write("".join(traceback.format_exception_only(*sys.exc_info()[:2])))
-            sys.stderr.flush()
-            os._exit(EXIT_SYNTAX)
+        src, code = _read_program(spec["program_fd"])
         libc = _libc()
         if spec["backend"] == "bwrap":
             _copy_font_list()
@@ -457,14 +463,7 @@ def _zygote_child(spec: dict, base: dict, fds: dict, plt: Any, libc: Any) -> Non
             hdr, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
             _check(libc.capset(hdr, data), "capset")  # no capability, in any namespace
         _set_limits(spec)
-        with os.fdopen(fds["program"], "rb") as f:
-            src = f.read().decode("utf-8", errors="replace")
-        try:
-            code = compile(src, "<program>", "exec", dont_inherit=True)
-        except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
-            sys.stderr.write("".join(traceback.format_exception_only(*sys.exc_info()[:2])))
-            sys.stderr.flush()
-            os._exit(EXIT_SYNTAX)
+        src, code = _read_program(fds["program"])
         report = dict(base, keyring=_new_session_keyring(libc))
         os.chdir(SBX_WORK)
         if "numpy" in sys.modules:  # forked children would all draw the same "random" numbers

@@ -96,21 +96,20 @@ def absolute_inputs(cfg) -> list[str]:
     keys changed."""
     from pathlib import Path
 
-    from vlmgrpo.sources import is_local_path
+    def child(node, k: str):
+        return node.get(k) if isinstance(node, dict) else getattr(node, k, None)
 
     changed = []
     for key in INPUT_PATH_KEYS:
         *parents, last = key.split(".")
         node = cfg
         for k in parents:
-            node = node.get(k) if isinstance(node, dict) else getattr(node, k, None)
-            if node is None:
-                break
-        get = (lambda n, k: n.get(k)) if isinstance(node, dict) else (lambda n, k: getattr(n, k, None))
-        value = get(node, last) if node is not None else None
-        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            node = child(node, k) if node is not None else None
+        value = child(node, last) if node is not None else None
+        # a folder or file that exists from here is a local path, whatever its shape (sources.py)
+        if not isinstance(value, str) or not value or not Path(value).expanduser().exists():
             continue
-        if not is_local_path(value) or not Path(value).expanduser().exists():
+        if Path(value).expanduser().is_absolute():
             continue
         absolute = str(Path(value).expanduser().resolve())
         if isinstance(node, dict):
