@@ -89,7 +89,11 @@ def test_cycle_demo_reports_transfer_for_base_and_every_checkpoint(tmp_path, mon
     for name in t["pass@1"]:
         r = json.loads((out / "ckpt_tests" / f"{name}.json").read_text())
         assert r["task"] == "scenes-qa" and r["pass@1"] == t["pass@1"][name]
-    assert "transfer, pass@1 on 6 questions" in capsys.readouterr().out
+        assert t["describe"][name] == r["describe"]["by_attribute"]  # the demo's own prompt, graded
+    printed = capsys.readouterr().out
+    assert "transfer, pass@1 on 6 questions" in printed
+    line = next(x for x in printed.splitlines() if "own descriptions name the right shape" in x)
+    assert f"ckpt-2 {t['describe']['ckpt-2']['shape']:.3f}" in line
     # the cycle demo's model, and GRPO with a KL to the warm-started policy
     assert json.loads((out / "model" / "demo_model.json").read_text()) == demo.CYCLE_MODEL
     cfg = yaml.safe_load((out / "config.yaml").read_text())

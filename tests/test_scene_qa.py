@@ -94,6 +94,16 @@ def test_eval_scenes_qa_grades_every_answer_by_the_rules(tmp_path, tiny_vlm_dir)
         assert r["pass@1"] == pytest.approx(sum(per) / len(per))
         assert set(r["by_attribute"]) == {"colour", "shape", "position"}
         assert r["colour"] == r["by_attribute"]["colour"]["pass@1"]
+        # the run's own prompt on the same scenes, each description graded for every attribute
+        d = r["describe"]
+        assert d["prompt"] == "Describe this image." and len(d["items"]) == 2
+        for it in d["items"]:
+            assert len(it["completions"]) == 2
+            for text, g in zip(it["completions"], it["grades"]):
+                assert g == {a: grade(text, a, it["truth"][a])[0] for a in ("colour", "shape", "position")}
+        for a in ("colour", "shape", "position"):
+            mean = sum(g[a] for it in d["items"] for g in it["grades"]) / 4
+            assert d["by_attribute"][a] == r[f"describe_{a}"] == pytest.approx(mean)
     # the questions are about the run's own held-out scenes (the demo recipe's eval data)
     from vlmgrpo.config import config_from_file
     from vlmgrpo.data import build_dataset
@@ -113,3 +123,34 @@ def test_eval_scenes_qa_on_a_run_without_scenes_uses_fixed_scenes(tmp_path, tiny
     assert main(args) == 0
     r = json.loads((run / "ckpt_tests" / "ckpt-2.json").read_text())
     assert [it["attribute"] for it in r["items"]] == ["colour", "shape", "position"]
+    assert "describe" not in r  # the run's prompt asks about areas, not scenes
+
+
+def test_describe_scenes_grades_each_description_for_every_attribute():
+    """The run's own prompt: a true description scores on all three attributes, a description with
+    the wrong shape loses shape only, a hedge on position loses position (rules of `grade`)."""
+    from types import SimpleNamespace
+
+    from vlmgrpo.config import load_config
+    from vlmgrpo.tasks.scene_qa_eval import describe_scenes
+
+    obj = SceneObject(shape="triangle", color="green", size="small", row=0, col=2)
+    sample = _sample(obj)
+    true = describe(Scene((obj,)))
+    texts = [true, true.replace("triangle", "circle"), "a small green triangle at the top or the center"]
+    seen = []
+
+    def generate(model, proc, prompts, n):
+        seen.append((prompts, n))
+        return [texts]
+
+    cfg = load_config("demo", [])
+    ctx = SimpleNamespace(cfg=cfg, opts=SimpleNamespace(num_samples=3), generate=generate)
+    d = describe_scenes(None, None, ctx, [sample])
+    assert seen[0][1] == 3 and seen[0][0][0].text == "Describe this image."
+    assert d["items"][0]["grades"] == [
+        {"colour": 1, "shape": 1, "position": 1},
+        {"colour": 1, "shape": 0, "position": 1},
+        {"colour": 1, "shape": 1, "position": 0},
+    ]
+    assert d["by_attribute"] == pytest.approx({"colour": 1.0, "shape": 2 / 3, "position": 2 / 3})

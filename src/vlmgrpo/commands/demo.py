@@ -459,7 +459,8 @@ def _fmt(v: float | None) -> str:
 
 def transfer_check(run_dir: Path) -> dict:
     """pass@1 of the base model and every checkpoint of `run_dir` on `scenes-qa` (results in
-    ckpt_tests/, as `vlmgrpo eval --task scenes-qa` writes them), overall and per attribute."""
+    ckpt_tests/, as `vlmgrpo eval --task scenes-qa` writes them), overall and per attribute, and
+    the share of the policy's own descriptions (the demo's prompt) naming each attribute right."""
     from vlmgrpo.evaluate import EvalOptions, evaluate_run
 
     results = evaluate_run(
@@ -470,6 +471,7 @@ def transfer_check(run_dir: Path) -> dict:
         "questions": results[0]["graded"] // TRANSFER_EVAL["num_samples"] if results else 0,
         "pass@1": {r["name"]: r.get("pass@1") for r in results},
         "by_attribute": {r["name"]: {a: r.get(a) for a in ("colour", "shape", "position")} for r in results},
+        "describe": {r["name"]: (r.get("describe") or {}).get("by_attribute") for r in results},
         "chance": {a: v["chance"] for a, v in (results[0].get("by_attribute") or {}).items()}
         if results
         else {},
@@ -570,6 +572,11 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"seed {seed}: transfer, pass@1 on {t['questions']} questions about held-out scenes: "
                 + ", ".join(f"{k} {_fmt(v)}" for k, v in t["pass@1"].items())
+            )
+            shape = {k: (v or {}).get("shape") for k, v in t["describe"].items()}
+            print(
+                f"seed {seed}: its own descriptions name the right shape (chance {_fmt(t['chance'].get('shape'))}): "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in shape.items())
             )
         if "ckpt_eval" in s:
             c = s["ckpt_eval"]

@@ -7,6 +7,12 @@ image, then the question; no system prompt unless given); each graded by rules. 
 as the QA benchmarks (`tasks/qa_eval.py`), plus pass@1 per attribute next to its chance level.
 Its default settings (`SCENE_QA_DEFAULTS`) are the cycle demo's transfer check; the system prompt
 is the run's `prompt.system`.
+
+For a run trained on scenes it also grades the policy's own descriptions (`describe`): the run's
+prompt (`prompt.user`, e.g. "Describe this image."), `num_samples` descriptions per scene, each
+graded by the same rules for colour, shape and position. Why: the questions measure transfer to
+prompts the run never trained on; the descriptions measure what the run itself learned to say
+(for the demo: whether it names the right shape), and the two differ (docs/learning.md).
 """
 
 from __future__ import annotations
@@ -64,10 +70,40 @@ def scene_qa_task(model: Any, proc: Any, ctx: Any) -> dict[str, Any]:
             }
             | item_stats([s for s, _ in graded], o.ks)
         )
+    out = summarize_items(per_item, o.ks)
     by_attribute = {}
     for a in ATTRIBUTES:
         p1 = [it["pass@1"] for it in per_item if it["attribute"] == a]
         by_attribute[a] = {"pass@1": sum(p1) / len(p1) if p1 else None, "n": len(p1), "chance": CHANCE[a]}
     # flat copies of the per-attribute pass@1: the report's results table shows them as columns
     flat = {a: v["pass@1"] for a, v in by_attribute.items()}
-    return summarize_items(per_item, o.ks) | {"by_attribute": by_attribute} | flat
+    out |= {"by_attribute": by_attribute} | flat
+    if (ctx.cfg.data.eval_dataset or ctx.cfg.data.dataset) == "scenes":
+        out["describe"] = describe_scenes(model, proc, ctx, [s for s in scenes if questions(s)])
+        out |= {f"describe_{a}": v for a, v in out["describe"]["by_attribute"].items()}
+    return out
+
+
+def describe_scenes(model: Any, proc: Any, ctx: Any, scenes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's own prompt on one-object `scenes`, `num_samples` descriptions each, graded per
+    attribute: {"prompt", "by_attribute": {attribute: share right}, "items": [...]}."""
+    from vlmgrpo.data.scene_qa import ATTRIBUTES, grade, questions
+    from vlmgrpo.sampling import build_prompt
+
+    prompts = [build_prompt(s, ctx.cfg) for s in scenes]
+    completions = ctx.generate(model, proc, prompts, ctx.opts.num_samples)
+    items, right = [], {a: [] for a in ATTRIBUTES}
+    for s, comps in zip(scenes, completions):
+        truth = {q["attribute"]: q["answer"] for q in questions(s)}
+        graded = [{a: grade(t, a, truth[a])[0] for a in ATTRIBUTES} for t in comps]
+        for g in graded:
+            for a in ATTRIBUTES:
+                right[a].append(g[a])
+        items.append(
+            {"id": s.get("id", "scene"), "truth": truth, "completions": list(comps), "grades": graded}
+        )
+    return {
+        "prompt": ctx.cfg.prompt.user,
+        "by_attribute": {a: sum(v) / len(v) if v else None for a, v in right.items()},
+        "items": items,
+    }
