@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from vlmgrpo.cli import main
@@ -94,10 +95,23 @@ def test_cycle_demo_reports_transfer_for_base_and_every_checkpoint(tmp_path, mon
     assert "transfer, pass@1 on 6 questions" in printed
     line = next(x for x in printed.splitlines() if "own descriptions name the right shape" in x)
     assert f"ckpt-2 {t['describe']['ckpt-2']['shape']:.3f}" in line
-    # the cycle demo's model, and GRPO with a KL to the warm-started policy
+    # the cycle demo's model (shape templates), and GRPO with a KL to the warm-started policy
     assert json.loads((out / "model" / "demo_model.json").read_text()) == demo.CYCLE_MODEL
+    assert demo.CYCLE_MODEL["shape_filters"] > 0
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["grpo"]["beta"] > 0 and cfg["grpo"]["ref"]["kind"] == "copy"
+    # its vision tower stays as built (warm start and GRPO train the rest), and the first stage of
+    # the warm start names colour and shape
+    from safetensors.torch import load_file
+
+    built, trained = (
+        load_file(out / "model" / "model.safetensors"),
+        load_file(out / "ckpts" / "ckpt-2" / "model.safetensors"),
+    )
+    visual = [k for k in built if ".visual." in f".{k}"]
+    assert visual and all(torch.equal(built[k], trained[k]) for k in visual)
+    assert any(not torch.equal(built[k], trained[k]) for k in built if k not in visual)
+    assert cfg["model"]["freeze_vision"] is True and cfg["warmup"]["target_field"].startswith("scene_shapes:")
 
 
 def test_demo_shape_filters_switch_picks_the_model_and_is_cycle_only(tmp_path, monkeypatch, capsys):

@@ -45,16 +45,13 @@ from vlmgrpo.tasks.scene_qa_eval import SCENE_QA_DEFAULTS
 #   the demo uses Qwen3-VL: Qwen2.5-VL's tower has no absolute positions, only relative RoPE). Why:
 #   with Qwen2.5-VL the warm-started policy of seeds 2 and 3 never read position, the largest part
 #   of the gap to the ceiling, and GRPO did not teach it; with the code it reads position (~1.0).
-# - `shape_filters` (off in DEMO_MODEL; `SHAPE_FILTERS_MODEL` turns it on): the SHAPE_DIMS filters
-#   after the colour filters become fixed shape templates (`shape_templates`), scaled to answer
-#   ~ +-`shape_filters`. Why they exist: each object's centre falls on the shared corner of the 4
-#   patches of its cell's merged token, so each patch holds one quadrant of it, and per-channel
-#   means see how much ink a quadrant has, not its outline; with the templates a warm start on
-#   "a red circle" targets reads shape (held-out 0.67 after 400 steps, against 0.28 without). Why
-#   off: under GRPO the policy did not learn shape with them either (without a KL it collapsed to
-#   "circle", the shape whose drawing is closest to all three; with the KL of `DEMO_OVERRIDES` the
-#   shape words stay varied but at chance), and the 6 colour filters they take cost seed 2 most of
-#   its gain (docs/learning.md, "Cycle"). `vlmgrpo demo --shape-filters` builds them.
+# - `shape_filters` (off in DEMO_MODEL; on in SHAPE_FILTERS_MODEL, the cycle demo's model): the
+#   SHAPE_DIMS filters after the colour filters become fixed shape templates (`shape_templates`),
+#   scaled to answer ~ +-`shape_filters`. Why: each object's centre falls on the shared corner of
+#   the 4 patches of its cell's merged token, so each patch holds one quadrant of it, and
+#   per-channel means see how much ink a quadrant has, not its outline (a linear probe on the
+#   untrained tower's tokens: shape 0.50 without the templates, 0.96 with them). The templates take
+#   6 of the colour filters (24 -> 18). They pay only with the tower frozen (`DEMO_OVERRIDES`).
 DEMO_MODEL: dict = {
     "arch": "qwen3_vl",
     "seed": 0,
@@ -62,28 +59,38 @@ DEMO_MODEL: dict = {
     "colour_filter_gain": 2.0,
     "position_code": 4.0,
 }
-# The variant measured with shape filters (docs/demo.md, "Shape"): 18 colour filters + 8 shape ones.
+# 18 colour filters + 8 shape templates (docs/demo.md, "Shape").
 SHAPE_FILTERS_MODEL: dict = {**DEMO_MODEL, "colour_filters": 18, "shape_filters": 4.0}
-# The cycle demo's model (`vlmgrpo demo`, `make demo`; `--shape-filters` gives SHAPE_FILTERS_MODEL).
-CYCLE_MODEL: dict = DEMO_MODEL
+# The cycle demo's model (`vlmgrpo demo`, `make demo`; `--no-shape-filters` gives DEMO_MODEL, the
+# demo's model until 2026-12-05, which never learned shape). Recipes that build `demo` (the `demo`
+# and `adversarial` recipes, offline.py) keep DEMO_MODEL, as measured there.
+CYCLE_MODEL: dict = SHAPE_FILTERS_MODEL
 SHAPE_DIMS = 8  # channels of `shape_filters`: (square, triangle) minus circle x 4 patch corners
 POSITION_DIMS = 6
 # Settings `vlmgrpo demo` puts on top of the `demo` recipe (before any --set); the recipe keeps its
-# cheaper values so that `vlmgrpo train --recipe demo` (and the tests using it) stay cheap.
+# cheaper values so that `vlmgrpo train --recipe demo` (and the tests and the adversarial recipe
+# built on it) stay as they were measured.
+# - a frozen vision tower: its fixed front end (colour filters, shape templates, position code)
+#   already holds what the scenes need, and a trainable tower trades one attribute for another:
+#   with it, each seed's warm start learned shape or position late and at random (once shape was
+#   read, position took 400-800 more steps, and GRPO then never taught it); frozen, every seed reads
+#   shape by the end of the shape stage and position 100-300 steps later (docs/learning.md, "Cycle").
+# - the warm start's first stage targets "a red circle" (colour and shape) instead of "a red shape";
+#   a colour-only stage first left the model unable to learn shape afterwards.
 # - group_size 16: more position words tried per image in a group; with 8, seed 1 closed 16% of
 #   the gap, with 16, 47% (docs/demo.md).
 # - a k3 KL to the warm-started policy (grpo.beta 0.15, a frozen copy taken after the warm start):
-#   without it the policy drifts to one shape word ("circle"), and a group then has no shape
-#   contrast left; with it the words stay varied (docs/demo.md, "Shape"; beta 0.04 let them
-#   collapse again).
-# - lr 5e-4 and 500 GRPO steps: at 3e-4 the held-out curve still rose at step 400 and needed 600
-#   steps (9-10 min per seed on the loaded 2-core box); at 5e-4 it levels off by ~450.
+#   without it the policy drifted to one shape word ("circle") while it could not read shape, and a
+#   group then has no contrast left to reward (docs/demo.md, "Shape").
+# - lr 5e-4 and 600 GRPO steps: at 500 seed 1's held-out curve still rose (61% of the gap).
 DEMO_OVERRIDES: tuple[str, ...] = (
+    "model.freeze_vision=true",
+    "warmup.target_field=scene_shapes:400,description",
     "rollout.group_size=16",
     "grpo.beta=0.15",
     "grpo.ref.kind=copy",
     "optim.lr=5e-4",
-    "train.steps=500",
+    "train.steps=600",
 )
 
 
@@ -161,7 +168,13 @@ def build_demo_model(model_dir: Path, spec: dict = DEMO_MODEL) -> Path:
         return model_dir
     if spec.get("position_code") and spec["arch"] != "qwen3_vl":
         raise ValueError("position_code needs the absolute position table of arch 'qwen3_vl'")
-    build_tiny_vlm(model_dir, arch=spec["arch"], seed=spec["seed"])
+    build_tiny_vlm(
+        model_dir,
+        arch=spec["arch"],
+        seed=spec["seed"],
+        text_config=spec.get("text_config"),
+        vision_config=spec.get("vision_config"),
+    )
     if spec.get("colour_filters") or spec.get("position_code"):
         from transformers import AutoModelForImageTextToText
 
@@ -359,8 +372,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--shape-filters",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="cycle only: build the tiny model with fixed shape filters (SHAPE_FILTERS_MODEL; "
-        "default: off, DEMO_MODEL)",
+        help="cycle only: the tiny model's vision front end has fixed shape templates "
+        "(default: on, SHAPE_FILTERS_MODEL; --no-shape-filters: DEMO_MODEL, which cannot see shape)",
     )
     p.add_argument(
         "--set",
