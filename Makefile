@@ -29,10 +29,10 @@ test-slow: env
 	$(BIN)/python -m pytest -q -m "slow"
 
 lint: env
-	$(BIN)/ruff check src tests bench && $(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts && $(BIN)/ruff format --check src tests bench scripts
 
 format: env
-	$(BIN)/ruff format src tests bench && $(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench scripts && $(BIN)/ruff check --fix src tests bench scripts
 
 clean:
 	rm -rf $(VENV) runs
