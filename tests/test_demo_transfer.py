@@ -95,6 +95,9 @@ def test_cycle_demo_reports_transfer_for_base_and_every_checkpoint(tmp_path, mon
     assert "transfer, pass@1 on 6 questions" in printed
     line = next(x for x in printed.splitlines() if "own descriptions name the right shape" in x)
     assert f"ckpt-2 {t['describe']['ckpt-2']['shape']:.3f}" in line
+    # the report's results table shows both: the questions' and the descriptions' per attribute
+    report = (out / "report.html").read_text()
+    assert "<th>shape</th>" in report and "<th>describe_shape</th>" in report
     # the cycle demo's model (shape templates), and GRPO with a KL to the warm-started policy
     assert json.loads((out / "model" / "demo_model.json").read_text()) == demo.CYCLE_MODEL
     assert demo.CYCLE_MODEL["shape_filters"] > 0

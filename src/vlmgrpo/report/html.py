@@ -178,7 +178,8 @@ TASK_COLUMNS = {
     "area": ["answered_rate", "mae", "within_10pct"],
     "img2code": ["exec_success_rate", "similarity", "syntax_error_rate"],
     "geometry": ["format_rate", "grounding_rate", "blind_success_rate"],
-    "scenes-qa": ["colour", "shape", "position"],  # pass@1 per attribute (tasks/scene_qa_eval.py)
+    # pass@1 per attribute of the questions, then of the run's own descriptions (tasks/scene_qa_eval.py)
+    "scenes-qa": ["colour", "shape", "position", "describe_colour", "describe_shape", "describe_position"],
 }
 
 
