@@ -41,7 +41,11 @@ def test_cycle_summary_takes_ceiling_and_shuffled_from_the_metrics(tmp_path):
     _write_metrics(tmp_path, rows)
     s = demo.summarize(tmp_path)
     assert s["ceiling"] == pytest.approx(0.9) and s["shuffled"] == pytest.approx(0.2) == s["shuffled_last3"]
-    assert s["gap_closed"] == pytest.approx((0.6 - 0.5) / 0.4)
+    assert s["gap_closed"] == pytest.approx((0.6 - 0.5) / 0.4) and s["last3_evals"] == 3
+    # a short run with two evaluations: the mean says it has two, the first among them
+    _write_metrics(tmp_path, rows[:2])
+    s = demo.summarize(tmp_path)
+    assert s["last3_evals"] == 2 and s["last3_eval_mean"] == pytest.approx(0.55)
 
 
 def test_geometry_ceiling_is_the_graded_reference_and_shuffled_is_lower(tmp_path):

@@ -413,7 +413,10 @@ def summarize(
     start, end = first[key], mean(key, last3)
     if ceiling is None:
         ceiling = mean(f"eval/{metric}/ceiling", rows)
-    out = {"metric": key, "first_grpo_eval": start, "last3_eval_mean": end, "ceiling": ceiling}
+    # `last3_evals`: how many evaluations the mean has (fewer than 3 in a short run, where it
+    # then includes the first)
+    out = {"metric": key, "first_grpo_eval": start, "last3_eval_mean": end, "last3_evals": len(last3)}
+    out["ceiling"] = ceiling
     if shuffled is None and f"eval/{metric}/shuffled" in last3[-1]:
         shuffled = mean(f"eval/{metric}/shuffled", last3)
         out["shuffled_last3"] = shuffled  # the name earlier summaries used
@@ -575,7 +578,7 @@ def run(args: argparse.Namespace) -> int:
             shuffled_txt = f", shuffled {s['shuffled']:.3f}" if "shuffled" in s else ""
             print(
                 f"seed {seed}: held-out {s['metric']} {s['first_grpo_eval']:.3f} at the first GRPO update -> "
-                f"{s['last3_eval_mean']:.3f} (mean of the last 3 evals); ceiling {s['ceiling']:.3f}"
+                f"{s['last3_eval_mean']:.3f} (mean of the last {s['last3_evals']} evals); ceiling {s['ceiling']:.3f}"
                 f"{shuffled_txt}; gap closed {100 * s['gap_closed']:.0f}%"
             )
         else:
