@@ -62,7 +62,7 @@ DEMO_MODEL: dict = {
 # 18 colour filters + 8 shape templates (docs/demo.md, "Shape").
 SHAPE_FILTERS_MODEL: dict = {**DEMO_MODEL, "colour_filters": 18, "shape_filters": 4.0}
 # The cycle demo's model (`vlmgrpo demo`, `make demo`; `--no-shape-filters` gives DEMO_MODEL, the
-# demo's model until 2026-12-05, which never learned shape). Recipes that build `demo` (the `demo`
+# demo's model until 2026-12-05, which did not learn shape within the demo's budget). Recipes that build `demo` (the `demo`
 # and `adversarial` recipes, offline.py) keep DEMO_MODEL, as measured there.
 CYCLE_MODEL: dict = SHAPE_FILTERS_MODEL
 SHAPE_DIMS = 8  # channels of `shape_filters`: (square, triangle) minus circle x 4 patch corners
@@ -74,9 +74,10 @@ POSITION_DIMS = 6
 #   already holds what the scenes need, and a trainable tower trades one attribute for another:
 #   with it, each seed's warm start learned shape or position late and at random (once shape was
 #   read, position took 400-800 more steps, and GRPO then never taught it); frozen, every seed reads
-#   shape by the end of the shape stage and position 100-300 steps later (docs/learning.md, "Cycle").
-# - the warm start's first stage targets "a red circle" (colour and shape) instead of "a red shape";
-#   a colour-only stage first left the model unable to learn shape afterwards.
+#   shape by the end of the shape stage and starts on position, which the warm start (stopped at
+#   0.55 x ceiling) leaves partly read for GRPO (docs/learning.md, "Cycle").
+# - the warm start's first stage targets "a red circle" (colour and shape) instead of "a red shape":
+#   after a colour-only stage shape came slowly (seed 2: not in 1,200 steps).
 # - group_size 16: more position words tried per image in a group; with 8, seed 1 closed 16% of
 #   the gap, with 16, 47% (docs/demo.md).
 # - a k3 KL to the warm-started policy (grpo.beta 0.15, a frozen copy taken after the warm start):
@@ -291,7 +292,7 @@ class DemoTask:
 
     recipe: str
     metric: str  # the reward label (or label/sub-score) whose held-out mean measures the task
-    arch: str = "qwen3_vl"  # the tiny model (`vlmgrpo tiny-model --arch`); cycle builds DEMO_MODEL
+    arch: str = "qwen3_vl"  # the tiny model (`vlmgrpo tiny-model --arch`); cycle builds its model_spec
     overrides: tuple[str, ...] = ()  # on top of the recipe, before the user's --set
     data: Callable[[Path, int], list[str]] | None = None  # writes the data, returns --set overrides
     reference: Callable[[dict], str] | None = None  # a held-out item's reference completion
@@ -373,7 +374,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="cycle only: the tiny model's vision front end has fixed shape templates "
-        "(default: on, SHAPE_FILTERS_MODEL; --no-shape-filters: DEMO_MODEL, which cannot see shape)",
+        "(default: on, SHAPE_FILTERS_MODEL; --no-shape-filters: DEMO_MODEL, whose tower barely sees shape)",
     )
     p.add_argument(
         "--set",
@@ -577,7 +578,7 @@ def run(args: argparse.Namespace) -> int:
         if "first_grpo_eval" in s:
             shuffled_txt = f", shuffled {s['shuffled']:.3f}" if "shuffled" in s else ""
             print(
-                f"seed {seed}: held-out {s['metric']} {s['first_grpo_eval']:.3f} at the first GRPO update -> "
+                f"seed {seed}: held-out {s['metric']} {s['first_grpo_eval']:.3f} at GRPO step 0 (before any update) -> "
                 f"{s['last3_eval_mean']:.3f} (mean of the last {s['last3_evals']} evals); ceiling {s['ceiling']:.3f}"
                 f"{shuffled_txt}; gap closed {100 * s['gap_closed']:.0f}%"
             )
