@@ -169,13 +169,7 @@ def build_demo_model(model_dir: Path, spec: dict = DEMO_MODEL) -> Path:
         return model_dir
     if spec.get("position_code") and spec["arch"] != "qwen3_vl":
         raise ValueError("position_code needs the absolute position table of arch 'qwen3_vl'")
-    build_tiny_vlm(
-        model_dir,
-        arch=spec["arch"],
-        seed=spec["seed"],
-        text_config=spec.get("text_config"),
-        vision_config=spec.get("vision_config"),
-    )
+    build_tiny_vlm(model_dir, arch=spec["arch"], seed=spec["seed"])
     if spec.get("colour_filters") or spec.get("position_code"):
         from transformers import AutoModelForImageTextToText
 

@@ -451,9 +451,7 @@ def run_cli(args: argparse.Namespace) -> int:
         out = Path(args.out or "data/img2code")
         if (out / "dataset.jsonl").exists():  # a set a run trained or evaluated on: never replaced
             raise DataError(f"{out}: already holds a set (dataset.jsonl); choose another --out")
-        path = create_sample(
-            args.out or "data/img2code", args.n, args.seed, args.ratios, args.family, timeout_s=args.timeout
-        )
+        path = create_sample(out, args.n, args.seed, args.ratios, args.family, timeout_s=args.timeout)
         print(f"wrote {args.n} figures: {path} (+ images/, {path.stem}_train/_eval/_test.jsonl)")
     elif args.to_base64:
         print(f"wrote {to_base64(args.to_base64, args.out)}")
